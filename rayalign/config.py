@@ -1,0 +1,275 @@
+"""One typed config schema for every rayalign command.
+
+A config is nested dataclasses (validated by pydantic, so a wrong type or an unknown key is an
+error, not a surprise later). It is read from YAML and then patched with dotted ``key=value``
+overrides from the command line (values parse as YAML scalars: ``train.lr=1e-5``,
+``data.limit=null``). Each field is documented once, by the docstring under it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
+
+from rayalign.errors import ConfigError
+
+_STRICT = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+@dataclass(config=_STRICT)
+class ModelConfig:
+    name: str = "smollm2-135m-instruct"
+    """Policy model: a local HF directory, an embedded name (`rayalign models`), or a hub id."""
+    reference: Optional[str] = None
+    """Reference model; null means the starting policy (the usual DPO set-up)."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Parameter dtype of the model as loaded: auto = float32 on CPU, bfloat16 mixed precision on GPU."""
+    chunk_size: int = 512
+    """Response tokens per slice of the vocabulary projection when computing log-probs."""
+
+
+@dataclass(config=_STRICT)
+class DataConfig:
+    path: str = ""
+    """Preference data: a .jsonl/.json/.parquet file (optionally .gz), or a `datasets` name."""
+    split: str = "train"
+    """Split to read when `path` is a `datasets` name."""
+    format: Literal["auto", "standard", "conversational", "hh_rlhf", "ultrafeedback"] = "auto"
+    """Row form; auto detects it from the fields of each row."""
+    max_length: int = 512
+    """Most tokens of prompt + response; longer responses are cut from the right."""
+    max_prompt_length: Optional[int] = 256
+    """Most prompt tokens; longer prompts are cut from the left. null: never cut the prompt."""
+    min_response_tokens: int = 1
+    """A row whose prompt leaves fewer response tokens than this is bad ('no room for the response')."""
+    on_bad_row: Literal["error", "skip"] = "error"
+    """error: stop at the first bad row with a one-line message; skip: drop it and count it by reason."""
+    limit: Optional[int] = None
+    """Use only the first N rows (after dropping bad ones)."""
+    chat_template: bool = True
+    """Wrap prompts with the tokenizer's chat template (when it has one)."""
+
+
+@dataclass(config=_STRICT)
+class LossConfig:
+    name: str = "dpo"
+    """Loss: dpo, ipo, hinge, simpo, orpo, dpop, bmc, mpo (see rayalign.losses.LOSSES)."""
+    beta: float = 0.1
+    """Inverse temperature β of the implicit reward."""
+    label_smoothing: float = 0.0
+    """cDPO's ε: the assumed rate of flipped labels (dpo only)."""
+    ipo_length_normalised: bool = True
+    """IPO on per-token log-ratios (TRL) rather than sums (OpenRLHF)."""
+    simpo_gamma: float = 0.5
+    """SimPO's target reward margin γ."""
+    orpo_lambda: float = 0.1
+    """ORPO's weight λ of the odds-ratio term."""
+    dpop_lambda: float = 50.0
+    """DPO-Positive's penalty weight λ on the chosen log-prob falling below the reference."""
+    bmc_delta: float = 2.0
+    """BMC's cap δ on the confidence weight 1/p of a varied token."""
+    mpo_a: float = 0.0
+    """MPO mirror-map mixing a in ψ'(p) = log p − a·log(1−p): 0 negative entropy, 1 Fermi–Dirac."""
+    mpo_kappa: float = 1.0
+    """MPO weight κ of the reference term in φ(y) = ψ'(p_θ) − κ·ψ'(p_ref); 0 needs no reference."""
+    mpo_alpha: float = 0.0
+    """MPO weight α of the length-normalised NLL of the chosen response (at the start of training)."""
+    mpo_alpha_end: Optional[float] = None
+    """Time-aware MPO: α moves linearly to this value by the end of training; null keeps α fixed."""
+    mpo_lambda: float = 1.0
+    """MPO weight λ of the preference term."""
+    mpo_length_normalised: bool = False
+    """MPO on the length-normalised probability p = exp(logp/|y|) instead of the sequence probability."""
+
+
+@dataclass(config=_STRICT)
+class TrainConfig:
+    epochs: float = 1.0
+    """Passes over the data (fractions allowed)."""
+    max_steps: Optional[int] = None
+    """Optimizer steps in all; null derives it from epochs. Sets the length of the LR schedule."""
+    stop_at_step: Optional[int] = None
+    """Stop after this step as if interrupted (checkpoint kept); rerunning resumes. For time-boxed jobs and tests."""
+    batch_size: int = 4
+    """Preference pairs per optimizer step, over all workers."""
+    micro_batch_size: int = 4
+    """Pairs per forward pass on one worker; batch_size / (micro_batch_size·workers) is the accumulation."""
+    lr: float = 1e-5
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_ratio: float = 0.1
+    """Share of the steps spent warming the LR up linearly from 0; cosine decay to 0 after."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this (0 turns clipping off)."""
+    seed: int = 0
+    """Seed for data order and initialisation; runs on CPU are deterministic for a given seed."""
+    num_workers: int = 1
+    """Ray Train workers (FSDP2 shards the model over them)."""
+    use_gpu: bool = False
+    """One GPU per worker, NCCL and bf16 mixed precision; false trains on CPU with gloo."""
+    cpus_per_worker: int = 1
+    """CPU cores reserved by each worker (torch threads follow it)."""
+    save_every: int = 0
+    """Checkpoint every N steps (0: only at the end)."""
+    report_every: int = 10
+    """Report metrics to Ray Train every N steps (each report can wait ~2 s for Ray's controller);
+    metrics.jsonl and wandb get every step."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept on disk (the newest)."""
+    max_failures: int = 1
+    """Times Ray Train restarts the workers from the last checkpoint after a worker dies."""
+    resume: Literal["auto", "never"] = "auto"
+    """auto: continue from the newest checkpoint in the run directory if there is one."""
+    reference_cache: bool = True
+    """Compute reference log-probs once and cache them on disk; false recomputes them every step."""
+
+
+@dataclass(config=_STRICT)
+class TrackingConfig:
+    wandb: Literal["offline", "online", "disabled"] = "offline"
+    """wandb mode: offline writes runs under the run directory; online needs WANDB_API_KEY."""
+    project: str = "rayalign"
+    """wandb project."""
+    entity: Optional[str] = None
+    """wandb entity (team or user); null uses the default."""
+    group: Optional[str] = None
+    """wandb group, e.g. to put a pipeline's phases or a sweep's trials together."""
+
+
+@dataclass(config=_STRICT)
+class Config:
+    name: str = "run"
+    """Run name: the run directory is <output_dir>/<name>."""
+    output_dir: str = "runs"
+    """Where run directories go."""
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def to_dict(config: Any) -> dict:
+    """The config as nested plain dicts (what config.yaml holds)."""
+    return dataclasses.asdict(config)
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested dict -> {"train.lr": 1e-5, ...}: the form wandb and Ray Tune take."""
+    flat = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig, "train": TrainConfig,
+             "tracking": TrackingConfig}
+
+
+def describe_fields() -> list[tuple[str, Any, str]]:
+    """(dotted key, default, doc) for every field: the text of `--help-config`."""
+    rows = []
+    for name, info in Config.__pydantic_fields__.items():
+        if name in _SECTIONS:
+            for sub, sub_info in _SECTIONS[name].__pydantic_fields__.items():
+                rows.append((f"{name}.{sub}", sub_info.default, sub_info.description or ""))
+        else:
+            rows.append((name, info.default, info.description or ""))
+    return rows
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{dotted}': '{part}' is not a section")
+        node = child
+    node[leaf] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """["train.lr=1e-5", "data.limit=null"] -> nested dict; values are YAML scalars."""
+    tree: dict = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' is not key=value (e.g. train.lr=1e-5)")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict, patch: dict) -> dict:
+    out = dict(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _describe(error: ValidationError) -> str:
+    """The first pydantic error as one line: the dotted key and what is allowed."""
+    first = error.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    if first["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+        close = difflib.get_close_matches(key, [row[0] for row in describe_fields()], n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "see `rayalign train --help-config`"
+        return f"unknown config key '{key}': {hint}"
+    return f"config key '{key}': {first['msg']} (got {first.get('input')!r})"
+
+
+def build(tree: dict, cls: type = Config) -> Any:
+    """Validate a nested dict into a typed config, with one-line errors."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"a config must be a mapping of keys, got {type(tree).__name__}")
+    try:
+        return TypeAdapter(cls).validate_python(tree)
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None
+
+
+def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read YAML (or nothing), apply dotted overrides, validate."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: a config must be a mapping of keys")
+    tree = _merge(tree, parse_overrides(list(overrides)))
+    try:
+        return build(tree)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}" if path else str(error)) from None
+
+
+def save(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

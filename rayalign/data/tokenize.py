@@ -1,0 +1,103 @@
+"""Token ids for a preference pair: chat-templated prompt, EOS-terminated responses, truncation.
+
+The prompt and each response are encoded separately, so the boundary between them is exact and
+the response mask needs no guessing. Truncation keeps what matters most for the loss: a prompt
+loses its oldest tokens (cut from the left, the question stays), a response loses its end (cut
+from the right, its beginning is what the prompt conditions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from rayalign.config import DataConfig
+from rayalign.data.bad_rows import EMPTY_PROMPT, NO_ROOM_FOR_RESPONSE, BadRow
+from rayalign.data.formats import Messages, PreferenceExample
+
+
+@dataclass
+class TokenizedPair:
+    """One training pair; the marks (BMC's edited tokens) align with the response ids."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    chosen_marks: list[bool] | None = None
+    rejected_marks: list[bool] | None = None
+
+
+@dataclass
+class Truncation:
+    """What truncation did to one pair: whether the prompt was cut, how many responses were."""
+
+    prompt_cut: bool = False
+    responses_cut: int = 0
+
+
+def uses_chat_template(tokenizer, wanted: bool) -> bool:
+    return wanted and bool(getattr(tokenizer, "chat_template", None))
+
+
+def encode_prompt(messages: Messages, tokenizer, chat_template: bool = True) -> list[int]:
+    """The prompt as the model sees it before answering: templated with the generation prompt,
+    or, without a template, the message texts joined by blank lines with the usual special tokens."""
+    if uses_chat_template(tokenizer, chat_template):
+        encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return _flat_ids(encoded)
+    text = "\n\n".join(message["content"] for message in messages)
+    return list(tokenizer.encode(text, add_special_tokens=True))
+
+
+def _flat_ids(encoded) -> list[int]:
+    """apply_chat_template returns a BatchEncoding in transformers 5 and a list in 4; take the ids."""
+    if isinstance(encoded, Mapping) or hasattr(encoded, "keys"):
+        encoded = encoded["input_ids"]
+    if hasattr(encoded, "tolist"):
+        encoded = encoded.tolist()
+    if encoded and isinstance(encoded[0], list):  # a batch of one conversation
+        encoded = encoded[0]
+    return [int(token) for token in encoded]
+
+
+def encode_response(text: str, tokenizer) -> list[int]:
+    """Response ids end with EOS so the policy learns to stop (and the loss sees the stop)."""
+    ids = list(tokenizer.encode(text, add_special_tokens=False))
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def tokenize_example(example: PreferenceExample, tokenizer, cfg: DataConfig) -> tuple[TokenizedPair, Truncation]:
+    """Encode and truncate one example; raises BadRow when no usable response fits."""
+    prompt = encode_prompt(example.prompt, tokenizer, cfg.chat_template)
+    truncation = Truncation()
+    if cfg.max_prompt_length is not None and len(prompt) > cfg.max_prompt_length:
+        prompt = prompt[len(prompt) - cfg.max_prompt_length:]
+        truncation.prompt_cut = True
+    _check_prompt_fits(example, prompt, cfg)
+    room = cfg.max_length - len(prompt)
+    responses = []
+    for text in (example.chosen, example.rejected):
+        ids = encode_response(text, tokenizer)
+        if len(ids) > room:
+            ids = ids[:room]
+            truncation.responses_cut += 1
+        responses.append(ids)
+    return TokenizedPair(prompt, responses[0], responses[1]), truncation
+
+
+def _check_prompt_fits(example: PreferenceExample, prompt: list[int], cfg: DataConfig) -> None:
+    """A pair needs ≥ 1 prompt token (the first response token is predicted from it) and room
+    for `min_response_tokens` (at least 1: an empty response carries no preference)."""
+    if not prompt:
+        raise BadRow(EMPTY_PROMPT, example.source, example.row, "prompt",
+                     "the prompt has no tokens, so the first response token has nothing to be predicted "
+                     "from; give the row a prompt, set data.chat_template=true, or raise data.max_prompt_length")
+    needed = max(1, cfg.min_response_tokens)
+    room = cfg.max_length - len(prompt)
+    if room < needed:
+        raise BadRow(NO_ROOM_FOR_RESPONSE, example.source, example.row, "prompt",
+                     f"no room for the response: the prompt takes {len(prompt)} of data.max_length="
+                     f"{cfg.max_length} tokens, leaving {max(room, 0)} (data.min_response_tokens={needed}); "
+                     f"raise data.max_length or set data.max_prompt_length to at most {cfg.max_length - needed}")

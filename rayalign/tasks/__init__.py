@@ -1,0 +1,1 @@
+"""Embedded tasks: prompts with programmatic gold rewards, so alignment is measurable offline."""

@@ -1,0 +1,76 @@
+"""The word-collector task of D2PO (arXiv 2405.01511): reward = how many of 30 fixed words appear.
+
+Gold reward: +1 for each of the words below present at least once in the response (whole words,
+case-insensitive). `write_preferences` makes an offline preference set for the quickstart: the
+chosen response is a helpful answer that happens to use several target words, the rejected one
+a plain answer that uses none, both written from seeded templates.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+WORDS = (
+    "data", "hope", "information", "provide", "example", "your", "however", "first", "have", "help",
+    "additionally", "important", "include", "finally", "following", "happy", "code", "two", "create",
+    "question", "possible", "understand", "generate", "contains", "appropriate", "best", "respectful",
+    "ensure", "experience", "safe",
+)
+_WORD_SET = frozenset(WORDS)
+
+TOPICS = (
+    "brewing tea", "learning to swim", "planting tomatoes", "saving money", "writing a resume",
+    "training a puppy", "baking bread", "cleaning a bicycle", "reading more books", "sleeping better",
+    "painting a room", "starting to run", "cooking rice", "organising a desk", "learning chess",
+    "visiting a museum", "packing for a trip", "making friends", "studying for an exam", "fixing a leaky tap",
+    "choosing a laptop", "keeping a journal", "growing herbs", "learning a language", "taking photos",
+    "hosting a dinner", "walking in the rain", "recycling at home", "repairing a shirt", "watching birds",
+)
+PROMPTS = ("Give me a short tip about {t}.", "What should I know about {t}?", "Explain {t} in two sentences.",
+           "How do I get started with {t}?")
+_CHOSEN = (
+    "Happy to help with {t}! First, it is important to understand your goal; however, the best "
+    "first step is simple. Additionally, ensure you have the following: patience and a safe place to practise.",
+    "Here is an example for {t}: first, create a plan and include two small goals. It is possible "
+    "to learn fast if your experience stays safe and appropriate. I hope this information helps!",
+    "Good question! To ensure success with {t}, provide yourself two things: time and information. "
+    "Finally, be respectful of your limits; the best results come from steady practice.",
+)
+_REJECTED = ("Just try {t}. It will work out.", "{t}? Do it a bit every day.", "Nothing special about {t}.",
+             "Look it up, then do {t}.")
+
+
+def gold_reward(response: str) -> float:
+    """+1 for each target word present at least once (whole word, case-insensitive)."""
+    return float(len(_WORD_SET.intersection(re.findall(r"[a-z]+", response.lower()))))
+
+
+def make_pairs(n: int, seed: int = 0) -> list[dict]:
+    """n TRL-standard preference rows (prompt, chosen, rejected), seeded."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        topic = TOPICS[i % len(TOPICS)]
+        rejected = rng.choice(_REJECTED).format(t=topic)
+        rows.append({
+            "prompt": rng.choice(PROMPTS).format(t=topic),
+            "chosen": rng.choice(_CHOSEN).format(t=topic),
+            "rejected": rejected[:1].upper() + rejected[1:],
+        })
+    return rows
+
+
+def write_preferences(path: str | Path, n: int = 48, seed: int = 0) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in make_pairs(n, seed)))
+    return path
+
+
+if __name__ == "__main__":  # python -m rayalign.tasks.word_collector jobs/data/word_collector_prefs.jsonl
+    import sys
+
+    print(write_preferences(sys.argv[1] if len(sys.argv) > 1 else "word_collector_prefs.jsonl"))

@@ -1,0 +1,113 @@
+"""Driver side of training: check and tokenise the data, then hand it to a Ray Train TorchTrainer.
+
+Everything a user can get wrong (config, data rows, batch arithmetic) is checked here, before
+any worker starts, so mistakes surface as one line and not as a worker traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+from rayalign import config as config_lib
+from rayalign.data import prepare_data
+from rayalign.errors import ConfigError, TrainingError
+from rayalign.losses import get_loss
+from rayalign.models import cache_root, load_tokenizer, resolve_model
+from rayalign.tracking import read_metrics
+
+
+def check_batch_arithmetic(cfg: config_lib.Config) -> int:
+    """Gradient-accumulation steps, or a one-line error when the batch does not split evenly."""
+    t = cfg.train
+    per_step = t.micro_batch_size * t.num_workers
+    if t.batch_size % per_step:
+        raise ConfigError(
+            f"train.batch_size ({t.batch_size}) must be a multiple of train.micro_batch_size x "
+            f"train.num_workers ({t.micro_batch_size} x {t.num_workers}); change one of them")
+    return t.batch_size // per_step
+
+
+def _mark_fn(cfg: config_lib.Config, tokenizer):
+    """BMC needs its 'varied token' marks from the data; other losses need none."""
+    if not get_loss(cfg.loss.name).needs_token_logps:
+        return None
+    from rayalign.losses.bmc import stopword_token_ids, varied_token_marks
+
+    stopwords = stopword_token_ids(tokenizer)
+    return lambda chosen, rejected: varied_token_marks(chosen, rejected, stopwords)
+
+
+def existing_checkpoints(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "checkpoints").glob("step_*"))
+
+
+def _summary(cfg, result, prepared, began: float) -> dict:
+    rows = read_metrics(cfg.run_dir)
+    speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
+    last = rows[-1] if rows else {}
+    checkpoint = result.checkpoint.path if result.checkpoint else None
+    return {
+        "status": (result.metrics or {}).get("status", "ok"),
+        "steps": (result.metrics or {}).get("step", 0),
+        "tokens_per_s_median": statistics.median(speeds) if speeds else None,
+        "final_metrics": {k: v for k, v in last.items() if k != "step"},
+        "checkpoint": checkpoint,
+        "data": prepared.stats,
+        "pairs": len(prepared.pairs),
+        "wall_time_s": round(time.time() - began, 1),
+    }
+
+
+def run_training(cfg: config_lib.Config) -> dict:
+    """Train `cfg` on Ray Train; writes the run directory and returns the summary."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from rayalign.train.loop import total_steps, train_fn_per_worker
+
+    began = time.time()
+    run_dir = cfg.run_dir.resolve()
+    get_loss(cfg.loss.name)
+    check_batch_arithmetic(cfg)
+    if cfg.train.resume == "never" and existing_checkpoints(run_dir):
+        raise ConfigError(f"{run_dir} already has checkpoints: use a new name= or train.resume=auto")
+    tokenizer = load_tokenizer(cfg.model.name)
+    resolve_model(cfg.model.reference or cfg.model.name)  # provision once, before workers race
+    prepared = prepare_data(cfg.data, tokenizer, _mark_fn(cfg, tokenizer))
+    if len(prepared.pairs) < cfg.train.batch_size:
+        raise ConfigError(f"{cfg.data.path}: {len(prepared.pairs)} usable pairs, fewer than "
+                          f"train.batch_size ({cfg.train.batch_size}); lower it or add data")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_lib.save(cfg, run_dir / "config.yaml")
+    steps = total_steps(cfg, len(prepared.pairs))
+    print(f"rayalign: {len(prepared.pairs)} pairs, {steps} steps, run directory {run_dir}", flush=True)
+
+    if not ray.is_initialized():
+        ray.init(logging_level="WARNING")
+    trainer = TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config={"config": config_lib.to_dict(cfg), "pairs": ray.put(prepared.pairs),
+                           "run_dir": str(run_dir), "env": {"RAYALIGN_CACHE": str(cache_root())}},
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+        run_config=RunConfig(
+            name="checkpoints", storage_path=str(run_dir),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as error:
+        raise TrainingError(f"training failed: {str(error).strip().splitlines()[0]} (worker logs above)") from None
+    summary = _summary(cfg, result, prepared, began)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if summary["status"] == "non_finite_loss":
+        raise TrainingError(
+            f"the loss became NaN/inf at step {summary['steps']}; training stopped. Last good checkpoint: "
+            f"{summary['checkpoint'] or 'none (set train.save_every)'}. Lower train.lr or check the data")
+    return summary

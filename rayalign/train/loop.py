@@ -1,0 +1,274 @@
+"""The training loop: one function each Ray Train worker runs, readable top to bottom.
+
+`train_fn_per_worker` builds the FSDP2-sharded policy, gets reference log-probs (cached or live),
+then for each optimizer step: takes the step's slice of a seeded permutation of the pairs, runs
+the micro-batches (gradient accumulation), clips, steps AdamW and the warm-up + cosine schedule,
+logs TRL-named metrics from rank 0, and checkpoints. A resumed run recomputes the same
+permutation, so the data position is just the step number.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from rayalign import config as config_lib
+from rayalign.data import collate_pairs
+from rayalign.logprobs import ResponseLogps
+from rayalign.losses import LossInputs, compute_loss, get_loss, needs_reference
+from rayalign.models import load_causal_lm, load_tokenizer, resolve_model
+from rayalign.train import reference as ref_lib
+from rayalign.train.checkpoint import load_training_state, save_checkpoint
+
+METRIC_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+               "logps/chosen", "logps/rejected")
+
+
+def steps_per_epoch(num_pairs: int, batch_size: int) -> int:
+    return num_pairs // batch_size  # the last incomplete batch is dropped, as in TRL
+
+
+def total_steps(cfg: config_lib.Config, num_pairs: int) -> int:
+    if cfg.train.max_steps is not None:
+        return cfg.train.max_steps
+    return max(1, math.ceil(cfg.train.epochs * steps_per_epoch(num_pairs, cfg.train.batch_size)))
+
+
+def step_indices(step: int, num_pairs: int, batch_size: int, seed: int) -> list[int]:
+    """The pairs of optimizer step `step`: a slice of the permutation of its epoch."""
+    per_epoch = steps_per_epoch(num_pairs, batch_size)
+    epoch, position = divmod(step, per_epoch)
+    order = torch.randperm(num_pairs, generator=torch.Generator().manual_seed(seed + epoch))
+    return order[position * batch_size:(position + 1) * batch_size].tolist()
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """LR multiplier: linear warm-up from 0, then cosine decay to 0."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _shard(lm, chunk_size: int, use_gpu: bool, device):
+    """FSDP2: `fully_shard` each decoder layer, then the root (embeddings, norm, head)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    kwargs = {"mesh": mesh}
+    if use_gpu:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    model = ResponseLogps(lm, chunk_size)
+    for layer in lm.get_decoder().layers:
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
+    return model
+
+
+def build_model(name: str, cfg: config_lib.Config, device, trainable: bool):
+    dtype = "bfloat16" if cfg.model.dtype == "bfloat16" else "float32"  # GPU: fp32 master + bf16 compute
+    lm = load_causal_lm(name, dtype)
+    lm.to(device)
+    if not trainable:
+        lm.requires_grad_(False)
+        lm.eval()
+    else:
+        lm.train()
+    return lm, _shard(lm, cfg.model.chunk_size, cfg.train.use_gpu, device)
+
+
+def _loss_inputs(policy: torch.Tensor, reference: torch.Tensor | None, batch: dict, progress: float) -> LossInputs:
+    """Split [2B, L] token log-probs (chosen rows first) into the loss's inputs."""
+    b = policy.shape[0] // 2
+    mask = batch["response_mask"]
+    marks = batch["marks"]
+    sums = (policy * mask).sum(-1)
+    ref_sums = None if reference is None else (reference * mask).sum(-1)
+    lengths = batch["lengths"].float()
+    return LossInputs(
+        policy_chosen_logps=sums[:b], policy_rejected_logps=sums[b:],
+        chosen_lengths=lengths[:b], rejected_lengths=lengths[b:],
+        reference_chosen_logps=None if ref_sums is None else ref_sums[:b],
+        reference_rejected_logps=None if ref_sums is None else ref_sums[b:],
+        policy_chosen_token_logps=policy[:b], policy_rejected_token_logps=policy[b:],
+        reference_chosen_token_logps=None if reference is None else reference[:b],
+        reference_rejected_token_logps=None if reference is None else reference[b:],
+        chosen_mask=mask[:b], rejected_mask=mask[b:], chosen_marks=marks[:b], rejected_marks=marks[b:],
+        progress=progress,
+    )
+
+
+def _batch_sums(inputs: LossInputs, out) -> dict[str, torch.Tensor]:
+    """Sums over the micro-batch's pairs; divided by the global batch after all-reduce."""
+    return {
+        "loss": out.losses.detach().sum(),
+        "rewards/chosen": out.chosen_rewards.sum(),
+        "rewards/rejected": out.rejected_rewards.sum(),
+        "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float().sum(),
+        "rewards/margins": (out.chosen_rewards - out.rejected_rewards).sum(),
+        "logps/chosen": inputs.policy_chosen_logps.detach().sum(),
+        "logps/rejected": inputs.policy_rejected_logps.detach().sum(),
+        **{k: v.detach() * out.losses.shape[0] for k, v in out.metrics.items()},
+    }
+
+
+def train_step(model, ref_model, ref_values, pairs, indices, cfg, pad_id, device, progress) -> dict:
+    """Forward/backward over this rank's micro-batches of one optimizer step; returns metric sums."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    per_rank = cfg.train.batch_size // world
+    mine = indices[rank * per_rank:(rank + 1) * per_rank]
+    sums: dict[str, torch.Tensor] = {}
+    tokens = 0
+    for start in range(0, per_rank, cfg.train.micro_batch_size):
+        chunk = mine[start:start + cfg.train.micro_batch_size]
+        batch = {k: v.to(device) for k, v in collate_pairs([pairs[i] for i in chunk], pad_id).items()}
+        tokens += int(batch["attention_mask"].sum())
+        policy = model(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        reference = None
+        if ref_values is not None:
+            reference = ref_lib.batch_reference(ref_values, chunk, batch["response_mask"])
+        elif ref_model is not None:
+            with torch.no_grad():
+                reference = ref_model(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        inputs = _loss_inputs(policy, reference, batch, progress)
+        out = compute_loss(inputs, cfg.loss)
+        # Each rank's gradient is the mean over its share; FSDP averages the shares.
+        (out.losses.sum() / per_rank).backward()
+        for key, value in _batch_sums(inputs, out).items():
+            sums[key] = sums.get(key, 0.0) + value.float()
+    sums["tokens"] = torch.tensor(float(tokens))
+    return sums
+
+
+def _reduce(sums: dict, batch_size: int, device) -> dict[str, float]:
+    keys = sorted(sums)
+    stacked = torch.stack([torch.as_tensor(sums[k], dtype=torch.float32).to(device) for k in keys])
+    dist.all_reduce(stacked)
+    totals = dict(zip(keys, stacked.tolist()))
+    tokens = totals.pop("tokens")
+    return {**{k: v / batch_size for k, v in totals.items()}, "num_tokens": tokens}
+
+
+def _broadcast(value, device=None):
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def prepare_reference(cfg, pairs, pad_id: int, device, cache_dir: Path):
+    """(live reference model, cached values): one of them, or neither for reference-free losses."""
+    if not needs_reference(cfg.loss):
+        return None, None
+    name = cfg.model.reference or cfg.model.name
+    if not cfg.train.reference_cache:
+        return build_model(name, cfg, device, trainable=False)[1], None
+    path = None
+    if dist.get_rank() == 0:
+        from rayalign.data import fingerprint
+
+        path = ref_lib.cache_path(cache_dir, ref_lib.model_fingerprint(resolve_model(name)), fingerprint(pairs))
+    path = _broadcast(path)
+    if not _broadcast(path.is_file() if dist.get_rank() == 0 else None):
+        lm, model = build_model(name, cfg, device, trainable=False)
+        values = ref_lib.compute_reference(model, pairs, pad_id, cfg.train.micro_batch_size, device)
+        if dist.get_rank() == 0:
+            ref_lib.save_reference(path, values)
+        del lm, model
+        return None, values
+    return None, _broadcast(ref_lib.load_reference(path) if dist.get_rank() == 0 else None)
+
+
+def _clip(model, max_norm: float) -> float:
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+def _save_and_report(metrics, model, lm, tokenizer, optimizer, scheduler, step: int, save: bool) -> None:
+    import tempfile
+
+    import ray.train
+
+    if not save:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(Path(tmp), model, lm, tokenizer, optimizer, scheduler, step)
+        checkpoint = ray.train.Checkpoint.from_directory(tmp) if dist.get_rank() == 0 else None
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"step_{step:06d}")
+
+
+def train_fn_per_worker(loop_config: dict) -> None:
+    """What each Ray Train worker runs. `loop_config`: config (dict), pairs (ObjectRef), run_dir, env."""
+    import contextlib
+    import os
+
+    import ray
+    import ray.train
+    import ray.train.torch
+    from ray.experimental.tqdm_ray import tqdm
+
+    from rayalign.tracking import Tracker
+
+    os.environ.update(loop_config["env"])
+    cfg = config_lib.build(loop_config["config"])
+    pairs = ray.get(loop_config["pairs"])
+    run_dir, rank = Path(loop_config["run_dir"]), dist.get_rank()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.train.seed)
+    torch.set_num_threads(cfg.train.cpus_per_worker)
+    tokenizer = load_tokenizer(cfg.model.name)
+    total = total_steps(cfg, len(pairs))
+    warmup = int(cfg.train.warmup_ratio * total)
+
+    checkpoint = ray.train.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume_dir:
+        lm, model = build_model(resume_dir or cfg.model.name, cfg, device, trainable=True)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup))
+        start = load_training_state(Path(resume_dir), model, optimizer, scheduler) if resume_dir else 0
+    ref_model, ref_values = prepare_reference(cfg, pairs, tokenizer.pad_token_id, device,
+                                              Path(loop_config["env"]["RAYALIGN_CACHE"]) / "reference")
+
+    tracker = bar = None
+    if rank == 0:
+        tracker = Tracker(run_dir, cfg.tracking, cfg.name, config_lib.flatten(loop_config["config"]), "train")
+        tracker.truncate_after(start)
+        bar = tqdm(total=total, desc=f"train {cfg.name}", position=0)
+        bar.update(start)
+    stop = min(total, cfg.train.stop_at_step or total)
+    for step in range(start, stop):
+        began = time.perf_counter()
+        indices = step_indices(step, len(pairs), cfg.train.batch_size, cfg.train.seed)
+        sums = train_step(model, ref_model, ref_values, pairs, indices, cfg, tokenizer.pad_token_id,
+                          device, progress=step / total)
+        grad_norm = _clip(model, cfg.train.max_grad_norm)
+        metrics = _reduce(sums, cfg.train.batch_size, device)
+        done = step + 1
+        if not (math.isfinite(metrics["loss"]) and math.isfinite(grad_norm)):
+            ray.train.report({**metrics, "step": done, "status": "non_finite_loss"})
+            break
+        metrics.update({"grad_norm": grad_norm, "learning_rate": scheduler.get_last_lr()[0]})
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - began
+        metrics.update({"tokens_per_s": metrics["num_tokens"] / elapsed, "step_time_s": elapsed,
+                        "epoch": done / max(1, steps_per_epoch(len(pairs), cfg.train.batch_size)),
+                        "step": done, "status": "ok"})
+        save = done == stop or bool(cfg.train.save_every and done % cfg.train.save_every == 0)
+        if save or done % cfg.train.report_every == 0:
+            _save_and_report(metrics, model, lm, tokenizer, optimizer, scheduler, done, save)
+        if rank == 0:
+            tracker.log({k: v for k, v in metrics.items() if k not in ("status", "step")}, step=done)
+            bar.update(1)
+    if rank == 0:
+        bar.close()
+        tracker.finish()

@@ -1,0 +1,296 @@
+"""rayalign.data: forms, bad rows, truncation, masking, readers, and the real HH-RLHF sample."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rayalign.config import DataConfig
+from rayalign.data import (collate_pairs, encode_prompt, encode_response, fingerprint, iter_rows, normalise,
+                           prepare_data)
+from rayalign.data.tokenize import TokenizedPair
+from rayalign.errors import DataError
+from rayalign.models import load_tokenizer
+
+HH_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless-base.jsonl.gz"
+STANDARD_ROWS = [
+    {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"},
+    {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "A fish."},
+    {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."},
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("tiny-llama")
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    """Rows are dicts (dumped as JSON), str (written as the line) or bytes (written raw)."""
+    lines = [row if isinstance(row, bytes) else
+             (row if isinstance(row, str) else json.dumps(row)).encode() for row in rows]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def user(text):
+    return {"role": "user", "content": text}
+
+
+def assistant(text):
+    return {"role": "assistant", "content": text}
+
+
+# ---------------------------------------------------------------- forms
+
+def test_standard_form():
+    example = normalise({"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"}, 1, "f.jsonl")
+    assert example.prompt == [user("What is 2+2?")]
+    assert (example.chosen, example.rejected, example.row, example.source) == ("4", "5", 1, "f.jsonl")
+
+
+def test_conversational_form_with_explicit_prompt():
+    raw = {"prompt": [{"role": "system", "content": "Be brief."}, user("Capital of France?")],
+           "chosen": [assistant("Paris.")], "rejected": [assistant("Lyon.")]}
+    example = normalise(raw, 1, "f")
+    assert example.prompt == [{"role": "system", "content": "Be brief."}, user("Capital of France?")]
+    assert (example.chosen, example.rejected) == ("Paris.", "Lyon.")
+
+
+def test_conversational_form_with_implicit_prompt():
+    lead = [user("Hi"), assistant("Hello!"), user("Capital of France?")]
+    raw = {"chosen": lead + [assistant("Paris.")], "rejected": lead + [assistant("Rome.")]}
+    example = normalise(raw, 1, "f")
+    assert example.prompt == lead
+    assert (example.chosen, example.rejected) == ("Paris.", "Rome.")
+
+
+def test_hh_rlhf_transcript():
+    dialogue = "\n\nHuman: Hi there\n\nAssistant: Hello! How can I help?\n\nHuman: Tell me a joke."
+    raw = {"chosen": dialogue + "\n\nAssistant:  Why did the chicken cross the road? ",
+           "rejected": dialogue + "\n\nAssistant: No."}
+    example = normalise(raw, 1, "f")
+    assert example.prompt == [user("Hi there"), assistant("Hello! How can I help?"), user("Tell me a joke.")]
+    assert (example.chosen, example.rejected) == ("Why did the chicken cross the road?", "No.")
+
+
+def test_ultrafeedback_binarized_row():
+    raw = {"prompt": "Write a haiku.", "prompt_id": "abc123",
+           "chosen": [user("Write a haiku."), assistant("Old pond, frog jumps in.")],
+           "rejected": [user("Write a haiku."), assistant("Haikus are poems.")],
+           "messages": [user("Write a haiku."), assistant("Old pond, frog jumps in.")],
+           "score_chosen": 8.0, "score_rejected": 3.5}
+    example = normalise(raw, 1, "f")
+    assert example.prompt == [user("Write a haiku.")]
+    assert (example.chosen, example.rejected) == ("Old pond, frog jumps in.", "Haikus are poems.")
+
+
+def test_explicit_format_overrides_detection():
+    with pytest.raises(DataError, match="field 'prompt': missing"):
+        normalise({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant: c"},
+                  1, "f", form="standard")
+
+
+# ---------------------------------------------------------------- bad rows
+
+HH_A = "\n\nHuman: Hi\n\nAssistant: Hello"
+BAD_ROWS = [  # (line 3 of the file, reason, field, text the message must contain)
+    ({"prompt": "q", "chosen": "a"}, "missing_field", "rejected", "missing; add the field"),
+    ({"prompt": "q", "chosen": 5, "rejected": "b"}, "wrong_type", "chosen", "expected a string or a list"),
+    ({"chosen": [{"role": "assistant"}], "rejected": [assistant("b")]}, "wrong_type", "chosen",
+     "message 1 is not an object with string 'role' and 'content'"),
+    ({"prompt": "q", "chosen": "  ", "rejected": "b"}, "empty_response", "chosen",
+     "empty response; give the row a non-empty chosen response or set data.on_bad_row=skip"),
+    ({"prompt": [user("q")], "chosen": [assistant("a")], "rejected": [user("b")]}, "empty_response",
+     "rejected", "no assistant message at the end"),
+    ({"prompt": "q", "chosen": "same", "rejected": "same"}, "identical_responses", "rejected",
+     "identical to 'chosen'"),
+    (b'{"prompt": "q", "chosen": "caf\xe9", "rejected": "b"}', "undecodable_text", "chosen",
+     "undecodable text (not UTF-8"),
+    ('{"prompt": "q", "chosen": "\\ud800", "rejected": "b"}', "undecodable_text", "chosen",
+     "undecodable text (a lone UTF-16 surrogate"),
+    ('{"prompt": "q", "chosen": ', "invalid_json", None, "not valid JSON"),
+    ('["q", "a", "b"]', "invalid_json", None, "the row is a JSON list, not an object"),
+    ({"chosen": HH_A + "\n\nAssistant: x", "rejected": "\n\nHuman: Bye\n\nAssistant: y"}, "prompt_mismatch",
+     "rejected", "differs from that of 'chosen'"),
+    ({"chosen": "plain a", "rejected": "plain b"}, "not_a_transcript", "chosen", "add a 'prompt' field"),
+    ({"prompt": "word " * 80, "chosen": "a", "rejected": "b"}, "no_room_for_response", "prompt",
+     "raise data.max_length or set data.max_prompt_length to at most 39"),
+]
+
+
+def bad_file(tmp_path: Path, bad_row) -> Path:
+    """A good row, a blank line (still counted), the bad row on line 3, another good row."""
+    return write_jsonl(tmp_path / "prefs.jsonl", [STANDARD_ROWS[0], "", bad_row, STANDARD_ROWS[1]])
+
+
+def bad_row_config(path: Path, **overrides) -> DataConfig:
+    return DataConfig(path=str(path), max_length=40, max_prompt_length=None, **overrides)
+
+
+@pytest.mark.parametrize("bad_row, reason, field, text", BAD_ROWS, ids=[case[1] for case in BAD_ROWS])
+def test_bad_row_stops_with_one_line(tmp_path, tokenizer, bad_row, reason, field, text):
+    path = bad_file(tmp_path, bad_row)
+    with pytest.raises(DataError) as caught:
+        prepare_data(bad_row_config(path), tokenizer)
+    message = str(caught.value)
+    where = f"{path}, row 3" + (f", field '{field}'" if field else "")
+    assert message.startswith(where + ": "), message
+    assert text in message and "\n" not in message
+    assert message.endswith("or set data.on_bad_row=skip")
+    assert caught.value.reason == reason
+
+
+@pytest.mark.parametrize("bad_row, reason, field, text", BAD_ROWS, ids=[case[1] for case in BAD_ROWS])
+def test_bad_row_is_skipped_and_counted(tmp_path, tokenizer, bad_row, reason, field, text):
+    prepared = prepare_data(bad_row_config(bad_file(tmp_path, bad_row), on_bad_row="skip"), tokenizer)
+    assert prepared.stats["bad_rows"] == {reason: 1}
+    assert (prepared.stats["rows_read"], prepared.stats["rows_used"]) == (3, 2)
+    good = [encode_response(row["chosen"], tokenizer) for row in STANDARD_ROWS[:2]]
+    assert [pair.chosen_ids for pair in prepared.pairs] == good
+
+
+def test_empty_prompt_without_template_is_bad(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "", "chosen": "a", "rejected": "b"}])
+    with pytest.raises(DataError, match=r"row 1, field 'prompt': the prompt has no tokens"):
+        prepare_data(DataConfig(path=str(path), chat_template=False), tokenizer)
+
+
+def test_limit_keeps_first_good_rows(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "p.jsonl", [STANDARD_ROWS[0], {"prompt": "q"}, *STANDARD_ROWS[1:]])
+    prepared = prepare_data(DataConfig(path=str(path), limit=2, on_bad_row="skip"), tokenizer)
+    assert [pair.rejected_ids for pair in prepared.pairs] == [
+        encode_response(row["rejected"], tokenizer) for row in STANDARD_ROWS[:2]]
+    assert prepared.stats["rows_read"] == 3 and prepared.stats["bad_rows"] == {"missing_field": 1}
+
+
+# ---------------------------------------------------------------- tokenisation, truncation, masking
+
+def test_prompt_uses_chat_template_or_plain_text(tokenizer):
+    messages = [user("Hi"), assistant("Hello"), user("Bye")]
+    templated = tokenizer.decode(encode_prompt(messages, tokenizer, chat_template=True))
+    assert templated.endswith("<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n")
+    assert tokenizer.decode(encode_prompt(messages, tokenizer, chat_template=False)) == "Hi\n\nHello\n\nBye"
+    assert encode_response("Hello", tokenizer)[-1] == tokenizer.eos_token_id
+
+
+def test_truncation_cuts_prompt_left_and_response_right(tmp_path, tokenizer):
+    long_prompt = " ".join(f"word{i}" for i in range(40))
+    long_answer = " ".join(f"answer{i}" for i in range(40))
+    rows = [{"prompt": long_prompt, "chosen": long_answer, "rejected": "Short."}, STANDARD_ROWS[0]]
+    full_prompt = encode_prompt([user(long_prompt)], tokenizer)
+    full_answer = encode_response(long_answer, tokenizer)
+    max_prompt, max_length = len(full_prompt) - 7, len(full_prompt) - 7 + 20
+    cfg = DataConfig(path=str(write_jsonl(tmp_path / "t.jsonl", rows)), max_length=max_length,
+                     max_prompt_length=max_prompt)
+    prepared = prepare_data(cfg, tokenizer)
+    cut = prepared.pairs[0]
+    assert cut.prompt_ids == full_prompt[7:]
+    assert cut.chosen_ids == full_answer[:20]
+    assert cut.rejected_ids == encode_response("Short.", tokenizer)
+    assert all(len(pair.prompt_ids) + len(response) <= max_length
+               for pair in prepared.pairs for response in (pair.chosen_ids, pair.rejected_ids))
+    assert (prepared.stats["truncated_prompts"], prepared.stats["truncated_responses"]) == (1, 1)
+    assert prepared.pairs[1].prompt_ids == encode_prompt([user(STANDARD_ROWS[0]["prompt"])], tokenizer)
+
+
+def test_collate_masks_exactly_the_responses(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "m.jsonl", STANDARD_ROWS[:2])
+    prepared = prepare_data(DataConfig(path=str(path)), tokenizer,
+                            mark_fn=lambda c, r: ([i % 2 == 0 for i in range(len(c))], [True] * len(r)))
+    batch = collate_pairs(prepared.pairs, pad_id=tokenizer.pad_token_id)
+    texts = [row["chosen"] for row in STANDARD_ROWS[:2]] + [row["rejected"] for row in STANDARD_ROWS[:2]]
+    sequences = [pair.prompt_ids + pair.chosen_ids for pair in prepared.pairs]
+    sequences += [pair.prompt_ids + pair.rejected_ids for pair in prepared.pairs]
+    width = max(len(sequence) for sequence in sequences)
+    assert batch["input_ids"].shape == (4, width) and batch["marks"].shape == (4, width)
+    for i, (text, sequence) in enumerate(zip(texts, sequences)):
+        response = batch["input_ids"][i][batch["response_mask"][i]].tolist()
+        assert tokenizer.decode(response) == text + tokenizer.eos_token
+        assert batch["input_ids"][i, :len(sequence)].tolist() == sequence
+        assert batch["input_ids"][i, len(sequence):].eq(tokenizer.pad_token_id).all()
+        assert batch["attention_mask"][i].tolist() == [1] * len(sequence) + [0] * (width - len(sequence))
+        assert batch["lengths"][i] == len(response) == int(batch["response_mask"][i].sum())
+    chosen_marks = batch["marks"][0][batch["response_mask"][0]].tolist()
+    assert chosen_marks == [i % 2 == 0 for i in range(len(chosen_marks))]
+    assert not batch["marks"][~batch["response_mask"]].any() and batch["marks"][2][batch["response_mask"][2]].all()
+
+
+def test_fingerprint_follows_every_token_and_boundary():
+    pair = TokenizedPair([1, 2, 3], [4, 5], [6])
+    assert fingerprint([pair]) == fingerprint([TokenizedPair([1, 2, 3], [4, 5], [6])])
+    assert fingerprint([pair]) != fingerprint([TokenizedPair([1, 2, 3], [4, 9], [6])])
+    assert fingerprint([pair]) != fingerprint([TokenizedPair([1, 2], [3, 4, 5], [6])])
+    assert len(fingerprint([pair])) == 64
+
+
+# ---------------------------------------------------------------- readers
+
+def write_all_kinds(tmp_path: Path) -> list[Path]:
+    table = pa.Table.from_pylist(STANDARD_ROWS)
+    jsonl = write_jsonl(tmp_path / "d.jsonl", STANDARD_ROWS)
+    (tmp_path / "d.jsonl.gz").write_bytes(gzip.compress(jsonl.read_bytes()))
+    (tmp_path / "d.json").write_text(json.dumps(STANDARD_ROWS))
+    (tmp_path / "d.json.gz").write_bytes(gzip.compress((tmp_path / "d.json").read_bytes()))
+    pq.write_table(table, tmp_path / "d.parquet")
+    (tmp_path / "d.parquet.gz").write_bytes(gzip.compress((tmp_path / "d.parquet").read_bytes()))
+    (tmp_path / "folder").mkdir()
+    pq.write_table(table, tmp_path / "folder" / "train.parquet")
+    names = ["d.jsonl", "d.jsonl.gz", "d.json", "d.json.gz", "d.parquet", "d.parquet.gz", "folder"]
+    return [tmp_path / name for name in names]
+
+
+def test_every_reader_gives_the_same_examples(tmp_path, tokenizer):
+    expected = list(enumerate(STANDARD_ROWS, start=1))
+    fingerprints = set()
+    for path in write_all_kinds(tmp_path):
+        rows = list(iter_rows(str(path), "train"))
+        assert rows == expected, path
+        fingerprints.add(fingerprint(prepare_data(DataConfig(path=str(path)), tokenizer).pairs))
+    assert len(fingerprints) == 1
+
+
+def test_missing_file_and_unloadable_dataset_are_one_line(tmp_path):
+    with pytest.raises(DataError, match=r"^.*nope\.jsonl\.gz: no such file; check data\.path$"):
+        iter_rows(str(tmp_path / "nope.jsonl.gz"), "train")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"could not load dataset '.*empty' \(split 'train'\): ") as caught:
+        iter_rows(str(tmp_path / "empty"), "train")
+    assert "\n" not in str(caught.value)
+    with pytest.raises(DataError, match="unsupported file type"):
+        iter_rows(str(write_jsonl(tmp_path / "d.txt", STANDARD_ROWS)), "train")
+
+
+def test_json_file_must_hold_a_list(tmp_path):
+    (tmp_path / "d.json").write_text(json.dumps({"data": STANDARD_ROWS}))
+    with pytest.raises(DataError, match="a .json data file must be a list of row objects"):
+        list(iter_rows(str(tmp_path / "d.json"), "train"))
+
+
+def test_blank_lines_count_in_row_numbers(tmp_path):
+    path = write_jsonl(tmp_path / "b.jsonl", ["", STANDARD_ROWS[0], "   ", STANDARD_ROWS[1]])
+    assert [number for number, _ in iter_rows(str(path), "train")] == [2, 4]
+
+
+# ---------------------------------------------------------------- real data
+
+def test_real_hh_rlhf_sample(tokenizer):
+    if not HH_SAMPLE.is_file():
+        pytest.skip(f"{HH_SAMPLE} is absent: ../shared/data not present on this machine")
+    prepared = prepare_data(DataConfig(path=str(HH_SAMPLE), on_bad_row="skip"), tokenizer)
+    stats = prepared.stats
+    assert stats["rows_read"] == 1600
+    assert stats["rows_used"] + sum(stats["bad_rows"].values()) == 1600 and stats["rows_used"] >= 1590
+    with_prompt = tokenizer.apply_chat_template([user("x")], add_generation_prompt=True, tokenize=False)
+    generation_prompt = with_prompt.removeprefix(
+        tokenizer.apply_chat_template([user("x")], add_generation_prompt=False, tokenize=False))
+    assert generation_prompt == "<|im_start|>assistant\n"
+    tail = tokenizer.encode(generation_prompt, add_special_tokens=False)
+    assert all(pair.prompt_ids[-len(tail):] == tail for pair in prepared.pairs)
+    assert all(len(pair.prompt_ids) <= 256 and len(pair.prompt_ids) + len(pair.chosen_ids) <= 512
+               for pair in prepared.pairs)
