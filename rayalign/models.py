@@ -116,6 +116,12 @@ def resolve_model(name: str) -> str:
     return name  # a hub id
 
 
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a bar per weight load drowns the training progress
+
+
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
@@ -130,6 +136,7 @@ def load_causal_lm(name: str, dtype: str = "float32"):
     import torch
     from transformers import AutoModelForCausalLM
 
+    _quiet_transformers()
     try:
         return AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=getattr(torch, dtype))
     except OSError as error:

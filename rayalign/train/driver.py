@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from rayalign import config as config_lib
+from rayalign import monitoring
 from rayalign.data import prepare_data
 from rayalign.errors import ConfigError, TrainingError
 from rayalign.losses import get_loss
@@ -49,9 +50,11 @@ def _summary(cfg, result, prepared, began: float) -> dict:
     speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
     last = rows[-1] if rows else {}
     checkpoint = result.checkpoint.path if result.checkpoint else None
+    state = json.loads((cfg.run_dir / "train_state.json").read_text())
     return {
-        "status": (result.metrics or {}).get("status", "ok"),
-        "steps": (result.metrics or {}).get("step", 0),
+        "status": state["status"],
+        "steps": state["step"],
+        "total_steps": state["total"],
         "tokens_per_s_median": statistics.median(speeds) if speeds else None,
         "final_metrics": {k: v for k, v in last.items() if k != "step"},
         "checkpoint": checkpoint,
@@ -87,7 +90,7 @@ def run_training(cfg: config_lib.Config) -> dict:
     print(f"rayalign: {len(prepared.pairs)} pairs, {steps} steps, run directory {run_dir}", flush=True)
 
     if not ray.is_initialized():
-        ray.init(logging_level="WARNING")
+        monitoring.announce(ray.init(logging_level="WARNING"))
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"config": config_lib.to_dict(cfg), "pairs": ray.put(prepared.pairs),

@@ -9,6 +9,7 @@ permutation, so the data position is just the step number.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -215,8 +216,12 @@ def train_fn_per_worker(loop_config: dict) -> None:
     import ray.train.torch
     from ray.experimental.tqdm_ray import tqdm
 
+    from rayalign.monitoring import record_train_step
     from rayalign.tracking import Tracker
 
+    import logging
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per report
     os.environ.update(loop_config["env"])
     cfg = config_lib.build(loop_config["config"])
     pairs = ray.get(loop_config["pairs"])
@@ -244,6 +249,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
         bar = tqdm(total=total, desc=f"train {cfg.name}", position=0)
         bar.update(start)
     stop = min(total, cfg.train.stop_at_step or total)
+    status, done = "ok", start
     for step in range(start, stop):
         began = time.perf_counter()
         indices = step_indices(step, len(pairs), cfg.train.batch_size, cfg.train.seed)
@@ -253,7 +259,8 @@ def train_fn_per_worker(loop_config: dict) -> None:
         metrics = _reduce(sums, cfg.train.batch_size, device)
         done = step + 1
         if not (math.isfinite(metrics["loss"]) and math.isfinite(grad_norm)):
-            ray.train.report({**metrics, "step": done, "status": "non_finite_loss"})
+            status = "non_finite_loss"
+            ray.train.report({**metrics, "step": done, "status": status})
             break
         metrics.update({"grad_norm": grad_norm, "learning_rate": scheduler.get_last_lr()[0]})
         optimizer.step()
@@ -268,7 +275,10 @@ def train_fn_per_worker(loop_config: dict) -> None:
             _save_and_report(metrics, model, lm, tokenizer, optimizer, scheduler, done, save)
         if rank == 0:
             tracker.log({k: v for k, v in metrics.items() if k not in ("status", "step")}, step=done)
+            record_train_step(metrics, run=cfg.name)  # Ray metrics: dashboard / Prometheus
             bar.update(1)
     if rank == 0:
         bar.close()
         tracker.finish()
+        # The driver reads how training ended from here (Ray's result holds the last checkpoint's metrics).
+        (run_dir / "train_state.json").write_text(json.dumps({"status": status, "step": done, "total": total}))

@@ -1,0 +1,55 @@
+"""The command line as a user meets it: one-line errors and exit code 2 for their mistakes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import QUICKSTART_DATA, REPO
+
+
+def rayalign(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "rayalign.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def _one_line_error(result) -> str:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_help_lists_commands_and_config_keys():
+    result = rayalign("train", "--help")
+    assert result.returncode == 0
+    assert "train.lr" in result.stdout and "loss.name" in result.stdout
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["train", "no_such.yaml"], "no_such.yaml: no such config file"),
+    (["train", "jobs/dpo_quickstart.yaml", "train.lrr=1"], "unknown config key 'train.lrr': did you mean 'train.lr'?"),
+    (["train", "jobs/dpo_quickstart.yaml", "train.lr=fast"], "config key 'train.lr'"),
+    (["train", "jobs/dpo_quickstart.yaml", "loss.name=dpoo"], "loss.name 'dpoo' is unknown"),
+    (["train", "jobs/dpo_quickstart.yaml", "train.batch_size=6", "train.micro_batch_size=4"],
+     "train.batch_size (6) must be a multiple"),
+    (["train", "jobs/dpo_quickstart.yaml", "model.name=./no/such/model"], "no such directory"),
+])
+def test_config_mistakes_get_one_line(args, expected):
+    assert expected in _one_line_error(rayalign(*args))
+
+
+def test_bad_data_row_names_file_row_and_field_and_writes_nothing(tmp_path):
+    rows = [json.loads(line) for line in QUICKSTART_DATA.read_text().splitlines()[:6]]
+    rows[4]["rejected"] = rows[4]["chosen"]
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = rayalign("train", "jobs/dpo_quickstart.yaml", "model.name=tiny-llama", f"data.path={data}",
+                      f"output_dir={tmp_path / 'runs'}")
+    line = _one_line_error(result)
+    assert str(data) in line and "row 5" in line and "identical" in line
+    assert not (tmp_path / "runs").exists()  # stopped before writing a run directory

@@ -1,0 +1,123 @@
+"""Training on a real local Ray cluster with a tiny model: invariants that must hold exactly-ish.
+
+Runs are shared between tests (module-scoped) because each costs a Ray Train start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from rayalign import config
+from rayalign.models import load_causal_lm
+from rayalign.tracking import read_metrics
+from rayalign.train.driver import run_training
+from tests.conftest import QUICKSTART_DATA, hh_sample
+
+BASE = [
+    "model.name=tiny-llama", f"data.path={QUICKSTART_DATA}", "data.limit=24", "data.max_length=128",
+    "train.batch_size=4", "train.micro_batch_size=4", "train.max_steps=6", "train.lr=1e-3",
+    "train.warmup_ratio=0.0", "train.cpus_per_worker=1", "train.seed=3", "tracking.wandb=offline",
+]
+
+
+def _train(tmp_root, name, *overrides):
+    cfg = config.load(None, BASE + [f"output_dir={tmp_root}", f"name={name}", *overrides])
+    summary = run_training(cfg)
+    return summary, read_metrics(cfg.run_dir)
+
+
+def _losses(rows):
+    return [r["loss"] for r in rows]
+
+
+def _weights(summary):
+    return load_file(f"{summary['checkpoint']}/model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, ray_local):
+    root = tmp_path_factory.mktemp("runs")
+    return root, {"base": _train(root, "base", "train.save_every=3")}
+
+
+def test_run_directory_is_complete_and_loadable(runs):
+    root, done = runs
+    summary, rows = done["base"]
+    run_dir = root / "base"
+    for name in ("config.yaml", "metrics.jsonl", "summary.json"):
+        assert (run_dir / name).is_file(), name
+    assert summary["steps"] == 6 and len(rows) == 6
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) == ["step_000003", "step_000006"]
+    model = AutoModelForCausalLM.from_pretrained(summary["checkpoint"])
+    assert model.config.num_hidden_layers == 2
+    assert list((run_dir / "wandb").glob("offline-run-*")), "wandb offline run missing"
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # policy == reference at step 1
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                "logps/chosen", "logps/rejected", "grad_norm", "learning_rate", "tokens_per_s"):
+        assert all(math.isfinite(r[key]) for r in rows), key
+    assert json.loads((run_dir / "summary.json").read_text())["checkpoint"] == summary["checkpoint"]
+
+
+def test_every_trainable_parameter_changes(runs):
+    summary, _ = runs[1]["base"]
+    before = load_causal_lm("tiny-llama").state_dict()
+    after = _weights(summary)
+    for name, value in after.items():
+        assert not torch.equal(value, before[name]), f"{name} did not change"
+
+
+def test_two_workers_give_the_same_loss_curve(runs):
+    root, done = runs
+    _, two = _train(root, "two_workers", "train.num_workers=2", "train.micro_batch_size=2")
+    assert _losses(two) == pytest.approx(_losses(done["base"][1]), rel=1e-4, abs=1e-5)
+
+
+def test_gradient_accumulation_gives_the_same_loss_curve(runs):
+    root, done = runs
+    _, accumulated = _train(root, "accumulated", "train.micro_batch_size=2")
+    assert _losses(accumulated) == pytest.approx(_losses(done["base"][1]), rel=1e-4, abs=1e-5)
+
+
+def test_cached_reference_equals_live_reference(runs):
+    root, done = runs
+    _, live = _train(root, "live_ref", "train.reference_cache=false")
+    base = done["base"][1]
+    for key in ("loss", "rewards/chosen", "rewards/margins"):
+        assert [r[key] for r in live] == pytest.approx([r[key] for r in base], rel=1e-4, abs=1e-5), key
+
+
+def test_stopped_and_resumed_run_ends_where_an_uninterrupted_one_does(runs):
+    root, done = runs
+    first, rows = _train(root, "resumed", "train.stop_at_step=3")
+    assert first["steps"] == 3 and len(rows) == 3
+    final, rows = _train(root, "resumed")
+    assert final["steps"] == 6 and [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    uninterrupted = _weights(done["base"][0])
+    resumed = _weights(final)
+    for name, value in uninterrupted.items():
+        torch.testing.assert_close(resumed[name], value, atol=1e-5, rtol=1e-4)
+    assert _losses(rows) == pytest.approx(_losses(done["base"][1]), rel=1e-5)
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path, ray_local):
+    from rayalign.errors import TrainingError
+
+    with pytest.raises(TrainingError, match="NaN/inf at step"):
+        _train(tmp_path, "nan", "train.lr=1e30", "train.max_grad_norm=0", "train.max_steps=4",
+               "train.save_every=1")
+    summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
+    assert summary["status"] == "non_finite_loss"
+    assert summary["checkpoint"] and summary["checkpoint"].endswith(f"step_{summary['steps'] - 1:06d}")
+
+
+def test_hh_rlhf_sample_trains_for_a_few_steps(tmp_path, ray_local):
+    summary, rows = _train(tmp_path, "hh", f"data.path={hh_sample()}", "data.on_bad_row=skip", "data.limit=16",
+                           "data.max_length=256", "train.max_steps=2", "loss.name=ipo")
+    assert summary["steps"] == 2 and all(math.isfinite(r["loss"]) for r in rows)
+    assert summary["data"]["rows_used"] == 16
