@@ -55,14 +55,14 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _shard(lm, chunk_size: int, use_gpu: bool, device):
+def _shard(lm, chunk_size: int, mixed_precision: bool, device):
     """FSDP2: `fully_shard` each decoder layer, then the root (embeddings, norm, head)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     kwargs = {"mesh": mesh}
-    if use_gpu:
+    if mixed_precision:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     model = ResponseLogps(lm, chunk_size)
     for layer in lm.get_decoder().layers:
@@ -72,7 +72,12 @@ def _shard(lm, chunk_size: int, use_gpu: bool, device):
 
 
 def build_model(name: str, cfg: config_lib.Config, device, trainable: bool):
-    dtype = "bfloat16" if cfg.model.dtype == "bfloat16" else "float32"  # GPU: fp32 master + bf16 compute
+    """(the HF model, its FSDP2-sharded ResponseLogps wrapper) on `device`.
+
+    dtype auto: float32 on CPU; on GPU float32 master weights with bf16 compute (mixed precision).
+    """
+    dtype = "bfloat16" if cfg.model.dtype == "bfloat16" else "float32"
+    mixed_precision = cfg.train.use_gpu and cfg.model.dtype == "auto"
     lm = load_causal_lm(name, dtype)
     lm.to(device)
     if not trainable:
@@ -80,7 +85,7 @@ def build_model(name: str, cfg: config_lib.Config, device, trainable: bool):
         lm.eval()
     else:
         lm.train()
-    return lm, _shard(lm, cfg.model.chunk_size, cfg.train.use_gpu, device)
+    return lm, _shard(lm, cfg.model.chunk_size, mixed_precision, device)
 
 
 def _loss_inputs(policy: torch.Tensor, reference: torch.Tensor | None, batch: dict, progress: float) -> LossInputs:
@@ -175,6 +180,8 @@ def prepare_reference(cfg, pairs, pad_id: int, device, cache_dir: Path):
         path = ref_lib.cache_path(cache_dir, ref_lib.model_fingerprint(resolve_model(name)), fingerprint(pairs))
     path = _broadcast(path)
     if not _broadcast(path.is_file() if dist.get_rank() == 0 else None):
+        if dist.get_rank() == 0:
+            print(f"rayalign: computing reference log-probs of {len(pairs)} pairs (cached at {path})", flush=True)
         lm, model = build_model(name, cfg, device, trainable=False)
         values = ref_lib.compute_reference(model, pairs, pad_id, cfg.train.micro_batch_size, device)
         if dist.get_rank() == 0:
@@ -227,6 +234,8 @@ def train_fn_per_worker(loop_config: dict) -> None:
     pairs = ray.get(loop_config["pairs"])
     run_dir, rank = Path(loop_config["run_dir"]), dist.get_rank()
     device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL and FSDP allocate on the current device
     torch.manual_seed(cfg.train.seed)
     torch.set_num_threads(cfg.train.cpus_per_worker)
     tokenizer = load_tokenizer(cfg.model.name)

