@@ -79,7 +79,7 @@ def _record(values: dict, run: str | None) -> None:
                 metric.set(float(value), tags=tags)
             else:
                 metric.observe(float(value), tags=tags)
-    except Exception as error:  # metrics must never stop training or a pipeline
+    except Exception as error:  # noqa: BLE001 - metrics must never stop training or a pipeline
         if not _warned:
             _warned = True
             warnings.warn(f"rayalign: Ray metrics not recorded ({error})", stacklevel=3)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rayalign import config as config_lib
 from rayalign import monitoring
-from rayalign.data import prepare_data
+from rayalign.data import PreparedData, prepare_data
 from rayalign.errors import ConfigError, TrainingError
 from rayalign.losses import get_loss
 from rayalign.models import cache_root, load_tokenizer, resolve_model
@@ -64,8 +64,11 @@ def _summary(cfg, result, prepared, began: float) -> dict:
     }
 
 
-def run_training(cfg: config_lib.Config) -> dict:
-    """Train `cfg` on Ray Train; writes the run directory and returns the summary."""
+def run_training(cfg: config_lib.Config, prepared: PreparedData | None = None) -> dict:
+    """Train `cfg` on Ray Train; writes the run directory and returns the summary.
+
+    `prepared` (already tokenised pairs, e.g. one sDPO chunk) replaces reading `cfg.data.path`.
+    """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -80,7 +83,8 @@ def run_training(cfg: config_lib.Config) -> dict:
         raise ConfigError(f"{run_dir} already has checkpoints: use a new name= or train.resume=auto")
     tokenizer = load_tokenizer(cfg.model.name)
     resolve_model(cfg.model.reference or cfg.model.name)  # provision once, before workers race
-    prepared = prepare_data(cfg.data, tokenizer, _mark_fn(cfg, tokenizer))
+    if prepared is None:
+        prepared = prepare_data(cfg.data, tokenizer, _mark_fn(cfg, tokenizer))
     if len(prepared.pairs) < cfg.train.batch_size:
         raise ConfigError(f"{cfg.data.path}: {len(prepared.pairs)} usable pairs, fewer than "
                           f"train.batch_size ({cfg.train.batch_size}); lower it or add data")

@@ -255,6 +255,8 @@ def train_fn_per_worker(loop_config: dict) -> None:
     if rank == 0:
         tracker = Tracker(run_dir, cfg.tracking, cfg.name, config_lib.flatten(loop_config["config"]), "train")
         tracker.truncate_after(start)
+        if tracker.where:
+            print(f"rayalign: wandb run {tracker.where}", flush=True)
         bar = tqdm(total=total, desc=f"train {cfg.name}", position=0)
         bar.update(start)
     stop = min(total, cfg.train.stop_at_step or total)
