@@ -1,0 +1,283 @@
+"""SamplerPool: samplers in Ray actors, fed from a work queue, that survive an actor dying.
+
+Prompts are cut into small chunks; each actor holds at most `max_in_flight` chunks (so it never
+idles between chunks) and `ray.wait` hands the next chunk to whichever actor frees up first.
+
+Why results do not depend on which actor ran what: chunk boundaries are fixed by the call, and a
+chunk's seed is `params.seed + its first prompt's index` (`chunk_seed`), so re-running a chunk on
+another actor, or after a restart, gives the same completions.
+
+An actor that dies mid-run (OOM, node loss, `ray.kill`) fails its in-flight tasks with
+`RayActorError` (tasks are never retried by Ray: `max_task_retries=0`, because the pool re-dispatches
+them itself and must know which chunks are unanswered). The pool puts those chunks back on the queue
+and revives the actor *without blocking the others*: a probe task waits for Ray's restart
+(`max_restarts`), or, when restarts are used up or the restart takes longer than
+`restart_timeout_s`, the pool recreates the actor in the same placement-group bundle. The probe also
+reloads the last weights given to `update_weights`, since a restarted actor starts from the
+constructor's checkpoint (and every task carries the weights' version, so an actor restarted
+between calls catches up before it answers). Results are stored by chunk index, so a chunk is answered once even if
+it ran twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+
+import ray
+from ray.exceptions import RayActorError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from rayalign.errors import ConfigError, RayAlignError
+from rayalign.sampling.base import Completion, SamplingParams, check_inputs, make_sampler
+
+STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
+def chunk_seed(seed: int | None, start: int) -> int | None:
+    """The seed of the chunk whose first prompt has index `start` in the call."""
+    return None if seed is None else seed + start
+
+
+class SamplerWorker:
+    """The actor body: one sampler, built in the actor's process.
+
+    Every call carries the pool's current weights as `(version, source)`; a worker on an older
+    version (a fresh or restarted actor starts at version 0, the constructor's checkpoint) loads
+    them first. So an actor that Ray restarted between calls cannot answer with stale weights.
+    """
+
+    def __init__(self, engine: str, model: str, engine_kwargs: dict, num_threads: int | None):
+        if num_threads:  # torch would otherwise size its pool by the node's cores, not the actor's share
+            import torch
+
+            torch.set_num_threads(num_threads)
+        self.sampler = make_sampler(engine, model, **engine_kwargs)
+        self.weights_version = 0
+
+    def sync(self, weights: tuple) -> int:
+        """Load `weights` = (version, path | ObjectRef of a state dict) unless already on that version."""
+        version, source = weights
+        if version != self.weights_version:
+            self.sampler.load_weights(ray.get(source) if isinstance(source, ray.ObjectRef) else source)
+            self.weights_version = version
+        return os.getpid()
+
+    def generate(self, index: int, prompts, params, prefixes, weights: tuple):
+        self.sync(weights)
+        return index, self.sampler.generate(prompts, params, prefixes)
+
+
+class SamplerPool:
+    """`num_actors` samplers, each with `num_cpus` / `num_gpus` (fractions allowed), in one placement
+    group (`strategy` PACK or SPREAD). Extra keyword arguments go to the engine's constructor."""
+
+    def __init__(self, engine: str = "hf", model: str = "tiny-llama", num_actors: int = 2, num_cpus: float = 1,
+                 num_gpus: float = 0, max_restarts: int = 1, strategy: str = "PACK", chunk_size: int = 4,
+                 max_in_flight: int = 2, restart_timeout_s: float = 300, max_chunk_attempts: int = 3,
+                 ready_timeout_s: float = 600, **engine_kwargs):
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"sampler pool: strategy '{strategy}' is not one of {', '.join(STRATEGIES)}")
+        if num_actors < 1 or chunk_size < 1 or max_in_flight < 1:
+            raise ConfigError("sampler pool: num_actors, chunk_size and max_in_flight must be >= 1")
+        if not ray.is_initialized():
+            ray.init()
+        if engine == "hf" and num_gpus and "device" not in engine_kwargs:
+            engine_kwargs["device"] = "cuda"  # a GPU share is pointless if the model stays on the CPU
+        self.engine, self.model, self.engine_kwargs = engine, model, engine_kwargs
+        self.num_cpus, self.num_gpus, self.max_restarts = num_cpus, num_gpus, max_restarts
+        self.chunk_size, self.max_in_flight = chunk_size, max_in_flight
+        self.restart_timeout_s, self.max_chunk_attempts = restart_timeout_s, max_chunk_attempts
+        bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})}
+        self.placement_group = placement_group([dict(bundle) for _ in range(num_actors)], strategy=strategy)
+        if not self._wait(self.placement_group.ready(), ready_timeout_s):
+            remove_placement_group(self.placement_group)
+            raise RayAlignError(f"sampler pool: the cluster cannot place {num_actors} actors of {bundle} "
+                                f"within {ready_timeout_s:.0f} s; lower num_actors or the per-actor resources")
+        self.actors = [self._new_actor(i) for i in range(num_actors)]
+        self.incarnation = [0] * num_actors
+        self.weights = (0, None)  # (version, path | ObjectRef of a state dict); 0: the constructor's
+        self.last_stats: dict[str, int] = {}
+        try:
+            ray.get([actor.sync.remote(self.weights) for actor in self.actors])
+        except RayActorError as error:  # the engine's constructor raised: say why in one line
+            self.shutdown()
+            raise RayAlignError(f"sampler pool: the '{engine}' sampler for '{model}' did not start: "
+                                f"{_last_error_line(str(error))}") from None
+
+    @staticmethod
+    def _wait(ref, timeout: float) -> bool:
+        ready, _ = ray.wait([ref], timeout=timeout)
+        return bool(ready)
+
+    def _new_actor(self, i: int):
+        threads = max(1, int(self.num_cpus)) if self.engine == "hf" else None
+        remote = ray.remote(SamplerWorker).options(
+            num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_restarts=self.max_restarts, max_task_retries=0,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=i))
+        return remote.remote(self.engine, self.model, self.engine_kwargs, threads)
+
+    # ---- generation -------------------------------------------------------------------------
+    def generate(self, prompts: list[list[int]], params: SamplingParams, prefixes: list[list[int]] | None = None,
+                 on_chunk: Callable[[int, int], None] | None = None) -> list[list[Completion]]:
+        """`params.n` completions per prompt, in input order. `on_chunk(chunk_index, actor_index)` is
+        called as each chunk's result arrives (progress bars, tests). Counters in `last_stats`."""
+        prefixes = check_inputs(prompts, prefixes)
+        starts = list(range(0, len(prompts), self.chunk_size))
+        run = _Run(self, starts, prompts, prefixes, params, on_chunk)
+        run.loop()
+        self.last_stats = dict(run.stats)
+        return [completions for index in range(len(starts)) for completions in run.results[index]]
+
+    # ---- weights ------------------------------------------------------------------------------
+    def update_weights(self, source: str | dict) -> None:
+        """Every actor loads the weights (an HF checkpoint directory or a state dict, put in Ray's
+        object store once). They are remembered, so a restarted actor reloads them."""
+        previous = self.weights
+        self.weights = (previous[0] + 1, ray.put(source) if isinstance(source, dict) else str(source))
+        refs = {actor.sync.remote(self.weights): i for i, actor in enumerate(self.actors)}
+        try:
+            for ref, i in refs.items():
+                try:
+                    ray.get(ref)
+                except RayActorError:  # it died meanwhile: revive it, which reloads the weights
+                    self._revive_blocking(i)
+        except ray.exceptions.RayTaskError as error:  # e.g. not a checkpoint: keep the previous weights
+            self.weights = previous  # actors that did load go back on their next task (version mismatch)
+            raise error.as_instanceof_cause() from None
+
+    def _revive_blocking(self, i: int) -> None:
+        try:
+            ray.get(self.actors[i].sync.remote(self.weights), timeout=self.restart_timeout_s)
+        except (RayActorError, ray.exceptions.GetTimeoutError):
+            self.replace_actor(i)
+            ray.get(self.actors[i].sync.remote(self.weights))
+        self.incarnation[i] += 1
+
+    def replace_actor(self, i: int) -> None:
+        """Recreate actor `i` in its bundle (its restarts are used up, or it hangs)."""
+        ray.kill(self.actors[i], no_restart=True)
+        self.actors[i] = self._new_actor(i)
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
+        remove_placement_group(self.placement_group)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+
+
+def _last_error_line(text: str) -> str:
+    """The innermost 'SomeError: message' line of a remote traceback."""
+    lines = [line.strip() for line in text.splitlines() if "Error" in line and ":" in line]
+    return lines[-1] if lines else text.strip().splitlines()[0]
+
+
+class _Run:
+    """The state of one `generate` call: queue, in-flight tasks, probes, results."""
+
+    def __init__(self, pool: SamplerPool, starts, prompts, prefixes, params: SamplingParams, on_chunk):
+        self.pool, self.starts, self.params, self.on_chunk = pool, starts, params, on_chunk
+        size = pool.chunk_size
+        self.inputs = [(prompts[s:s + size], prefixes[s:s + size]) for s in starts]
+        self.pending = deque(range(len(starts)))
+        self.in_flight: dict = {}  # ref -> ("chunk" | "probe", actor, chunk, actor incarnation, submit time)
+        self.load = [0] * len(pool.actors)
+        self.reviving = [False] * len(pool.actors)
+        self.attempts = Counter()
+        self.results: dict[int, list[list[Completion]]] = {}
+        self.stats = Counter(chunks=len(starts))
+
+    def loop(self) -> None:
+        while len(self.results) < len(self.starts):
+            self._dispatch()
+            if not self.in_flight:  # every unanswered chunk must be queued, running or behind a probe
+                raise RuntimeError(f"sampler pool: {len(self.starts) - len(self.results)} chunks lost track of (a bug)")
+            ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=1.0)
+            for ref in ready:
+                kind, actor, chunk, incarnation, _ = self.in_flight.pop(ref)
+                if kind == "chunk":
+                    self._chunk_done(ref, actor, chunk, incarnation)
+                else:
+                    self._probe_done(ref, actor)
+            self._check_probe_deadlines()
+
+    def _dispatch(self) -> None:
+        """Hand queued chunks to the least-loaded live actors, up to `max_in_flight` each."""
+        while self.pending:
+            live = [i for i in range(len(self.load)) if not self.reviving[i] and self.load[i] < self.pool.max_in_flight]
+            if not live:
+                return
+            actor = min(live, key=lambda i: self.load[i])
+            chunk = self.pending.popleft()
+            prompts, prefixes = self.inputs[chunk]
+            params = dataclasses.replace(self.params, seed=chunk_seed(self.params.seed, self.starts[chunk]))
+            ref = self.pool.actors[actor].generate.remote(chunk, prompts, params, prefixes, self.pool.weights)
+            self.in_flight[ref] = ("chunk", actor, chunk, self.pool.incarnation[actor], time.monotonic())
+            self.load[actor] += 1
+
+    def _chunk_done(self, ref, actor: int, chunk: int, incarnation: int) -> None:
+        self.load[actor] -= 1
+        try:
+            index, completions = ray.get(ref)
+        except RayActorError:
+            self._actor_failed(actor, chunk, stale=incarnation != self.pool.incarnation[actor])
+            return
+        except ray.exceptions.RayTaskError as error:  # the sampler itself raised: a real error, not a crash
+            raise error.as_instanceof_cause() from None
+        if index in self.results:
+            self.stats["duplicates_dropped"] += 1
+            return
+        self.results[index] = completions
+        if self.on_chunk is not None:
+            self.on_chunk(index, actor)
+
+    def _actor_failed(self, actor: int, chunk: int, stale: bool) -> None:
+        """Requeue the chunk; revive the actor unless already reviving or revived since (`stale`)."""
+        self.stats["chunks_redispatched"] += 1
+        self.attempts[chunk] += 1
+        if self.attempts[chunk] >= self.pool.max_chunk_attempts:
+            start = self.starts[chunk]
+            raise RayAlignError(f"sampler pool: prompts {start}..{start + len(self.inputs[chunk][0]) - 1} killed "
+                                f"their actor {self.attempts[chunk]} times (out of memory?); lower max_new_tokens "
+                                "or the engine's batch size")
+        self.pending.appendleft(chunk)
+        if not self.reviving[actor] and not stale:
+            self.stats["actor_failures"] += 1
+            self.reviving[actor] = True
+            self._probe(actor)
+
+    def _probe(self, actor: int) -> None:
+        ref = self.pool.actors[actor].sync.remote(self.pool.weights)
+        self.in_flight[ref] = ("probe", actor, None, None, time.monotonic())
+
+    def _probe_done(self, ref, actor: int) -> None:
+        try:
+            ray.get(ref)
+        except RayActorError:  # restarts used up: a new actor in the same bundle
+            self.stats["actors_recreated"] += 1
+            self.pool.replace_actor(actor)
+            self._probe(actor)
+            return
+        except ray.exceptions.RayTaskError as error:  # alive, but the weights would not load
+            raise error.as_instanceof_cause() from None
+        self.reviving[actor] = False
+        self.pool.incarnation[actor] += 1
+
+    def _check_probe_deadlines(self) -> None:
+        now = time.monotonic()
+        for ref, (kind, actor, _, _, submitted) in list(self.in_flight.items()):
+            if kind == "probe" and now - submitted > self.pool.restart_timeout_s:
+                del self.in_flight[ref]
+                self.stats["actors_recreated"] += 1
+                self.pool.replace_actor(actor)
+                self._probe(actor)

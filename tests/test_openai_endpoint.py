@@ -1,0 +1,133 @@
+"""The sampler's OpenAI-compatible endpoint on real Ray Serve over HTTP (127.0.0.1, a free port),
+called through the `openai` package (`rayalign.llm_client`) and raw HTTP for malformed requests."""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+import pytest
+import torch
+
+from rayalign.data.tokenize import encode_prompt
+from rayalign.errors import ConfigError, RayAlignError
+from rayalign.llm_client import LLMClient
+from rayalign.sampling import SamplingParams
+
+PROMPT = "The three primary colours are"
+MESSAGES = [{"role": "user", "content": "Name a colour."}]
+
+
+def free_port() -> int:
+    """Bind port 0 and let the OS pick: other test runs may have Serve on 8000 already."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    import ray
+    from ray import serve
+
+    from rayalign.sampling.serve import start_server
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    url = start_server("tiny-llama", host="127.0.0.1", port=free_port(), num_cpus=1)
+    yield url
+    serve.shutdown()
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return LLMClient(base_url=server, api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def local():
+    from rayalign.sampling.hf import HFSampler
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield HFSampler("tiny-llama")
+    torch.set_num_threads(before)
+
+
+def greedy_text(sampler, prompt_ids: list[int], max_tokens: int) -> str:
+    (c,), = sampler.generate([prompt_ids], SamplingParams(temperature=0, max_new_tokens=max_tokens))
+    return c.text
+
+
+def test_completions_schema_and_greedy_text(client, local):
+    response = client.complete_response(PROMPT, max_tokens=8, temperature=0)
+    assert response.id.startswith("cmpl-") and response.object == "text_completion"
+    assert response.model == "tiny-llama" and response.created > 0
+    (choice,) = response.choices
+    assert choice.index == 0 and choice.finish_reason in ("stop", "length") and choice.logprobs is None
+    prompt_ids = local.tokenizer.encode(PROMPT, add_special_tokens=True)
+    assert choice.text == greedy_text(local, prompt_ids, 8)
+    assert response.usage.prompt_tokens == len(prompt_ids)
+    assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
+    assert client.complete(PROMPT, max_tokens=8, temperature=0) == choice.text
+    assert client.model == "tiny-llama"  # found through GET /v1/models
+
+
+def test_completions_batch_n_seed_stop_and_logprobs(client):
+    kwargs = {"max_tokens": 6, "temperature": 1.0, "n": 2, "seed": 11, "logprobs": 0}
+    response = client.complete_response([PROMPT, "Hello"], **kwargs)
+    assert [c.index for c in response.choices] == [0, 1, 2, 3]
+    for choice in response.choices:
+        assert len(choice.logprobs.token_logprobs) == len(choice.logprobs.tokens) > 0
+        assert all(lp <= 0 for lp in choice.logprobs.token_logprobs)
+    again = client.complete_response([PROMPT, "Hello"], **kwargs)
+    assert [c.text for c in again.choices] == [c.text for c in response.choices]
+    first = response.choices[0].text
+    stop = first[len(first) // 2:][:1]
+    if stop.strip():
+        cut = client.complete_response([PROMPT, "Hello"], **kwargs, stop=[stop]).choices[0]
+        assert cut.finish_reason == "stop" and cut.text == first[:first.index(stop)]
+
+
+def test_chat_schema_and_greedy_text(client, local):
+    response = client.chat_response(MESSAGES, max_tokens=8, temperature=0, logprobs=True)
+    assert response.id.startswith("chatcmpl-") and response.object == "chat.completion"
+    (choice,) = response.choices
+    assert choice.message.role == "assistant" and choice.finish_reason in ("stop", "length")
+    assert choice.message.content == greedy_text(local, encode_prompt(MESSAGES, local.tokenizer), 8)
+    assert len(choice.logprobs.content) == response.usage.completion_tokens
+    assert client.chat(MESSAGES, max_tokens=8, temperature=0) == choice.message.content
+
+
+@pytest.mark.parametrize("path, body, status", [
+    ("/completions", b"{not json", 422),
+    ("/completions", b'{"max_tokens": 4}', 422),  # no prompt
+    ("/completions", b'{"prompt": "hi", "temperature": -1}', 422),
+    ("/completions", b'{"prompt": [], "max_tokens": 4}', 422),
+    ("/completions", b'{"prompt": "hi", "stop": ["", "x"]}', 422),
+    ("/completions", b'{"prompt": "", "max_tokens": 4}', 422),
+    ("/completions", b'{"prompt": ["hi", ""], "max_tokens": 4}', 400),  # the second encodes to no tokens
+    ("/completions", b'{"prompt": "hi", "stream": true}', 400),
+    ("/chat/completions", b'{"messages": []}', 422),
+    ("/chat/completions", b'{"messages": [{"role": "wizard", "content": "hi"}]}', 422),
+    ("/chat/completions", b'[1, 2]', 422),
+])
+def test_malformed_requests_get_a_4xx_with_a_message(server, path, body, status):
+    response = httpx.post(server + path, content=body, headers={"content-type": "application/json"}, timeout=60)
+    assert response.status_code == status, response.text
+    assert response.json()["detail"]
+
+
+def test_client_errors_are_one_line(client, server, monkeypatch):
+    with pytest.raises(RayAlignError, match="answered 422") as error:
+        client.complete(PROMPT, max_tokens=0)
+    assert "\n" not in str(error.value)
+    monkeypatch.delenv("RAYALIGN_LLM_BASE_URL", raising=False)
+    with pytest.raises(ConfigError, match="RAYALIGN_LLM_BASE_URL"):
+        LLMClient()
+    monkeypatch.setenv("RAYALIGN_LLM_BASE_URL", f"http://127.0.0.1:{free_port()}/v1")
+    with pytest.raises(RayAlignError, match="could not reach"):
+        LLMClient(model="x", max_retries=0, timeout=5).complete("hi")
