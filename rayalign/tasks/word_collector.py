@@ -70,6 +70,42 @@ def write_preferences(path: str | Path, n: int = 48, seed: int = 0) -> Path:
     return path
 
 
+# The task for the registry: prompts from topics x templates, the gold reward, a strong writer.
+MORE_PROMPTS = ("Any advice on {t}?", "I want to try {t}. Where do I begin?", "What is a common mistake with {t}?",
+                "Tell me one thing that helps with {t}.")
+_STRONG = (
+    "Happy to help with your question about {t}!",
+    "First, it is important to understand your goal and create a simple plan.",
+    "For example, include two small steps you can finish the first week.",
+    "However, ensure the following: a safe space, the best tools possible, and respectful habits.",
+    "Additionally, experience comes from practice, so provide yourself time to generate good data.",
+    "If the code of the craft feels hard, the following example may help you understand it.",
+    "Finally, I hope this information is appropriate for you; have fun and keep notes on what contains progress.",
+)
+
+
+def task_prompt(rng: random.Random) -> str:
+    return rng.choice(PROMPTS + MORE_PROMPTS).format(t=rng.choice(TOPICS))
+
+
+def strong_response(prompt: str, rng: random.Random) -> str:
+    """A dense, list-like answer packed with target words (≈ 25 of 30): a style a chat model
+    would not write by itself, which is what InCo-DPO's off-policy responses are."""
+    topic = next((t for t in TOPICS if t in prompt), "this")
+    middle = rng.sample(_STRONG[1:-1], k=len(_STRONG) - 3)  # drop one, shuffle the rest
+    return " ".join([_STRONG[0]] + middle + [_STRONG[-1]]).format(t=topic)
+
+
+def _task():
+    from rayalign.tasks.base import Task
+
+    return Task("word_collector", task_prompt, lambda prompt, response: gold_reward(response), strong_response,
+                description="D2PO word collector: +1 per target word used (0-30)", reward_range=(0.0, 30.0))
+
+
+TASK = _task()
+
+
 if __name__ == "__main__":  # python -m rayalign.tasks.word_collector jobs/data/word_collector_prefs.jsonl
     import sys
 

@@ -1,0 +1,110 @@
+"""The discriminator on Ray Serve: ``POST /score`` over HTTP, or a deployment handle.
+
+Request ``{"prompts": [...], "responses": [...]}`` (strings, equal lengths) → ``{"scores": [...]}``.
+Each (prompt, response) pair is one item for ``@serve.batch``, so pairs from concurrent requests
+share a forward pass: D2PO's samplers call it with a few pairs at a time, from many actors.
+
+Bad input never reaches the model: FastAPI and pydantic answer 422 with a message for bad JSON,
+a missing field, a wrong type or unequal lengths, and for more than ``MAX_ITEMS`` pairs. HTTP
+binds 127.0.0.1 unless the caller asks for another host: the endpoint has no authentication.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from ray import serve
+
+MAX_ITEMS = 4096
+
+app = FastAPI(title="rayalign discriminator")
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    prompts: list[str] = Field(max_length=MAX_ITEMS)
+    responses: list[str] = Field(max_length=MAX_ITEMS)
+
+    @model_validator(mode="after")
+    def _same_length(self):
+        if len(self.prompts) != len(self.responses):
+            raise ValueError(f"got {len(self.prompts)} prompts but {len(self.responses)} responses; "
+                             "give one response per prompt")
+        return self
+
+
+class ScoreResponse(BaseModel):
+    scores: list[float]
+
+
+@serve.deployment(max_ongoing_requests=64)  # ≥ the batch size, so concurrent requests can fill a batch
+@serve.ingress(app)
+class DiscriminatorServer:
+    """One replica holds one discriminator, loaded from a `Discriminator.save` directory."""
+
+    def __init__(self, checkpoint: str):
+        from rayalign.scoring.discriminator import Discriminator
+
+        self.model = Discriminator.load(checkpoint)
+
+    @app.post("/score")
+    async def score_http(self, request: ScoreRequest) -> ScoreResponse:
+        return ScoreResponse(scores=await self.score(request.prompts, request.responses))
+
+    async def score(self, prompts: list[str], responses: list[str]) -> list[float]:
+        """The handle entry point: `await handle.score.remote(prompts, responses)`."""
+        request = ScoreRequest(prompts=list(prompts), responses=list(responses))  # same checks as HTTP
+        return list(await asyncio.gather(*(self._score_pair((p, r))
+                                           for p, r in zip(request.prompts, request.responses))))
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def _score_pair(self, pairs: list[tuple[str, str]]) -> list[float]:
+        # in a thread: a CPU-bound forward pass must not block the replica's event loop
+        return await asyncio.to_thread(self.model.score, [p for p, _ in pairs], [r for _, r in pairs])
+
+
+def build_app(checkpoint: str, num_cpus: float = 1.0):
+    """The Serve application for `serve.run`; `num_cpus` is what the replica reserves."""
+    return DiscriminatorServer.options(ray_actor_options={"num_cpus": num_cpus}).bind(checkpoint)
+
+
+def start(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, name: str = "discriminator",
+          route_prefix: str = "/", num_cpus: float = 1.0):
+    """Start Ray (if needed), Serve's HTTP proxy on host:port, and the app; returns its handle."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(logging_level="WARNING")
+    serve.start(http_options={"host": host, "port": port})
+    return serve.run(build_app(checkpoint, num_cpus), name=name, route_prefix=route_prefix)
+
+
+def serve_forever(checkpoint: str, host: str = "127.0.0.1", port: int = 8000) -> int:
+    """`rayalign serve discriminator`: start, print the URL, block until Ctrl-C, then shut down."""
+    import signal
+    import time
+    from pathlib import Path
+
+    from rayalign.errors import RayAlignError
+
+    if not (Path(checkpoint) / "discriminator.json").is_file():
+        raise RayAlignError(f"--checkpoint {checkpoint}: not a discriminator checkpoint (no discriminator.json); "
+                            "give a directory written by Discriminator.save")
+    def _interrupt(*_):
+        raise KeyboardInterrupt
+
+    start(checkpoint, host=host, port=port)
+    signal.signal(signal.SIGTERM, _interrupt)  # after ray.init, which sets its own: a stop shuts Serve down too
+    print(f"discriminator serving at http://{host}:{port}/score  (POST {{\"prompts\": [...], \"responses\": [...]}}); "
+          "Ctrl-C to stop", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping", flush=True)
+    finally:
+        serve.shutdown()
+    return 0

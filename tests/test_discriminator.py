@@ -1,0 +1,189 @@
+"""The discriminator: Bradley–Terry training learns a synthetic preference, save/load, Serve over HTTP.
+
+The learnable preference: word-collector responses, the one with more target words preferred.
+The default tests use the tiny-llama backbone (on 2 busy cores minilm trains ~4x slower);
+minilm gets a round-trip test here and learns on real data in the slow HH-RLHF test.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import urllib.error
+import urllib.request
+
+import pytest
+
+from rayalign.errors import RayAlignError
+from rayalign.scoring.discriminator import Discriminator, minilm_path
+from rayalign.tasks import word_collector
+
+FILLER = ("the", "a", "it", "is", "good", "nice", "try", "then", "slowly", "well", "now", "more")
+
+
+def word_pairs(split: str, n: int, seed: int) -> list[dict]:
+    """Chosen: 4 target words + 4 filler words; rejected: 8 filler words. Same prompts as the task."""
+    rng = random.Random(seed)
+    pairs = []
+    for prompt in word_collector.TASK.prompts(split, n, seed):
+        chosen = rng.sample(word_collector.WORDS, 4) + rng.sample(FILLER, 4)
+        rng.shuffle(chosen)
+        pairs.append({"prompt": prompt, "chosen": " ".join(chosen), "rejected": " ".join(rng.sample(FILLER, 8))})
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def trained():
+    model = Discriminator(backbone="tiny-llama", max_length=64, epochs=3, batch_size=16, seed=0)
+    held_out = word_pairs("held_out", 32, seed=1)
+    before = model.accuracy(held_out)
+    result = model.update(word_pairs("train", 64, seed=0))
+    return model, held_out, before, result
+
+
+def test_bradley_terry_loss_falls_and_accuracy_beats_chance(trained):
+    model, held_out, before, result = trained
+    assert result["steps"] == 3 * 4
+    assert result["loss_last_epoch"] < 0.7 * result["loss_first_epoch"]
+    after = model.accuracy(held_out)
+    assert after >= 0.8, f"held-out accuracy {after} (before training {before})"
+    assert after > before
+
+
+def test_update_is_incremental_and_seeded(trained):
+    model = trained[0]
+    steps_before = max(float(state["step"]) for state in model.optimizer.state.values())
+    model.update(word_pairs("train", 16, seed=5), epochs=1)
+    assert max(float(state["step"]) for state in model.optimizer.state.values()) == steps_before + 1  # AdamW kept
+    a, b = (Discriminator(backbone="tiny-llama", max_length=64, seed=3) for _ in range(2))
+    pairs = word_pairs("train", 16, seed=2)
+    a.update(pairs, epochs=1), b.update(pairs, epochs=1)
+    assert a.score(["p"], ["data"]) == pytest.approx(b.score(["p"], ["data"]), abs=1e-6)
+
+
+def test_save_and_load_round_trip_without_pickles(trained, tmp_path):
+    model, held_out, _, _ = trained
+    model.save(tmp_path / "disc")
+    files = {p.name for p in (tmp_path / "disc").rglob("*") if p.is_file()}
+    assert {"discriminator.json", "head.safetensors", "model.safetensors"} <= files
+    assert not any(name.endswith((".bin", ".pt", ".pkl", ".pth")) for name in files)
+    loaded = Discriminator.load(tmp_path / "disc")
+    prompts, responses = [p["prompt"] for p in held_out[:4]], [p["chosen"] for p in held_out[:4]]
+    assert loaded.score(prompts, responses) == pytest.approx(model.score(prompts, responses), abs=1e-5)
+    with pytest.raises(RayAlignError, match="not a discriminator checkpoint"):
+        Discriminator.load(tmp_path)
+
+
+def test_score_checks_lengths(trained):
+    with pytest.raises(RayAlignError, match="1 prompts but 2 responses"):
+        trained[0].score(["p"], ["a", "b"])
+
+
+def test_minilm_backbone_mean_pooling_and_round_trip(tmp_path):
+    assert (minilm_path() / "config.json").is_file()
+    model = Discriminator(backbone="minilm", max_length=48, batch_size=8, seed=0)
+    assert model.pooling == "mean"
+    pairs = word_pairs("train", 8, seed=0)
+    before = model.score([p["prompt"] for p in pairs], [p["chosen"] for p in pairs])
+    model.update(pairs, epochs=1)
+    after = model.score([p["prompt"] for p in pairs], [p["chosen"] for p in pairs])
+    assert before != pytest.approx(after, abs=1e-4)
+    loaded = Discriminator.load(model.save(tmp_path / "minilm"))
+    assert loaded.pooling == "mean"
+    assert loaded.score([p["prompt"] for p in pairs], [p["chosen"] for p in pairs]) == pytest.approx(after, abs=1e-5)
+
+
+def test_truncation_keeps_the_response_start_and_the_prompt_end(trained):
+    model = trained[0]
+    batch = model._encode(["x " * 500 + "LAST"], ["FIRST " + "y " * 500])
+    ids = batch["input_ids"][0].tolist()
+    text = model.tokenizer.decode(ids)
+    assert len(ids) == 64 and "LAST" in text and "FIRST" in text and "y" in text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(port: int, body) -> tuple[int, object]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/score", data=data,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_serve_scores_over_http_and_handle(trained, ray_local, tmp_path):
+    from ray import serve
+
+    from rayalign.scoring.serve import start
+
+    model, held_out, _, _ = trained
+    checkpoint = str(model.save(tmp_path / "disc"))
+    port = _free_port()
+    try:
+        handle = start(checkpoint, port=port, name="discriminator_test", num_cpus=0)
+        prompts, responses = [p["prompt"] for p in held_out[:3]], [p["chosen"] for p in held_out[:3]]
+        status, body = _post(port, {"prompts": prompts, "responses": responses})
+        assert status == 200
+        assert body["scores"] == pytest.approx(model.score(prompts, responses), abs=1e-4)
+        assert _post(port, {"prompts": [], "responses": []}) == (200, {"scores": []})
+        assert handle.score.remote(prompts[:1], responses[:1]).result() == pytest.approx(body["scores"][:1], abs=1e-4)
+        malformed = [b"{not json", b"", {"prompts": ["a"]}, {"prompts": ["a"], "responses": ["a", "b"]},
+                     {"prompts": [1], "responses": ["a"]}, {"prompts": "ab", "responses": "cd"}, [1, 2],
+                     {"prompts": ["a"], "responses": ["b"], "extra": 1}]
+        for body in malformed:
+            status, message = _post(port, body)
+            assert 400 <= status < 500 and message, (body, status)
+        status, message = _post(port, {"prompts": ["a"], "responses": ["a", "b"]})
+        assert "1 prompts but 2 responses" in message
+    finally:
+        serve.shutdown()
+
+
+@pytest.mark.slow
+def test_minilm_learns_hh_rlhf_harmlessness(tmp_path):
+    from conftest import hh_sample
+
+    path = hh_sample()
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("discriminator_hh", Path(__file__).parents[1] / "jobs" /
+                                                  "discriminator_hh.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    pairs, _ = job.load_pairs(str(path))
+    random.Random(0).shuffle(pairs)
+    model = Discriminator(backbone="minilm", max_length=128, epochs=1, seed=0)  # as jobs/discriminator_hh.py
+    model.update(pairs[320:1600])
+    assert model.accuracy(pairs[:320]) > 0.55  # measured: 0.625 (200 of 320), ~4 min on 2 quiet cores
+
+
+@pytest.mark.slow
+def test_serve_cli_prints_the_url_and_stops_on_ctrl_c(trained, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    checkpoint = str(trained[0].save(tmp_path / "disc"))
+    port = _free_port()
+    rayalign = str(Path(sys.executable).parent / "rayalign")
+    proc = subprocess.Popen([rayalign, "serve", "discriminator", "--checkpoint", checkpoint, "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert f"http://127.0.0.1:{port}/score" in proc.stdout.readline()
+        status, body = _post(port, {"prompts": ["p"], "responses": ["data"]})
+        assert status == 200 and len(body["scores"]) == 1
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
