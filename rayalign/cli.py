@@ -1,4 +1,4 @@
-"""`rayalign` command line: train | models | bench.
+"""`rayalign` command line: train | run | sweep | eval | serve | submit | jobs | models | bench.
 
 User mistakes (bad config, bad data, missing package) print one line, `error: ...`, and exit 2;
 anything else is a bug and keeps its traceback.
@@ -24,14 +24,46 @@ def cmd_train(args) -> int:
     from rayalign.train.driver import run_training
 
     cfg = config.load(args.config, args.overrides)
-    summary = run_training(cfg)
+    _print_train(run_training(cfg), cfg.run_dir)
+    print(f"summary: {cfg.run_dir / 'summary.json'}")
+    return 0
+
+
+def _print_train(summary: dict, run_dir) -> None:
     final = summary["final_metrics"]
-    print(f"\ndone: {summary['steps']} steps in {summary['wall_time_s']} s, "
+    print(f"\ntrained: {summary['steps']} steps in {summary['wall_time_s']} s, "
           f"median {summary['tokens_per_s_median'] or 0:.0f} tokens/s")
     print("final: " + ", ".join(f"{k} {final[k]:.4g}" for k in ("loss", "rewards/accuracies", "rewards/margins")
                                 if k in final))
     print(f"checkpoint: {summary['checkpoint']}")
+
+
+def cmd_run(args) -> int:
+    from rayalign import config
+    from rayalign.pipelines import run_pipeline
+
+    cfg = config.load(args.config, args.overrides)
+    summary = run_pipeline(cfg)
+    _print_train(summary["train"], cfg.run_dir)
+    if "synthesis" in summary:
+        s = summary["synthesis"]
+        print(f"synthesis: {s['pairs']} pairs from {s['prompts']} prompts ({s.get('ties_skipped', 0)} ties skipped)")
+    if "eval" in summary:
+        e = summary["eval"]
+        w = e["win_rate"]
+        print(f"eval: gold reward {e['policy']['mean_reward']:.3f} ± {e['policy']['reward_stderr']:.3f} (policy) vs "
+              f"{e['reference']['mean_reward']:.3f} ± {e['reference']['reward_stderr']:.3f} (starting model); "
+              f"win rate {w['win_rate']:.3f} [{w['ci_low']:.3f}, {w['ci_high']:.3f}] 95% CI")
+        print(f"report: {cfg.run_dir / 'report.json'} and report.png")
     print(f"summary: {cfg.run_dir / 'summary.json'}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from rayalign.tune import load_sweep, run_sweep
+
+    summary = run_sweep(load_sweep(args.sweep, args.overrides))
+    print(f"best: {summary['best']}\nbest config: {summary['best_config']}\ntable: {summary['table']}")
     return 0
 
 
@@ -50,8 +82,42 @@ def cmd_models(args) -> int:
 def cmd_bench(args) -> int:
     from rayalign.bench import run_bench
 
-    print(json.dumps(run_bench(args.model, args.steps, args.batch, args.seq_len), indent=2))
+    result = {"train_step": run_bench(args.model, args.steps, args.batch, args.seq_len)}
+    if not args.skip_sampler:
+        from rayalign.sampling.bench import bench_sampler
+
+        result["sampler"] = bench_sampler(args.model)
+    print(json.dumps(result, indent=2))
     return 0
+
+
+def cmd_eval(args) -> int:
+    from rayalign.evaluation import evaluate
+
+    report = evaluate(args.policy, args.reference, args.task, args.num_prompts, args.samples, args.temperature,
+                      args.max_new_tokens, args.seed, args.out, args.scorer, args.top_p)
+    for role in ("policy", "reference"):
+        stats = report[f"{role}_stats"]
+        print(f"{role:9s} mean reward {stats['mean_reward']:.3f} ± {stats['reward_stderr']:.3f} (s.e.), "
+              f"mean length {stats['mean_length_tokens']:.1f} tokens, truncated {stats['truncated_share']:.0%}")
+    wr = report["win_rate"]
+    print(f"win rate  {wr['win_rate']:.3f}, 95% CI [{wr['ci_low']:.3f}, {wr['ci_high']:.3f}] over {wr['prompts']} prompts")
+    print(f"report: {args.out}/report.json, {args.out}/report.png")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    if args.what == "discriminator":
+        if not args.checkpoint:
+            raise RayAlignError("serve discriminator needs --checkpoint DIR (a directory written by Discriminator.save)")
+        from rayalign.scoring.serve import serve_forever
+
+        return serve_forever(args.checkpoint, args.host, args.port)
+    if args.what == "sampler":
+        from rayalign.sampling.serve import serve_forever as serve_sampler
+
+        return serve_sampler(args.model, args.host, args.port, args.engine)
+    raise RayAlignError(f"serve {args.what} is not available yet")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,16 +131,57 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-5 loss.name=ipo")
     train.set_defaults(func=cmd_train)
 
+    run = sub.add_parser("run", help="run a pipeline job (the config's `pipeline`: train or inco)")
+    run.add_argument("config", help="YAML job (see jobs/)")
+    run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. inco.ratio=0.25")
+    run.set_defaults(func=cmd_run)
+
+    sweep = sub.add_parser("sweep", help="Ray Tune sweep over a pipeline's config (see jobs/sweeps/)")
+    sweep.add_argument("sweep", help="sweep YAML")
+    sweep.add_argument("overrides", nargs="*", help="overrides of the sweep file, e.g. num_samples=2")
+    sweep.set_defaults(func=cmd_sweep)
+
     models = sub.add_parser("models", help="list embedded models, or provision them for offline use")
     models.add_argument("--provision", nargs="+", metavar="NAME", help="build and cache these models now")
     models.set_defaults(func=cmd_models)
 
-    bench = sub.add_parser("bench", help="training-step tokens/s and peak memory, chunked vs naive log-probs")
+    bench = sub.add_parser("bench", help="tokens/s and peak memory of a training step (chunked vs naive log-probs) and "
+                           "of the sampler (batched vs one prompt at a time)")
     bench.add_argument("--model", default="smollm2-135m-instruct")
     bench.add_argument("--steps", type=int, default=5)
     bench.add_argument("--batch", type=int, default=4, help="preference pairs per step")
     bench.add_argument("--seq-len", type=int, default=256, help="tokens per sequence")
+    bench.add_argument("--skip-sampler", action="store_true", help="skip the sampler's batched vs one-at-a-time run")
     bench.set_defaults(func=cmd_bench)
+
+    evaluate = sub.add_parser("eval", help="policy vs reference on a task's held-out prompts: rewards, win rate, "
+                              "report.json + report.png")
+    evaluate.add_argument("--policy", required=True, help="model name or checkpoint directory")
+    evaluate.add_argument("--reference", required=True, help="the starting model")
+    evaluate.add_argument("--task", default="word_collector", help="word_collector, math, bullets, or a registered task")
+    evaluate.add_argument("--num-prompts", type=int, default=32)
+    evaluate.add_argument("--samples", type=int, default=2, help="responses per prompt and model")
+    evaluate.add_argument("--temperature", type=float, default=0.7)
+    evaluate.add_argument("--top-p", type=float, default=1.0)
+    evaluate.add_argument("--max-new-tokens", type=int, default=48)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--scorer", default="gold", help="'gold' (the task's reward) or a discriminator directory")
+    evaluate.add_argument("--out", default="runs/eval", help="output directory")
+    evaluate.set_defaults(func=cmd_eval)
+
+    serve = sub.add_parser("serve", help="serve a model on Ray Serve until Ctrl-C")
+    serve.add_argument("what", choices=["discriminator", "sampler"])
+    serve.add_argument("--checkpoint", help="discriminator: a directory written by Discriminator.save")
+    serve.add_argument("--model", default="smollm2-135m-instruct",
+                       help="sampler: an embedded name, a checkpoint directory or a hub id (OpenAI-compatible /v1)")
+    serve.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="sampler: the sampling engine")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (the endpoint has no authentication)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=cmd_serve)
+
+    from rayalign.submit import add_parsers  # `submit` and `jobs`: the Ray Jobs API
+
+    add_parsers(sub)
     return parser
 
 

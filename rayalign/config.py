@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
 from rayalign.errors import ConfigError
@@ -144,9 +144,83 @@ class TrackingConfig:
 
 
 @dataclass(config=_STRICT)
+class SamplingConfig:
+    engine: Literal["hf", "vllm"] = "hf"
+    """Sampler engine: hf (transformers, CPU or GPU) or vllm (GPU)."""
+    num_actors: int = 1
+    """Sampler actors in the Ray pool."""
+    cpus_per_actor: float = 1.0
+    """CPUs reserved by each sampler actor."""
+    gpus_per_actor: float = 0.0
+    """GPUs per sampler actor (fractions share a GPU)."""
+    samples: int = 4
+    """Completions per prompt."""
+    temperature: float = 1.0
+    """Sampling temperature (0: greedy)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+    max_new_tokens: int = 48
+    """Most new tokens per completion."""
+
+
+@dataclass(config=_STRICT)
+class InCoConfig:
+    task: str = "word_collector"
+    """Embedded task: its train prompts, gold reward and strong off-policy writer (`rayalign eval --help`)."""
+    mode: Literal["inco", "on_policy", "off_policy"] = "inco"
+    """inco: continue a prefix of y_off; on_policy: sample from scratch; off_policy: y_off vs the worst sample."""
+    ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    """Prefix ratio r in [0, 1]: keep round(r·|y_off|) tokens of the off-policy response."""
+    num_prompts: int = 48
+    """Training prompts to synthesise pairs for."""
+    scorer: str = "gold"
+    """gold: the task's reward; otherwise a saved discriminator directory."""
+    include_off_policy: bool = False
+    """Let y_off itself join the candidates (inco mode)."""
+    shard_size: int = 16
+    """Prompts per parquet shard; a rerun skips finished shards."""
+    seed: int = 0
+    """Seed of the prompts, the off-policy writer and sampling."""
+
+
+@dataclass(config=_STRICT)
+class SDPOConfig:
+    stages: int = 1
+    """T: train stage by stage on T chunks, each stage's reference the previous stage's model (1: plain DPO)."""
+    split: Literal["easy_to_hard", "random", "by_source"] = "easy_to_hard"
+    """How pairs go to chunks: by the initial model's reward accuracy (easy first), at random, or by source."""
+    chunk_sizes: Optional[list[float]] = None
+    """Relative chunk sizes (e.g. [0.5, 0.5]); null: equal chunks. Ignored by by_source."""
+    source_column: str = "source"
+    """Column naming each pair's source, for split=by_source."""
+    seed: int = 0
+    """Seed of the random split."""
+
+
+@dataclass(config=_STRICT)
+class EvalConfig:
+    enabled: bool = True
+    """Evaluate the trained policy against the starting model at the end of a pipeline."""
+    task: Optional[str] = None
+    """Task whose held-out prompts and gold reward are used; null: inco.task."""
+    num_prompts: int = 32
+    """Held-out prompts."""
+    samples: int = 2
+    """Samples per prompt and model."""
+    temperature: float = 0.7
+    """Sampling temperature."""
+    max_new_tokens: int = 48
+    """Most new tokens per sample."""
+    seed: int = 0
+    """Seed of the held-out prompts and sampling."""
+
+
+@dataclass(config=_STRICT)
 class Config:
     name: str = "run"
     """Run name: the run directory is <output_dir>/<name>."""
+    pipeline: Literal["train", "inco", "sdpo"] = "train"
+    """What `rayalign run` does: train (on data.path), inco (synthesise, train, evaluate) or sdpo (stages on data.path)."""
     output_dir: str = "runs"
     """Where run directories go."""
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -154,6 +228,10 @@ class Config:
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
+    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    inco: InCoConfig = dataclasses.field(default_factory=InCoConfig)
+    sdpo: SDPOConfig = dataclasses.field(default_factory=SDPOConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -177,7 +255,8 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig, "train": TrainConfig,
-             "tracking": TrackingConfig}
+             "tracking": TrackingConfig, "sampling": SamplingConfig, "inco": InCoConfig, "sdpo": SDPOConfig,
+             "eval": EvalConfig}
 
 
 def describe_fields() -> list[tuple[str, Any, str]]:

@@ -68,8 +68,16 @@ class SamplerWorker:
         return os.getpid()
 
     def generate(self, index: int, prompts, params, prefixes, weights: tuple):
+        import time
+
+        from rayalign.monitoring import record_samples
+
         self.sync(weights)
-        return index, self.sampler.generate(prompts, params, prefixes)
+        began = time.perf_counter()
+        outputs = self.sampler.generate(prompts, params, prefixes)
+        completions = [c for row in outputs for c in row]
+        record_samples(len(completions), sum(len(c.generated_ids) for c in completions), time.perf_counter() - began)
+        return index, outputs
 
 
 class SamplerPool:

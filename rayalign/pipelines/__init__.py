@@ -1,0 +1,26 @@
+"""Pipelines (recipes) over the components: one readable function each, not a trainer subclass."""
+
+from __future__ import annotations
+
+from rayalign import config as config_lib
+
+
+def run_pipeline(cfg: config_lib.Config) -> dict:
+    """What `rayalign run` does with a config: its `pipeline` names the recipe.
+
+    A pipeline's wandb runs (its phases, sDPO's stages) share a group: the run name unless set.
+    """
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, group=cfg.tracking.group or cfg.name))
+    if cfg.pipeline == "sdpo":
+        from rayalign.pipelines.sdpo import run_sdpo
+
+        return run_sdpo(cfg)
+    if cfg.pipeline == "inco":
+        from rayalign.pipelines.inco import run_inco
+
+        return run_inco(cfg)
+    from rayalign.train.driver import run_training
+
+    return {"pipeline": "train", "train": run_training(cfg)}

@@ -1,0 +1,187 @@
+"""sDPO (arXiv 2403.19270): the preference data in T chunks, easy first, trained stage by stage.
+
+M_0 is the starting model. Stage t initialises the policy from M_{t-1}, takes M_{t-1} frozen as
+the reference (its log-probs are recomputed for chunk t: the reference cache is keyed by the
+weights, so each stage gets its own), trains DPO on chunk t, and checkpoints M_t.
+
+Difficulty, our reading of the paper: a pair is easy when the starting model already prefers its
+chosen response. With M_0 as both policy and reference the DPO implicit reward is 0 for every
+pair, so we measure M_0's length-normalised log-prob margin
+logp(y_w)/|y_w| − logp(y_l)/|y_l| (the implicit reward of a reference-free model); its sign gives
+the reward accuracy. `easy_to_hard` sorts pairs by that margin, largest first, and cuts T chunks;
+`by_source` orders the sources by their accuracy (one chunk per source, the paper's set-up);
+`random` is the paper's ablation. Pairs keep their file order inside a chunk, so T = 1 trains
+exactly what plain DPO trains.
+
+Diagnostic (the paper's γ_ref): the mean reference margin logp_ref(y_w) − logp_ref(y_l) on chunk
+t+1 under M_{t-1} and under M_t; sDPO's claim is that it rises. A stopped run resumes in the stage
+it was in: finished stages are read from their summary, not retrained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+
+import torch
+
+from rayalign import config as config_lib
+from rayalign.errors import ConfigError
+
+
+def chunk_counts(n: int, stages: int, sizes: list[float] | None) -> list[int]:
+    """How many pairs each chunk gets: proportional to `sizes` (equal by default), summing to n."""
+    weights = sizes or [1.0] * stages
+    if len(weights) != stages or any(w <= 0 for w in weights):
+        raise ConfigError(f"sdpo.chunk_sizes needs {stages} positive numbers (one per stage), got {sizes}")
+    counts = [int(n * w / sum(weights)) for w in weights]
+    counts[-1] += n - sum(counts)
+    return counts
+
+
+def split_chunks(margins: list[float], stages: int, strategy: str, sizes: list[float] | None = None,
+                 seed: int = 0, sources: list[str] | None = None) -> tuple[list[list[int]], list[float]]:
+    """Chunks of pair indices (file order inside each) and each chunk's reward accuracy."""
+    n = len(margins)
+    if strategy == "by_source":
+        if sources is None:
+            raise ConfigError("sdpo.split=by_source needs a source column in the data (sdpo.source_column)")
+        groups: dict[str, list[int]] = {}
+        for index, source in enumerate(sources):
+            groups.setdefault(source, []).append(index)
+        if len(groups) != stages:
+            raise ConfigError(f"sdpo.split=by_source makes one chunk per source: the data has {len(groups)} "
+                              f"sources, so set sdpo.stages={len(groups)}")
+        chunks = sorted(groups.values(), key=lambda idx: -_accuracy(margins, idx))
+    else:
+        if strategy == "easy_to_hard":
+            order = sorted(range(n), key=lambda i: (-margins[i], i))
+        elif strategy == "random":
+            order = list(range(n))
+            random.Random(seed).shuffle(order)
+        else:
+            raise ConfigError(f"sdpo.split '{strategy}' is not easy_to_hard, random or by_source")
+        chunks, start = [], 0
+        for count in chunk_counts(n, stages, sizes):
+            chunks.append(order[start:start + count])
+            start += count
+    chunks = [sorted(chunk) for chunk in chunks]
+    return chunks, [_accuracy(margins, chunk) for chunk in chunks]
+
+
+def _accuracy(margins: list[float], indices: list[int]) -> float:
+    return sum(margins[i] > 0 for i in indices) / max(1, len(indices))
+
+
+@torch.no_grad()
+def response_logps(model_name: str, pairs, pad_id: int, micro_batch: int = 8) -> torch.Tensor:
+    """[N, 4]: chosen sum, rejected sum, chosen length, rejected length of each pair under a model."""
+    from rayalign.data import collate_pairs
+    from rayalign.logprobs import ResponseLogps
+    from rayalign.models import load_causal_lm
+
+    model = ResponseLogps(load_causal_lm(model_name).eval())
+    rows = []
+    for start in range(0, len(pairs), micro_batch):
+        batch = collate_pairs(pairs[start:start + micro_batch], pad_id)
+        sums = model(batch["input_ids"], batch["attention_mask"], batch["response_mask"]).sum(-1)
+        b = sums.shape[0] // 2
+        lengths = batch["lengths"].float()
+        rows.append(torch.stack([sums[:b], sums[b:], lengths[:b], lengths[b:]], dim=1))
+    return torch.cat(rows)
+
+
+def normalised_margins(stats: torch.Tensor) -> list[float]:
+    return (stats[:, 0] / stats[:, 2] - stats[:, 1] / stats[:, 3]).tolist()
+
+
+def reference_margin(model_name: str, pairs, pad_id: int) -> float | None:
+    """Mean γ_ref = logp_ref(y_w) − logp_ref(y_l) over `pairs` (None for no pairs)."""
+    if not pairs:
+        return None
+    stats = response_logps(model_name, pairs, pad_id)
+    return float((stats[:, 0] - stats[:, 1]).mean())
+
+
+def _stage_done(stage_dir: Path) -> dict | None:
+    path = stage_dir / "summary.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    return summary if summary.get("status") == "ok" and summary["steps"] == summary["total_steps"] else None
+
+
+def _sources(cfg: config_lib.Config, prepared) -> list[str]:
+    """The source column of the rows that became pairs (needs data without skipped rows)."""
+    from rayalign.data import iter_rows
+
+    if prepared.stats.get("bad_rows"):
+        raise ConfigError("sdpo.split=by_source needs data without bad rows (their sources cannot be matched)")
+    column, sources = cfg.sdpo.source_column, []
+    for row, raw in iter_rows(cfg.data.path, cfg.data.split):
+        if len(sources) == len(prepared.pairs):
+            break
+        if not isinstance(raw, dict) or column not in raw:
+            raise ConfigError(f"{cfg.data.path}, row {row}: no '{column}' field for sdpo.split=by_source; "
+                              f"set sdpo.source_column or use sdpo.split=easy_to_hard")
+        sources.append(str(raw[column]))
+    return sources
+
+
+def run_stages(cfg: config_lib.Config, prepared, run_dir: Path) -> dict:
+    """Train T stages on `prepared` (tokenised pairs) under `run_dir/stage_<t>/`; returns the summary."""
+    from rayalign.data import PreparedData
+    from rayalign.models import load_tokenizer
+    from rayalign.train.driver import run_training
+
+    pairs, s = prepared.pairs, cfg.sdpo
+    pad_id = load_tokenizer(cfg.model.name).pad_token_id
+    margins = [0.0] * len(pairs)
+    if s.split != "random":
+        margins = normalised_margins(response_logps(cfg.model.name, pairs, pad_id))
+    sources = _sources(cfg, prepared) if s.split == "by_source" else None
+    chunks, accuracies = split_chunks(margins, s.stages, s.split, s.chunk_sizes, s.seed, sources)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "chunks.json").write_text(json.dumps({"chunks": chunks, "accuracy": accuracies}))
+    previous, stages = cfg.model.name, []
+    for t, chunk in enumerate(chunks, start=1):
+        stage_cfg = dataclasses.replace(
+            cfg, output_dir=str(run_dir), name=f"stage_{t}",
+            model=dataclasses.replace(cfg.model, name=previous, reference=previous))
+        summary = _stage_done(run_dir / f"stage_{t}")
+        if summary is None:
+            print(f"rayalign: sDPO stage {t}/{len(chunks)}: {len(chunk)} pairs, reference {previous}", flush=True)
+            subset = PreparedData(pairs=[pairs[i] for i in chunk], stats=dict(prepared.stats, rows_used=len(chunk)))
+            summary = run_training(stage_cfg, prepared=subset)
+            if summary["steps"] < summary["total_steps"]:  # stopped (train.stop_at_step): resume here later
+                stages.append(summary)
+                return {"stages": stages, "status": "stopped", "checkpoint": summary["checkpoint"],
+                        "final_metrics": summary["final_metrics"], "steps": sum(st["steps"] for st in stages)}
+        following = [pairs[i] for i in chunks[t]] if t < len(chunks) else []
+        summary["gamma_ref_next_chunk"] = {"before": reference_margin(previous, following, pad_id),
+                                           "after": reference_margin(summary["checkpoint"], following, pad_id)}
+        summary["chunk_accuracy"] = accuracies[t - 1]
+        stages.append(summary)
+        previous = summary["checkpoint"]
+    return {"stages": stages, "status": "ok", "checkpoint": previous, "final_metrics": stages[-1]["final_metrics"],
+            "steps": sum(st["steps"] for st in stages)}
+
+
+def run_sdpo(cfg: config_lib.Config) -> dict:
+    """`rayalign run` with pipeline: sdpo — stages on `data.path`, then evaluation if a task is set."""
+    from rayalign.data import prepare_data
+    from rayalign.models import load_tokenizer
+    from rayalign.pipelines.evaluate import evaluate_run
+
+    run_dir = cfg.run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_lib.save(cfg, run_dir / "config.yaml")
+    prepared = prepare_data(cfg.data, load_tokenizer(cfg.model.name))
+    train = run_stages(cfg, prepared, run_dir)
+    summary = {"pipeline": "sdpo", "train": train}
+    if train["status"] == "ok":
+        summary.update(evaluate_run(cfg, run_dir, train["checkpoint"]))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
