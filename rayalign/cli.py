@@ -113,11 +113,9 @@ def cmd_serve(args) -> int:
         from rayalign.scoring.serve import serve_forever
 
         return serve_forever(args.checkpoint, args.host, args.port)
-    if args.what == "sampler":
-        from rayalign.sampling.serve import serve_forever as serve_sampler
+    from rayalign.sampling.serve import serve_forever as serve_sampler
 
-        return serve_sampler(args.model, args.host, args.port, args.engine)
-    raise RayAlignError(f"serve {args.what} is not available yet")
+    return serve_sampler(args.model, args.host, args.port, args.engine)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-5 loss.name=ipo")
     train.set_defaults(func=cmd_train)
 
-    run = sub.add_parser("run", help="run a pipeline job (the config's `pipeline`: train or inco)")
+    run = sub.add_parser("run", help="run a pipeline job (the config's `pipeline`: train, inco or sdpo)")
     run.add_argument("config", help="YAML job (see jobs/)")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. inco.ratio=0.25")
     run.set_defaults(func=cmd_run)
