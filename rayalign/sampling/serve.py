@@ -163,14 +163,8 @@ def start_server(model: str, host: str = "127.0.0.1", port: int = 8000, engine: 
 
 def serve_forever(model: str, host: str = "127.0.0.1", port: int = 8000, engine: str = "hf") -> int:
     """`rayalign serve sampler`: start, print the base URL, block until Ctrl-C, then shut down."""
+    from rayalign.serving import block_until_stopped
+
     url = start_server(model, host=host, port=port, engine=engine)
-    print(f"sampler '{model}' serving OpenAI-compatible at {url}  (POST /completions, /chat/completions); "
-          "Ctrl-C to stop", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        print("stopping", flush=True)
-    finally:
-        serve.shutdown()
-    return 0
+    return block_until_stopped(f"sampler '{model}' serving OpenAI-compatible at {url}  "
+                               "(POST /completions, /chat/completions)")

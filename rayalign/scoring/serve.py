@@ -84,27 +84,14 @@ def start(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, name: str 
 
 def serve_forever(checkpoint: str, host: str = "127.0.0.1", port: int = 8000) -> int:
     """`rayalign serve discriminator`: start, print the URL, block until Ctrl-C, then shut down."""
-    import signal
-    import time
     from pathlib import Path
 
     from rayalign.errors import RayAlignError
+    from rayalign.serving import block_until_stopped
 
     if not (Path(checkpoint) / "discriminator.json").is_file():
         raise RayAlignError(f"--checkpoint {checkpoint}: not a discriminator checkpoint (no discriminator.json); "
                             "give a directory written by Discriminator.save")
-    def _interrupt(*_):
-        raise KeyboardInterrupt
-
     start(checkpoint, host=host, port=port)
-    signal.signal(signal.SIGTERM, _interrupt)  # after ray.init, which sets its own: a stop shuts Serve down too
-    print(f"discriminator serving at http://{host}:{port}/score  (POST {{\"prompts\": [...], \"responses\": [...]}}); "
-          "Ctrl-C to stop", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        print("stopping", flush=True)
-    finally:
-        serve.shutdown()
-    return 0
+    return block_until_stopped(f"discriminator serving at http://{host}:{port}/score  "
+                               "(POST {\"prompts\": [...], \"responses\": [...]})")
