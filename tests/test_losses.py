@@ -347,15 +347,16 @@ def test_bmc_without_marks_is_dpo_on_token_sums():
     assert torch.allclose(got, want, atol=1e-12)
 
 
-def test_stopword_token_ids_with_a_fake_tokenizer():
-    class FakeTokenizer:
-        vocab = {"the": 1, " the": 2, "The": 3, " The": 4, " of": 5, "and": 6}
+def test_stopword_token_ids_with_the_real_tokenizer():
+    from rayalign.models import load_tokenizer
 
-        def encode(self, text, add_special_tokens=True):
-            assert add_special_tokens is False
-            return [self.vocab[text]] if text in self.vocab else [90, 91]  # everything else: 2 tokens
-
-    assert stopword_token_ids(FakeTokenizer()) == {1, 2, 3, 4, 5, 6}
+    tokenizer = load_tokenizer("tiny-llama")
+    ids = stopword_token_ids(tokenizer)
+    for word in ("the", " the", " of", " and", "The"):
+        [token] = tokenizer.encode(word, add_special_tokens=False)  # single tokens in SmolLM2's vocabulary
+        assert token in ids, word
+    [data] = tokenizer.encode(" data", add_special_tokens=False)
+    assert data not in ids  # a content word is never a stopword
     assert {"a", "an", "the", "is", "of", "to", "and"} <= bmc_mod.ENGLISH_STOPWORDS
     assert 120 <= len(bmc_mod.ENGLISH_STOPWORDS) <= 200
 

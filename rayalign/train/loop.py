@@ -160,7 +160,7 @@ def _reduce(sums: dict, batch_size: int, device) -> dict[str, float]:
     return {**{k: v / batch_size for k, v in totals.items()}, "num_tokens": tokens}
 
 
-def _broadcast(value, device=None):
+def _broadcast(value):
     holder = [value]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
