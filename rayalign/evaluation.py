@@ -16,6 +16,11 @@ Statistics (pure functions, so they are tested on hand-made tables):
   Wilson interval assumes is an upper bound, making the interval conservative for fractional
   scores, and unlike a plain normal approximation it does not shrink to a point at p̂ = 0 or 1.
 
+The starting model's samples are a constant of (its weights, the prompts, the sampling settings),
+so they are cached under ``$RAYALIGN_CACHE/eval_samples``: the runs of a sweep or an experiment,
+which all compare against the same starting model, sample it once. Sampling is seeded, so a
+cached table equals a live one (tested).
+
 Outputs in `out_dir`: ``report.json`` (figures + settings), ``samples.jsonl`` (every response
 with its reward) and ``report.png`` (reward distributions of both models; the win rate with its
 interval against ½).
@@ -30,6 +35,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 Z95 = 1.959963984540054
+SAMPLES_CACHE_VERSION = "1"  # bump when sampling code changes what a seed produces
 INTERVAL = "Wilson score interval (95%) on the mean per-prompt win score, n = prompts"
 
 
@@ -107,6 +113,33 @@ def _sample(model: str, prompts: list[str], params, sampler=None):
     return texts, lengths, truncated, sampler
 
 
+def _samples_cache_path(model: str, prompts: list[str], params) -> Path:
+    """Cache file of a model's samples: keyed by its weights, the prompts and every sampling field."""
+    import dataclasses
+    import hashlib
+
+    from rayalign.models import cache_root, resolve_model
+    from rayalign.train.reference import model_fingerprint
+
+    key = json.dumps({"version": SAMPLES_CACHE_VERSION, "model": model_fingerprint(resolve_model(model)),
+                      "prompts": prompts, "params": dataclasses.asdict(params)}, sort_keys=True, default=str)
+    return cache_root() / "eval_samples" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+
+def _cached_sample(model: str, prompts: list[str], params, sampler=None):
+    """`_sample` through the cache; the last item says whether the samples came from it."""
+    path = _samples_cache_path(model, prompts, params)
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        return cached["texts"], cached["lengths"], cached["truncated"], sampler, True
+    texts, lengths, truncated, sampler = _sample(model, prompts, params, sampler)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"texts": texts, "lengths": lengths, "truncated": truncated}))
+    tmp.rename(path)  # a reader never sees half a file
+    return texts, lengths, truncated, sampler, False
+
+
 def evaluate(policy: str, reference: str, task: str = "word_collector", num_prompts: int = 32, samples: int = 2,
              temperature: float = 0.7, max_new_tokens: int = 48, seed: int = 0, out_dir: str | Path = "runs/eval",
              scorer: str = "gold", top_p: float = 1.0) -> dict:
@@ -117,12 +150,15 @@ def evaluate(policy: str, reference: str, task: str = "word_collector", num_prom
     began, the_task = time.time(), get_task(task)
     prompts = the_task.prompts("held_out", num_prompts, seed)
     score = make_scorer(scorer, the_task)
-    rewards, stats, texts, sampler = {}, {}, {}, None
+    rewards, stats, texts, sampler, cached = {}, {}, {}, None, False
     for offset, (role, model) in enumerate((("policy", policy), ("reference", reference))):
         params = SamplingParams(n=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                                 seed=seed + offset * 1_000_003)
         reuse = sampler if sampler is not None and sampler.model_name == model else None
-        texts[role], lengths, truncated, sampler = _sample(model, prompts, params, reuse)
+        if role == "reference":
+            texts[role], lengths, truncated, sampler, cached = _cached_sample(model, prompts, params, reuse)
+        else:
+            texts[role], lengths, truncated, sampler = _sample(model, prompts, params, reuse)
         flat = score([p for p, row in zip(prompts, texts[role]) for _ in row], [t for row in texts[role] for t in row])
         rewards[role] = [flat[i * samples:(i + 1) * samples] for i in range(len(prompts))]
         stats[role] = model_stats(rewards[role], lengths, truncated)
@@ -131,6 +167,7 @@ def evaluate(policy: str, reference: str, task: str = "word_collector", num_prom
                            "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed, "split": "held_out"},
               "policy_stats": stats["policy"], "reference_stats": stats["reference"],
               "win_rate": win_rate(rewards["policy"], rewards["reference"]),
+              "reference_samples": "cache" if cached else "sampled",
               "wall_time_s": round(time.time() - began, 1)}
     write_outputs(Path(out_dir), report, prompts, texts, rewards)
     return report

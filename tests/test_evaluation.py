@@ -8,7 +8,7 @@ import math
 import pytest
 
 from rayalign import cli
-from rayalign.evaluation import mean_stderr, prompt_win_scores, wilson_interval, win_rate
+from rayalign.evaluation import evaluate, mean_stderr, prompt_win_scores, wilson_interval, win_rate
 
 # 4 prompts x 2 samples per model. Per prompt, all 4 (policy, reference) sample pairs:
 #   prompt 1: 3>2, 3>2, 1<2, 1<2      -> 2 wins of 4        = 0.5
@@ -85,3 +85,20 @@ def test_eval_cli_unknown_task_is_one_line(tmp_path, capsys):
     code = cli.main(["eval", "--policy", "tiny-llama", "--reference", "tiny-llama", "--task", "nope",
                      "--out", str(tmp_path)])
     assert code == 2 and "unknown task 'nope'" in capsys.readouterr().err
+
+
+def _reference_rows(out) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    return [row for row in rows if row["model"] == "reference"]
+
+
+def test_reference_samples_are_cached_and_equal_live_ones(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAYALIGN_CACHE", str(tmp_path / "cache"))
+    settings = {"task": "word_collector", "num_prompts": 3, "samples": 2, "max_new_tokens": 6}
+    live = evaluate("tiny-llama", "tiny-llama", out_dir=tmp_path / "live", **settings)
+    cached = evaluate("tiny-llama", "tiny-llama", out_dir=tmp_path / "cached", **settings)
+    assert (live["reference_samples"], cached["reference_samples"]) == ("sampled", "cache")
+    assert cached["reference_stats"] == live["reference_stats"]
+    assert _reference_rows(tmp_path / "cached") == _reference_rows(tmp_path / "live")
+    reseeded = evaluate("tiny-llama", "tiny-llama", out_dir=tmp_path / "seed1", seed=1, **settings)
+    assert reseeded["reference_samples"] == "sampled"  # another setting is another cache entry
