@@ -13,6 +13,12 @@ config keys::
     metric: win_rate        # or policy_reward
     mode: max
 
+Keys joined by commas move together, one grid point per tuple of values (e.g. variants that are
+not a product: ``"sdpo.stages,sdpo.split": {grid: [[1, easy_to_hard], [2, easy_to_hard], [2, random]]}``).
+Keys that are all seeds (``inco.seed``, ``"train.seed,sdpo.seed"``) are repetitions: the sweep
+then also writes ``groups.csv``, each setting of the other keys with the metric's mean, standard
+deviation and count over the seeds.
+
 Ray Tune's own search (grid / random via BasicVariantGenerator) runs the trials; each trial is
 logged to wandb by Tune's WandbLoggerCallback (offline unless tracking.wandb=online) with its
 resolved config, and the pipeline's training phase logs to the same wandb group. The sweep
@@ -46,7 +52,8 @@ class SweepConfig:
     overrides: list[str] = dataclasses.field(default_factory=list)
     """key=value overrides applied to every trial (e.g. a smaller scale)."""
     search: dict[str, dict[str, list[Any]]] = dataclasses.field(default_factory=dict)
-    """Dotted key -> {grid|choice: [values]} or {uniform|loguniform: [low, high]}."""
+    """Dotted key (or comma-joined keys, values as lists) -> {grid|choice: [values]} or
+    {uniform|loguniform: [low, high]}."""
     metric: Literal["win_rate", "policy_reward"] = "win_rate"
     """What the best trial maximises (or minimises, see mode)."""
     mode: Literal["max", "min"] = "max"
@@ -69,10 +76,17 @@ def load_sweep(path: str, overrides: list[str] = ()) -> SweepConfig:
         raise ConfigError(f"{path}: {error}") from None
     known = {key for key, _, _ in config_lib.describe_fields()}
     for key, spec in sweep.search.items():
-        if key not in known:
-            raise ConfigError(f"{path}: search key '{key}' is not a config key (see `rayalign train --help`)")
+        for part in key.split(","):
+            if part not in known:
+                raise ConfigError(f"{path}: search key '{part}' is not a config key (see `rayalign train --help`)")
         if len(spec) != 1 or next(iter(spec)) not in ("grid", "choice", "uniform", "loguniform"):
             raise ConfigError(f"{path}: search key '{key}' needs one of grid, choice, uniform, loguniform")
+        kind, values = next(iter(spec.items()))
+        width = len(key.split(","))
+        if width > 1 and (kind not in ("grid", "choice")
+                          or not all(isinstance(v, list) and len(v) == width for v in values)):
+            raise ConfigError(f"{path}: search key '{key}' joins {width} keys: give grid or choice a list of "
+                              f"{width} values per point, e.g. [[1, a], [2, b]]")
     config_lib.load(sweep.base, sweep.overrides)  # the base job must be valid before any trial starts
     return sweep
 
@@ -95,13 +109,29 @@ def trial_metrics(summary: dict) -> dict:
             "pairs": summary.get("synthesis", {}).get("pairs"), "train_loss": summary["train"]["final_metrics"].get("loss")}
 
 
-def _trial(params: dict, sweep: SweepConfig, sweep_dir: str) -> None:
+def assignments(params: dict) -> list[str]:
+    """key=value overrides of a trial's parameters; comma-joined keys take their values in order."""
+    pairs = []
+    for key, value in params.items():
+        keys = key.split(",")
+        pairs += zip(keys, value) if len(keys) > 1 else [(key, value)]
+    return [f"{k}={v}" for k, v in pairs]
+
+
+def _is_seed(key: str) -> bool:
+    return all(part.endswith("seed") for part in key.split(","))
+
+
+def _trial(params: dict, sweep: SweepConfig, sweep_dir: str, cwd: str) -> None:
+    import os
+
     from ray import tune
 
     from rayalign.pipelines import run_pipeline
 
+    os.chdir(cwd)  # Tune starts a trial in its own directory; job files name paths from the sweep's
     name = tune.get_context().get_trial_name()
-    overrides = [*sweep.overrides, *(f"{k}={v}" for k, v in params.items()),
+    overrides = [*sweep.overrides, *assignments(params),
                  f"output_dir={sweep_dir}/trials", f"name={name}", f"tracking.group={sweep.name}"]
     summary = run_pipeline(config_lib.load(sweep.base, overrides))
     tune.report(trial_metrics(summary))
@@ -125,8 +155,8 @@ def run_sweep(sweep: SweepConfig) -> dict:
     if not ray.is_initialized():
         ray.init(logging_level="WARNING")
     # A trial only orchestrates: its sampler actors and Ray Train workers reserve their own CPUs.
-    trainable = tune.with_resources(tune.with_parameters(_trial, sweep=sweep, sweep_dir=str(sweep_dir)),
-                                    {"cpu": 0.01})
+    trial = tune.with_parameters(_trial, sweep=sweep, sweep_dir=str(sweep_dir), cwd=os.getcwd())
+    trainable = tune.with_resources(trial, {"cpu": 0.01})
     tuner = tune.Tuner(
         trainable, param_space=search_space(sweep),
         tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
@@ -140,19 +170,40 @@ def run_sweep(sweep: SweepConfig) -> dict:
 def _write_outputs(sweep: SweepConfig, sweep_dir: Path, results) -> dict:
     frame = results.get_dataframe()
     keys = [f"config/{k}" for k in sweep.search]
+    for key in keys:  # a joined key's values are lists: make them hashable for grouping
+        frame[key] = frame[key].map(lambda v: ",".join(map(str, v)) if isinstance(v, list | tuple) else v)
     columns = [c for c in ["trial_id", *keys, *METRICS, "win_rate_low", "win_rate_high", "pairs"] if c in frame]
     table = frame[columns].sort_values(sweep.metric, ascending=sweep.mode == "min")
     table.to_csv(sweep_dir / "trials.csv", index=False)
+    groups = _seed_groups(table, sweep)
+    if groups is not None:
+        groups.to_csv(sweep_dir / "groups.csv", index=False)
     best = results.get_best_result()
-    best_overrides = [*sweep.overrides, *(f"{k}={v}" for k, v in best.config.items())]
+    best_overrides = [*sweep.overrides, *assignments(best.config)]
     config_lib.save(config_lib.load(sweep.base, best_overrides), sweep_dir / "best.yaml")
     if keys:
         _plot(table, keys[0], sweep.metric, sweep_dir / "sweep.png")
     summary = {"best": {"config": best.config, **{m: best.metrics.get(m) for m in METRICS}},
                "trials": len(table), "table": str(sweep_dir / "trials.csv"), "best_config": str(sweep_dir / "best.yaml")}
+    if groups is not None:  # with seeds, the best setting is the best mean, not the luckiest trial
+        summary["best_over_seeds"] = groups.iloc[0].to_dict()
     (sweep_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(table.to_string(index=False))
+    if groups is not None:
+        print(f"\nover seeds:\n{groups.to_string(index=False)}")
     return summary
+
+
+def _seed_groups(table, sweep: SweepConfig):
+    """Mean, sd and count of the metrics over the seed keys, per setting of the others; None without seeds."""
+    seeds = [k for k in sweep.search if _is_seed(k)]
+    others = [f"config/{k}" for k in sweep.search if not _is_seed(k)]
+    if not seeds or not others:
+        return None
+    metrics = [m for m in METRICS if m in table]
+    grouped = table.groupby(others)[metrics].agg(["mean", "std", "count"])
+    grouped.columns = [f"{metric}_{stat}" for metric, stat in grouped.columns]
+    return grouped.reset_index().sort_values(f"{sweep.metric}_mean", ascending=sweep.mode == "min")
 
 
 def _plot(table, key: str, metric: str, path: Path) -> None:

@@ -1,12 +1,16 @@
-"""A two-trial Ray Tune sweep over the InCo ratio on a tiny model: both trials run, are logged, best named."""
+"""Ray Tune sweeps: two trials over the InCo ratio and sDPO's T on a tiny model; joined keys; seed groups."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
 import yaml
 
+from rayalign.errors import ConfigError
 from rayalign.tune import load_sweep, run_sweep
+from tests.conftest import REPO
 from tests.test_inco import TINY
 
 
@@ -17,16 +21,17 @@ def test_two_trial_sweep_completes_logs_to_wandb_and_names_the_best(tmp_path, ra
     sweep_file.write_text(yaml.safe_dump({
         "name": "tiny_sweep", "base": str(base), "output_dir": str(tmp_path),
         "overrides": [o for o in TINY if not o.startswith("inco.ratio")] + ["train.max_steps=1"],
-        "search": {"inco.ratio": {"grid": [0.0, 0.5]}}, "metric": "win_rate", "mode": "max",
+        "search": {"inco.ratio,sdpo.stages": {"grid": [[0.0, 1], [0.5, 2]]}}, "metric": "win_rate", "mode": "max",
     }))
     summary = run_sweep(load_sweep(str(sweep_file)))
     sweep_dir = tmp_path / "tiny_sweep"
     assert summary["trials"] == 2
     rows = (sweep_dir / "trials.csv").read_text().splitlines()
-    assert len(rows) == 3 and "config/inco.ratio" in rows[0] and "win_rate" in rows[0]
-    assert summary["best"]["config"]["inco.ratio"] in (0.0, 0.5)
+    assert len(rows) == 3 and "config/inco.ratio,sdpo.stages" in rows[0] and "win_rate" in rows[0]
+    ratio, stages = summary["best"]["config"]["inco.ratio,sdpo.stages"]
+    assert (ratio, stages) in ((0.0, 1), (0.5, 2))
     best = yaml.safe_load((sweep_dir / "best.yaml").read_text())
-    assert best["inco"]["ratio"] == summary["best"]["config"]["inco.ratio"] and best["pipeline"] == "inco"
+    assert (best["inco"]["ratio"], best["sdpo"]["stages"]) == (ratio, stages) and best["pipeline"] == "inco"
     assert (sweep_dir / "sweep.png").is_file()
     tune_runs = list((sweep_dir / "wandb").glob("offline-run-*"))
     assert len(tune_runs) == 2, "one wandb offline run per trial from Tune's callback"
@@ -34,3 +39,47 @@ def test_two_trial_sweep_completes_logs_to_wandb_and_names_the_best(tmp_path, ra
     assert len(trials) == 2 and all((t / "report.json").is_file() for t in trials)
     for trial in trials:
         assert json.loads((trial / "summary.json").read_text())["pipeline"] == "inco"
+    staged = [t for t in trials if yaml.safe_load((t / "config.yaml").read_text())["sdpo"]["stages"] == 2]
+    assert len(staged) == 1 and {d.name for d in staged[0].glob("stage_*")} == {"stage_1", "stage_2"}
+
+
+def test_joined_keys_move_together_and_seeds_are_averaged(tmp_path):
+    import pandas as pd
+
+    from rayalign.tune import _seed_groups, assignments
+
+    assert assignments({"sdpo.stages,sdpo.split": [2, "random"], "train.seed": 1}) == [
+        "sdpo.stages=2", "sdpo.split=random", "train.seed=1"]
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "base": "jobs/inco_dpo.yaml",
+        "search": {"inco.mode": {"grid": ["inco", "on_policy"]}, "train.seed,sdpo.seed": {"grid": [[0, 0], [1, 1]]}}}))
+    sweep = load_sweep(str(sweep_file))
+    # win rates 0.5, 0.7 (inco) and 0.2, 0.4 (on_policy): means 0.6 and 0.3, sd √0.02 each
+    table = pd.DataFrame({"config/inco.mode": ["inco", "inco", "on_policy", "on_policy"],
+                          "config/train.seed,sdpo.seed": ["0,0", "1,1", "0,0", "1,1"],
+                          "win_rate": [0.5, 0.7, 0.2, 0.4], "policy_reward": [1.0, 2.0, 3.0, 5.0]})
+    groups = _seed_groups(table, sweep)
+    assert list(groups["config/inco.mode"]) == ["inco", "on_policy"]
+    assert groups["win_rate_mean"].tolist() == pytest.approx([0.6, 0.3])
+    assert groups["win_rate_std"].tolist() == pytest.approx([0.02 ** 0.5] * 2)
+    assert groups["policy_reward_mean"].tolist() == pytest.approx([1.5, 4.0])
+    assert groups["win_rate_count"].tolist() == [2, 2]
+
+
+def test_a_joined_key_needs_one_value_per_key(tmp_path):
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump({"base": "jobs/inco_dpo.yaml",
+                                          "search": {"sdpo.stages,sdpo.split": {"grid": [[1], [2, "random"]]}}}))
+    with pytest.raises(ConfigError, match="joins 2 keys"):
+        load_sweep(str(sweep_file))
+
+
+SWEEPS = sorted(str(p.relative_to(REPO)) for p in (REPO / "jobs" / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("sweep_file", SWEEPS)
+def test_every_shipped_sweep_and_its_base_job_load(sweep_file, monkeypatch):
+    monkeypatch.chdir(REPO)
+    sweep = load_sweep(sweep_file)
+    assert sweep.search and Path(sweep.base).is_file()
