@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 quickstart: $(STAMP)
-	$(BIN)/rayalign train jobs/dpo_quickstart.yaml
+	$(BIN)/rayalign run jobs/inco_dpo.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
