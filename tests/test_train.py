@@ -116,12 +116,11 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path, ray_local):
     assert summary["checkpoint"] and summary["checkpoint"].endswith(f"step_{summary['steps'] - 1:06d}")
 
 
-def test_hh_rlhf_sample_trains_reference_free_without_computing_a_reference(tmp_path, ray_local):
-    references = cache_root() / "reference"
-    before = set(references.glob("*")) if references.is_dir() else set()
+def test_hh_rlhf_sample_trains_reference_free_without_computing_a_reference(tmp_path, ray_local, monkeypatch):
+    monkeypatch.setenv("RAYALIGN_CACHE", str(tmp_path / "cache"))  # its own cache: other runs may share the default
     summary, rows = _train(tmp_path, "hh", f"data.path={hh_sample()}", "data.on_bad_row=skip", "data.limit=16",
                            "data.max_length=256", "train.max_steps=2", "loss.name=simpo")
     assert summary["steps"] == 2 and all(math.isfinite(r["loss"]) for r in rows)
     assert summary["data"]["rows_used"] == 16
-    after = set(references.glob("*")) if references.is_dir() else set()
-    assert after == before, "a reference-free loss computed reference log-probs"
+    references = cache_root() / "reference"
+    assert not references.is_dir() or not any(references.iterdir()), "a reference-free loss computed reference log-probs"

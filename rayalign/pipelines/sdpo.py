@@ -138,9 +138,8 @@ def run_stages(cfg: config_lib.Config, prepared, run_dir: Path) -> dict:
 
     pairs, s = prepared.pairs, cfg.sdpo
     pad_id = load_tokenizer(cfg.model.name).pad_token_id
-    margins = [0.0] * len(pairs)
-    if s.split != "random":
-        margins = normalised_margins(response_logps(cfg.model.name, pairs, pad_id))
+    # Measured for every split, so a random split's chunks report their accuracy too (the ablation's control).
+    margins = normalised_margins(response_logps(cfg.model.name, pairs, pad_id))
     sources = _sources(cfg, prepared) if s.split == "by_source" else None
     chunks, accuracies = split_chunks(margins, s.stages, s.split, s.chunk_sizes, s.seed, sources)
     run_dir.mkdir(parents=True, exist_ok=True)
