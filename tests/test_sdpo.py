@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from rayalign import config
+from rayalign import cli, config
 from rayalign.data import fingerprint, prepare_data
 from rayalign.errors import ConfigError
 from rayalign.models import cache_root, load_tokenizer
@@ -73,6 +73,8 @@ def test_stage_two_uses_stage_one_as_reference_and_resumes_inside_stage_two(tmp_
 
     finished = run_stages(config.load(None, overrides), prepared, run_dir)
     assert finished["status"] == "ok"
+    assert finished["wall_time_s"] > 0 and finished["steps"] == 4
+    cli._print_train(finished, run_dir)  # what `rayalign run` prints for an sDPO run
     assert (run_dir / "stage_1" / "summary.json").read_text() == stage1_summary, "stage 1 was redone"
     stage2 = read_metrics(run_dir / "stage_2")
     assert [r["step"] for r in stage2] == [1, 2, 3]

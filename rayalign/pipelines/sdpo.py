@@ -157,7 +157,7 @@ def run_stages(cfg: config_lib.Config, prepared, run_dir: Path) -> dict:
             if summary["steps"] < summary["total_steps"]:  # stopped (train.stop_at_step): resume here later
                 stages.append(summary)
                 return {"stages": stages, "status": "stopped", "checkpoint": summary["checkpoint"],
-                        "final_metrics": summary["final_metrics"], "steps": sum(st["steps"] for st in stages)}
+                        "final_metrics": summary["final_metrics"], **_totals(stages)}
         following = [pairs[i] for i in chunks[t]] if t < len(chunks) else []
         summary["gamma_ref_next_chunk"] = {"before": reference_margin(previous, following, pad_id),
                                            "after": reference_margin(summary["checkpoint"], following, pad_id)}
@@ -165,7 +165,17 @@ def run_stages(cfg: config_lib.Config, prepared, run_dir: Path) -> dict:
         stages.append(summary)
         previous = summary["checkpoint"]
     return {"stages": stages, "status": "ok", "checkpoint": previous, "final_metrics": stages[-1]["final_metrics"],
-            "steps": sum(st["steps"] for st in stages)}
+            **_totals(stages)}
+
+
+def _totals(stages: list[dict]) -> dict:
+    """Steps and wall time over the stages, and the median of their median tokens/s (what the CLI prints)."""
+    import statistics
+
+    speeds = [st["tokens_per_s_median"] for st in stages if st.get("tokens_per_s_median")]
+    return {"steps": sum(st["steps"] for st in stages),
+            "wall_time_s": round(sum(st.get("wall_time_s", 0.0) for st in stages), 1),
+            "tokens_per_s_median": statistics.median(speeds) if speeds else None}
 
 
 def run_sdpo(cfg: config_lib.Config) -> dict:
