@@ -133,10 +133,14 @@ def _cached_sample(model: str, prompts: list[str], params, sampler=None):
         cached = json.loads(path.read_text())
         return cached["texts"], cached["lengths"], cached["truncated"], sampler, True
     texts, lengths, truncated, sampler = _sample(model, prompts, params, sampler)
+    import tempfile
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"texts": texts, "lengths": lengths, "truncated": truncated}))
-    tmp.rename(path)  # a reader never sees half a file
+    # A temp file of its own: concurrent trials may sample the same model at once; the last rename wins
+    # (the contents are equal), and a reader never sees half a file.
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+        handle.write(json.dumps({"texts": texts, "lengths": lengths, "truncated": truncated}))
+    Path(handle.name).replace(path)
     return texts, lengths, truncated, sampler, False
 
 
