@@ -14,10 +14,6 @@ MATH_PROMPT = f"{arithmetic.INSTRUCTION}\n(3 + (4 * 2)) - 5"
 MATH_GOLD = "(3 + (4 * 2)) - 5\n(3 + 8) - 5\n11 - 5\n6"
 
 
-def test_builtin_tasks_are_registered():
-    assert {"word_collector", "math", "bullets"} <= set(TASKS)
-
-
 @pytest.mark.parametrize("response, expected", [
     ("Happy to help, here is your data.", 4.0),  # happy, help, your, data
     ("Data data DATA!", 1.0),  # each word counts once, any case
@@ -83,15 +79,41 @@ def test_splits_disjoint_and_seeded(name):
     train, held_out = task.prompts("train", 60, seed=0), task.prompts("held_out", 32, seed=0)
     assert len(set(train)) == 60 and len(set(held_out)) == 32
     assert not set(train) & set(held_out)
-    assert all(in_held_out(p, task.held_out_share) for p in held_out)
     assert task.prompts("held_out", 32, seed=0) == held_out  # seeded: the same call, the same prompts
     assert task.prompts("held_out", 32, seed=1) != held_out
     assert not set(task.prompts("train", 60, seed=1)) & set(held_out)  # any seed: still disjoint
 
 
+@pytest.mark.parametrize("name", ["word_collector", "math", "bullets"])
+def test_no_held_out_topic_appears_in_any_training_prompt(name):
+    """At least 256 held-out prompts, and no held-out topic (a word-collector subject, a math expression)
+    is in the text of a training prompt: the model is evaluated on content it never trained on."""
+    task = get_task(name)
+    held_out = task.draw("held_out", 256, seed=0)
+    topics = {topic for topic, _ in held_out}
+    train = task.prompts("train", 600, seed=0) + task.prompts("train", 600, seed=1)
+    leaks = [(topic, prompt) for prompt in train for topic in topics if topic in prompt]
+    assert not leaks, leaks[:3]
+    assert all(topic in prompt for topic, prompt in held_out)  # a prompt is about its topic
+
+
+def test_topic_split_is_by_topic_not_by_wording():
+    task = get_task("word_collector")
+    held_out_topics = {topic for topic in word_collector.TOPICS if task.is_held_out(topic)}
+    assert 0.15 < len(held_out_topics) / len(word_collector.TOPICS) < 0.35  # about the held-out share, 0.25
+    for topic, prompt in task.draw("held_out", 100, seed=3):
+        assert topic in held_out_topics
+    # a math expression is held out when any sub-expression is, so none is inside a training expression
+    expression = "(3 + (4 * 2)) - 5"
+    assert set(arithmetic.sub_expressions(expression)) == {"(3 + (4 * 2)) - 5", "3 + (4 * 2)"}
+    math_task = get_task("math")
+    assert math_task.is_held_out(expression) == any(in_held_out(k, math_task.held_out_share)
+                                                   for k in arithmetic.sub_expressions(expression))
+
+
 def test_asking_for_more_prompts_than_a_split_has_is_an_error():
     with pytest.raises(RayAlignError, match="distinct held_out prompts"):
-        get_task("word_collector").prompts("held_out", 500)
+        get_task("word_collector").prompts("held_out", 1000)
     with pytest.raises(RayAlignError, match="unknown split"):
         get_task("word_collector").prompts("test", 1)
 

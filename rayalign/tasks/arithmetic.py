@@ -2,7 +2,7 @@
 
 Format (our choice; D2PO's papers.md entry fixes the reward, not the text):
 
-- prompt: an instruction line, then the expression on the last line, e.g.
+- prompt: an instruction line, then the expression (the prompt's topic) on the last line, e.g.
   ``(3 + (4 * 2)) - 5``. Expressions use single digits 1-9, ``+ - *``, 2-4 operations; every
   operation except the outermost sits in parentheses, and no intermediate value is negative.
 - gold answer: one step per line. Line 0 restates the expression; each later line is the whole
@@ -159,8 +159,26 @@ def gold_reward(prompt: str, response: str) -> float:
     return step_reward(lines, gold_steps(tree))
 
 
-def task_prompt(rng: random.Random) -> str:
-    return f"{INSTRUCTION}\n{render(random_expression(rng))}"
+def random_topic(rng: random.Random) -> str:
+    """A topic is an expression; the prompt is the instruction above it."""
+    return render(random_expression(rng))
+
+
+def task_prompt(topic: str, rng: random.Random) -> str:
+    return f"{INSTRUCTION}\n{topic}"
+
+
+def sub_expressions(topic: str) -> list[str]:
+    """Every sub-expression with at least two operations (the topic included), rendered on its own:
+    the split keys, so a held-out expression never appears inside a training one."""
+    keys, stack = [], [parse_expression(topic)]
+    while stack:
+        tree = stack.pop()
+        if isinstance(tree, Node):
+            if isinstance(tree.left, Node) or isinstance(tree.right, Node):
+                keys.append(render(tree))
+            stack += [tree.left, tree.right]
+    return keys
 
 
 def strong_response(prompt: str, rng: random.Random) -> str:
@@ -168,6 +186,7 @@ def strong_response(prompt: str, rng: random.Random) -> str:
     return "\n".join(gold_steps(parse_expression(expression_of(prompt))))
 
 
-TASK = Task("math", task_prompt, gold_reward, strong_response,
+TASK = Task("math", random_topic, task_prompt, gold_reward, strong_response,
             description="D2PO math: nested arithmetic solved step by step; reward = -edit distance per step, "
-                        "-100 per unparsable step (best 0)", reward_range=(None, 0.0))
+                        "-100 per unparsable step (best 0)", held_out_share=0.15, reward_range=(None, 0.0),
+            split_keys=sub_expressions)

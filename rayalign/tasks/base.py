@@ -1,7 +1,14 @@
-"""The Task type: seeded disjoint prompt splits, a gold reward, an optional strong writer.
+"""The Task type: seeded prompt splits disjoint in content, a gold reward, an optional strong writer.
 
 Kept apart from the registry so the built-in task modules can import it without a cycle; see
 :mod:`rayalign.tasks.registry` for what a task is and how to add one.
+
+A prompt is a *topic* rendered through a template ("What should I know about {topic}?"). Splits
+are made on topics, not prompts: a topic is held out when a stable hash of it (SHA-256, not
+Python's salted ``hash``) falls in the held-out share, so every prompt about it is held out too,
+and an evaluation never asks about something training has seen in another wording. A task whose
+topics nest (math expressions contain smaller expressions) gives ``split_keys``: a topic is held
+out when any of its keys is, so no held-out topic appears inside a training one.
 """
 
 from __future__ import annotations
@@ -18,47 +25,64 @@ Reward = Callable[[str, str], float]
 Writer = Callable[[str, random.Random], str]
 
 
-def in_held_out(prompt: str, share: float) -> bool:
-    """Whether `prompt` is held out: the first 8 bytes of its SHA-256 as a fraction in [0, 1)."""
-    digest = hashlib.sha256(prompt.encode("utf-8")).digest()
+def in_held_out(key: str, share: float) -> bool:
+    """Whether `key` is held out: the first 8 bytes of its SHA-256 as a fraction in [0, 1)."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+def _whole(topic: str) -> list[str]:
+    return [topic]
 
 
 @dataclass
 class Task:
-    """A task: a prompt generator, a gold reward and (optionally) a strong off-policy writer."""
+    """A task: topics, a template per prompt, a gold reward and (optionally) a strong off-policy writer."""
 
     name: str
-    generate: Callable[[random.Random], str]
-    """Draws one prompt (any split) from the task's prompt space."""
+    topic: Callable[[random.Random], str]
+    """Draws one topic (any split) from the task's topic space."""
+    render: Callable[[str, random.Random], str]
+    """render(topic, rng) -> a prompt about the topic."""
     gold_reward: Reward
     """gold_reward(prompt, response) -> float; higher is better."""
     strong_writer: Writer | None = None
     """strong_writer(prompt, rng) -> a high-reward response in an off-policy style."""
     description: str = ""
     held_out_share: float = 0.25
-    """Share of the prompt space kept for evaluation."""
+    """Share of the topic space kept for evaluation."""
     reward_range: tuple[float | None, float | None] = (None, None)
     """Known bounds of the gold reward (None where unbounded), for plots and reports."""
+    split_keys: Callable[[str], list[str]] = _whole
+    """The strings whose hashes place a topic: held out when any of them is (default: the topic)."""
     max_draws: int = field(default=20_000, repr=False)
     """Draws without a new prompt before we decide the split has no more distinct prompts."""
 
-    def prompts(self, split: str, n: int, seed: int = 0) -> list[str]:
-        """n distinct prompts of `split`, in a seeded order; an error if the split has fewer."""
+    def is_held_out(self, topic: str) -> bool:
+        return any(in_held_out(key, self.held_out_share) for key in self.split_keys(topic))
+
+    def draw(self, split: str, n: int, seed: int = 0) -> list[tuple[str, str]]:
+        """n (topic, prompt) pairs of `split` with distinct prompts, in a seeded order; an error if
+        the split has fewer."""
         if split not in SPLITS:
             raise RayAlignError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
         rng, found, misses = random.Random(f"{self.name}/{split}/{seed}"), {}, 0
         want_held_out = split == "held_out"
         while len(found) < n:
-            prompt = self.generate(rng)
-            if prompt in found or in_held_out(prompt, self.held_out_share) != want_held_out:
+            topic = self.topic(rng)
+            prompt = self.render(topic, rng) if self.is_held_out(topic) == want_held_out else None
+            if prompt is None or prompt in found:
                 misses += 1
                 if misses > self.max_draws:
                     raise RayAlignError(f"task '{self.name}' has only {len(found)} distinct {split} prompts; "
                                         f"ask for at most {len(found)}")
                 continue
-            found[prompt], misses = None, 0
-        return list(found)
+            found[prompt], misses = topic, 0
+        return [(topic, prompt) for prompt, topic in found.items()]
+
+    def prompts(self, split: str, n: int, seed: int = 0) -> list[str]:
+        """n distinct prompts of `split`, in a seeded order (see `draw`)."""
+        return [prompt for _, prompt in self.draw(split, n, seed)]
 
     def strong_response(self, prompt: str, rng: random.Random) -> str:
         if self.strong_writer is None:
@@ -66,11 +90,18 @@ class Task:
         return self.strong_writer(prompt, rng)
 
 
+def templated_task(name: str, topics: tuple[str, ...], templates: tuple[str, ...], reward: Reward,
+                   strong_writer: Writer | None = None, **kwargs) -> Task:
+    """A task over a topic list and '{t}' templates: the shape of the word-collector and bullets tasks."""
+    return Task(name, lambda rng: rng.choice(topics), lambda topic, rng: rng.choice(templates).format(t=topic),
+                reward, strong_writer, **kwargs)
+
+
 def make_task(name: str, prompts: list[str], reward: Reward, strong_writer: Writer | None = None,
               description: str = "", held_out_share: float = 0.25) -> Task:
-    """A task over a fixed prompt list: the common case of a user's own task."""
+    """A task over a fixed prompt list: the common case of a user's own task (each prompt its own topic)."""
     pool = sorted(set(prompts))
     if not pool:
         raise RayAlignError(f"task '{name}' needs at least one prompt")
-    return Task(name, lambda rng: rng.choice(pool), reward, strong_writer, description, held_out_share,
-                max_draws=50 * len(pool))
+    return Task(name, lambda rng: rng.choice(pool), lambda topic, rng: topic, reward, strong_writer, description,
+                held_out_share, max_draws=50 * len(pool))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import re
 
-from rayalign.tasks.base import Task
+from rayalign.tasks.base import templated_task
 from rayalign.tasks.word_collector import TOPICS
 
 TEMPLATES = (
@@ -42,10 +42,6 @@ def gold_reward(prompt: str, response: str) -> float:
     return 0.5 * max(0.0, 1 - abs(bullets - 3) / 3) + 0.5 * bullets / len(lines)
 
 
-def task_prompt(rng: random.Random) -> str:
-    return rng.choice(TEMPLATES).format(t=rng.choice(TOPICS))
-
-
 def strong_response(prompt: str, rng: random.Random) -> str:
     """Three terse lower-case '•' bullets with no formatting: full reward. SmolLM2 sometimes uses
     '•' too, but writes capitalised, bold, longer points: the shift is in the wording, not the marks."""
@@ -55,5 +51,5 @@ def strong_response(prompt: str, rng: random.Random) -> str:
     return "\n".join(f"• {point}" for point in points)
 
 
-TASK = Task("bullets", task_prompt, gold_reward, strong_response,
-            description="answer in exactly 3 bullet points (reward 0-1)", reward_range=(0.0, 1.0))
+TASK = templated_task("bullets", TOPICS, TEMPLATES, gold_reward, strong_response,
+                      description="answer in exactly 3 bullet points (reward 0-1)", reward_range=(0.0, 1.0))

@@ -22,12 +22,47 @@ WORDS = (
 _WORD_SET = frozenset(WORDS)
 
 TOPICS = (
-    "brewing tea", "learning to swim", "planting tomatoes", "saving money", "writing a resume",
-    "training a puppy", "baking bread", "cleaning a bicycle", "reading more books", "sleeping better",
-    "painting a room", "starting to run", "cooking rice", "organising a desk", "learning chess",
-    "visiting a museum", "packing for a trip", "making friends", "studying for an exam", "fixing a leaky tap",
-    "choosing a laptop", "keeping a journal", "growing herbs", "learning a language", "taking photos",
-    "hosting a dinner", "walking in the rain", "recycling at home", "repairing a shirt", "watching birds",
+    "brewing tea", "learning to swim", "planting tomatoes", "saving money", "writing a resume", "training a puppy",
+    "baking bread", "cleaning a bicycle", "reading more books", "sleeping better", "painting a room",
+    "starting to run", "cooking rice", "organising a desk", "learning chess", "visiting a museum",
+    "packing for a trip", "making friends", "studying for an exam", "fixing a leaky tap", "choosing a laptop",
+    "keeping a journal", "growing herbs", "learning a language", "taking photos", "hosting a dinner",
+    "walking in the rain", "recycling at home", "repairing a shirt", "watching birds", "knitting a scarf",
+    "learning the guitar", "baking cookies", "camping in the woods", "riding a horse", "building a birdhouse",
+    "making pancakes", "learning to juggle", "decorating a cake", "washing a car", "ironing clothes",
+    "sewing a button", "writing a poem", "drawing portraits", "carving wood", "brewing coffee", "making soup",
+    "grilling vegetables", "pickling cucumbers", "making jam", "roasting a chicken", "folding paper cranes",
+    "flying a kite", "building a sandcastle", "skating on ice", "skiing downhill", "snorkelling",
+    "sailing a small boat", "paddling a kayak", "climbing a wall", "hiking a mountain trail", "cycling to work",
+    "commuting by train", "learning to drive", "parallel parking", "changing a tyre", "checking engine oil",
+    "moving to a new city", "renting a flat", "buying a house", "decluttering a wardrobe", "planning a wedding",
+    "throwing a birthday party", "wrapping presents", "writing thank-you notes", "sending a postcard",
+    "learning sign language", "practising meditation", "doing yoga", "stretching after exercise", "lifting weights",
+    "jumping rope", "playing tennis", "playing basketball", "ballroom dancing", "singing in a choir",
+    "playing the piano", "learning the drums", "composing a song", "recording a podcast", "starting a blog",
+    "editing a video", "designing a logo", "building a website", "debugging a program", "setting up a router",
+    "backing up photos", "choosing a password", "cleaning a keyboard", "assembling furniture", "hanging a picture",
+    "fixing a squeaky door", "unclogging a drain", "painting a fence", "mowing the lawn", "raking leaves",
+    "composting kitchen scraps", "keeping bees", "raising chickens", "feeding a cat", "grooming a dog",
+    "caring for a goldfish", "adopting a rabbit", "growing a cactus", "pruning roses", "watering houseplants",
+    "repotting a fern", "starting a vegetable patch", "collecting stamps", "collecting coins",
+    "solving crossword puzzles", "doing a jigsaw", "building model trains", "playing board games",
+    "learning magic tricks", "telling jokes", "giving a speech", "running a meeting", "writing an email",
+    "negotiating a salary", "preparing for an interview", "asking for a raise", "managing a budget",
+    "paying off debt", "filing taxes", "opening a bank account", "investing in index funds",
+    "shopping for groceries", "meal prepping", "cutting down on sugar", "drinking more water", "quitting caffeine",
+    "waking up early", "taking a nap", "reducing screen time", "travelling alone", "learning to surf",
+    "visiting a zoo", "going to the theatre", "watching a meteor shower", "stargazing with a telescope",
+    "identifying mushrooms", "foraging for berries", "fishing at a lake", "making a campfire", "tying knots",
+    "reading a map", "using a compass", "volunteering at a shelter", "donating blood", "tutoring a child",
+    "babysitting twins", "teaching a class", "learning calligraphy", "making pottery", "weaving a basket",
+    "making candles", "making soap", "restoring old furniture", "upholstering a chair", "tiling a bathroom",
+    "insulating an attic", "installing shelves", "painting miniatures", "writing a novel", "reading poetry",
+    "joining a book club", "visiting a castle", "touring a vineyard", "tasting cheese", "making sushi",
+    "baking a pie", "frying an egg", "steaming dumplings", "making pasta by hand", "cooking a curry",
+    "planning a picnic", "growing sunflowers", "learning origami", "building a snowman", "carving a pumpkin",
+    "restringing a tennis racket", "tuning a violin", "memorising a speech", "learning to whistle",
+    "writing a cover letter", "organising a garage sale", "sorting old letters",
 )
 PROMPTS = ("Give me a short tip about {t}.", "What should I know about {t}?", "Explain {t} in two sentences.",
            "How do I get started with {t}?")
@@ -70,7 +105,7 @@ def write_preferences(path: str | Path, n: int = 48, seed: int = 0) -> Path:
     return path
 
 
-# The task for the registry: prompts from topics x templates, the gold reward, a strong writer.
+# The task for the registry: prompts from topics x templates (held out by topic), the gold reward, a strong writer.
 MORE_PROMPTS = ("Any advice on {t}?", "I want to try {t}. Where do I begin?", "What is a common mistake with {t}?",
                 "Tell me one thing that helps with {t}.")
 _STRONG = (
@@ -84,10 +119,6 @@ _STRONG = (
 )
 
 
-def task_prompt(rng: random.Random) -> str:
-    return rng.choice(PROMPTS + MORE_PROMPTS).format(t=rng.choice(TOPICS))
-
-
 def strong_response(prompt: str, rng: random.Random) -> str:
     """A dense, list-like answer packed with target words (≈ 25 of 30): a style a chat model
     would not write by itself, which is what InCo-DPO's off-policy responses are."""
@@ -97,10 +128,11 @@ def strong_response(prompt: str, rng: random.Random) -> str:
 
 
 def _task():
-    from rayalign.tasks.base import Task
+    from rayalign.tasks.base import templated_task
 
-    return Task("word_collector", task_prompt, lambda prompt, response: gold_reward(response), strong_response,
-                description="D2PO word collector: +1 per target word used (0-30)", reward_range=(0.0, 30.0))
+    return templated_task("word_collector", TOPICS, PROMPTS + MORE_PROMPTS, lambda prompt, response: gold_reward(response),
+                          strong_response, description="D2PO word collector: +1 per target word used (0-30)",
+                          reward_range=(0.0, 30.0))
 
 
 TASK = _task()

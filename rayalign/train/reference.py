@@ -18,6 +18,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from rayalign.data import collate_pairs
+from rayalign.files import atomic_write
 
 CACHE_VERSION = "1"
 
@@ -80,11 +81,9 @@ def compute_reference(model, pairs, pad_id: int, micro_batch: int, device) -> li
 def save_reference(path: Path, values: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     chosen, chosen_offsets = _pack([c for c, _ in values])
     rejected, rejected_offsets = _pack([r for _, r in values])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"chosen": chosen, "chosen_offsets": chosen_offsets,
-               "rejected": rejected, "rejected_offsets": rejected_offsets}, tmp)
-    tmp.rename(path)  # a crash mid-write never leaves a half cache behind
+    tensors = {"chosen": chosen, "chosen_offsets": chosen_offsets, "rejected": rejected,
+               "rejected_offsets": rejected_offsets}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))  # never a half cache, even with concurrent runs
 
 
 def load_reference(path: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
