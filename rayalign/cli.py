@@ -1,4 +1,4 @@
-"""`rayalign` command line: train | run | sweep | eval | serve | submit | jobs | models | bench.
+"""`rayalign` command line: train | run | sweep | eval | compare | serve | submit | jobs | models | bench.
 
 User mistakes (bad config, bad data, missing package) print one line, `error: ...`, and exit 2;
 anything else is a bug and keeps its traceback.
@@ -49,11 +49,12 @@ def cmd_run(args) -> int:
         s = summary["synthesis"]
         print(f"synthesis: {s['pairs']} pairs from {s['prompts']} prompts ({s.get('ties_skipped', 0)} ties skipped)")
     if "eval" in summary:
+        from rayalign.stats import describe
+
         e = summary["eval"]
-        w = e["win_rate"]
         print(f"eval: gold reward {e['policy']['mean_reward']:.3f} ± {e['policy']['reward_stderr']:.3f} (policy) vs "
-              f"{e['reference']['mean_reward']:.3f} ± {e['reference']['reward_stderr']:.3f} (starting model); "
-              f"win rate {w['win_rate']:.3f} [{w['ci_low']:.3f}, {w['ci_high']:.3f}] 95% CI")
+              f"{e['reference']['mean_reward']:.3f} ± {e['reference']['reward_stderr']:.3f} (starting model)")
+        print(f"eval: {describe(e['win_rate'])}")
         print(f"report: {cfg.run_dir / 'report.json'} and report.png")
     print(f"summary: {cfg.run_dir / 'summary.json'}")
     return 0
@@ -92,17 +93,32 @@ def cmd_bench(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from rayalign.config import EvalConfig, SamplingConfig
     from rayalign.evaluation import evaluate
 
-    report = evaluate(args.policy, args.reference, args.task, args.num_prompts, args.samples, args.temperature,
-                      args.max_new_tokens, args.seed, args.out, args.scorer, args.top_p)
+    e = EvalConfig(task=args.task, num_prompts=args.num_prompts, samples=args.samples, temperature=args.temperature,
+                   top_p=args.top_p, max_new_tokens=args.max_new_tokens, scorer=args.scorer, seed=args.seed)
+    report = evaluate(args.policy, args.reference, e, args.out, SamplingConfig(engine=args.engine))
     for role in ("policy", "reference"):
         stats = report[f"{role}_stats"]
         print(f"{role:9s} mean reward {stats['mean_reward']:.3f} ± {stats['reward_stderr']:.3f} (s.e.), "
               f"mean length {stats['mean_length_tokens']:.1f} tokens, truncated {stats['truncated_share']:.0%}")
-    wr = report["win_rate"]
-    print(f"win rate  {wr['win_rate']:.3f}, 95% CI [{wr['ci_low']:.3f}, {wr['ci_high']:.3f}] over {wr['prompts']} prompts")
+    print(report["summary"])
     print(f"report: {args.out}/report.json, {args.out}/report.png")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from rayalign.compare import compare
+    from rayalign.stats import describe
+
+    result = compare(args.runs, args.out, args.label or None)
+    for label, group in result["groups"].items():
+        print(f"{label}: runs {', '.join(group['runs'])}")
+    for pair in result["pairs"]:
+        if pair["column"] == "start" or (pair["row"] < pair["column"] and pair["row"] != "start"):
+            print(f"{pair['row']} vs {pair['column']}: {describe(pair)}")
+    print(f"compare: {args.out}/compare.json and compare.png")
     return 0
 
 
@@ -157,15 +173,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--policy", required=True, help="model name or checkpoint directory")
     evaluate.add_argument("--reference", required=True, help="the starting model")
     evaluate.add_argument("--task", default="word_collector", help="word_collector, math, bullets, or a registered task")
-    evaluate.add_argument("--num-prompts", type=int, default=32)
+    evaluate.add_argument("--num-prompts", type=int, default=128)
     evaluate.add_argument("--samples", type=int, default=2, help="responses per prompt and model")
     evaluate.add_argument("--temperature", type=float, default=0.7)
     evaluate.add_argument("--top-p", type=float, default=1.0)
     evaluate.add_argument("--max-new-tokens", type=int, default=48)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--scorer", default="gold", help="'gold' (the task's reward) or a discriminator directory")
+    evaluate.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="sampling engine of the SamplerPool")
     evaluate.add_argument("--out", default="runs/eval", help="output directory")
     evaluate.set_defaults(func=cmd_eval)
+
+    comp = sub.add_parser("compare", help="trained runs and their starting model on the same held-out samples: "
+                          "pairwise win rates with intervals, compare.json + compare.png")
+    comp.add_argument("runs", nargs="+", help="run directories (written by `rayalign run`)")
+    comp.add_argument("--label", action="append", help="a label per run, in order; runs sharing one are pooled "
+                      "(e.g. the seeds of a method)")
+    comp.add_argument("--out", default="runs/compare", help="output directory")
+    comp.set_defaults(func=cmd_compare)
 
     serve = sub.add_parser("serve", help="serve a model on Ray Serve until Ctrl-C")
     serve.add_argument("what", choices=["discriminator", "sampler"])

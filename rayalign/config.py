@@ -40,8 +40,9 @@ class DataConfig:
     """Preference data: a .jsonl/.json/.parquet file (optionally .gz), or a `datasets` name."""
     split: str = "train"
     """Split to read when `path` is a `datasets` name."""
-    format: Literal["auto", "standard", "conversational", "hh_rlhf", "ultrafeedback"] = "auto"
-    """Row form; auto detects it from the fields of each row."""
+    format: Literal["auto", "standard", "conversational", "hh_rlhf", "ultrafeedback", "token_ids"] = "auto"
+    """Row form; auto detects it from the fields of each row (token_ids: prompt_ids/chosen_ids/rejected_ids, as
+    pipelines write them, trained without re-tokenising)."""
     max_length: int = 512
     """Most tokens of prompt + response; longer responses are cut from the right."""
     max_prompt_length: Optional[int] = 256
@@ -161,6 +162,10 @@ class SamplingConfig:
     """Nucleus sampling threshold."""
     max_new_tokens: int = 48
     """Most new tokens per completion."""
+    chunk_size: int = 32
+    """Prompts per pool task: the unit of load balancing and of retry when an actor dies."""
+    batch_size: int = 64
+    """Sequences per `generate` batch in the hf engine (a chunk's prompts x samples); larger is faster on CPU."""
 
 
 @dataclass(config=_STRICT)
@@ -189,6 +194,10 @@ class SDPOConfig:
     """T: train stage by stage on T chunks, each stage's reference the previous stage's model (1: plain DPO)."""
     split: Literal["easy_to_hard", "random", "by_source"] = "easy_to_hard"
     """How pairs go to chunks: by the initial model's reward accuracy (easy first), at random, or by source."""
+    difficulty: Literal["normalised_margin", "logp_margin"] = "normalised_margin"
+    """M_0's measure of a pair: logp(y_w)/|y_w| - logp(y_l)/|y_l| (normalised_margin) or the paper's unnormalised
+    γ = logp(y_w) - logp(y_l) (logp_margin); its sign is the pair's reward accuracy. easy_to_hard sorts pairs by it;
+    by_source ranks sources by their accuracy under it."""
     chunk_sizes: Optional[list[float]] = None
     """Relative chunk sizes (e.g. [0.5, 0.5]); null: equal chunks. Ignored by by_source."""
     source_column: str = "source"
@@ -203,7 +212,7 @@ class EvalConfig:
     """Evaluate the trained policy against the starting model at the end of a pipeline."""
     task: Optional[str] = None
     """Task whose held-out prompts and gold reward are used; null: inco.task."""
-    num_prompts: int = 32
+    num_prompts: int = 128
     """Held-out prompts."""
     samples: int = 2
     """Samples per prompt and model."""
@@ -211,6 +220,10 @@ class EvalConfig:
     """Sampling temperature."""
     max_new_tokens: int = 48
     """Most new tokens per sample."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+    scorer: str = "gold"
+    """gold: the task's reward; otherwise a saved discriminator directory."""
     seed: int = 0
     """Seed of the held-out prompts and sampling."""
 

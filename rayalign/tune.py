@@ -22,8 +22,10 @@ deviation and count over the seeds.
 Ray Tune's own search (grid / random via BasicVariantGenerator) runs the trials; each trial is
 logged to wandb by Tune's WandbLoggerCallback (offline unless tracking.wandb=online) with its
 resolved config, and the pipeline's training phase logs to the same wandb group. The sweep
-writes `<output_dir>/<name>/trials.csv`, `sweep.png` (the metric against the first swept key)
-and `best.yaml`, the resolved config of the best trial.
+writes `<output_dir>/<name>/trials.csv`, `sweep.png` (the metric against the first swept key),
+`best.yaml` (the resolved config of the best trial) and, when the trials evaluate, `rayalign
+compare` over them: `compare.json` and `compare.png`, every trial and the starting model on the
+same held-out samples, the seeds of each setting pooled, every pair of settings compared.
 """
 
 from __future__ import annotations
@@ -164,7 +166,32 @@ def run_sweep(sweep: SweepConfig) -> dict:
         run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), callbacks=callbacks),
     )
     results = tuner.fit()
-    return _write_outputs(sweep, sweep_dir, results)
+    summary = _write_outputs(sweep, sweep_dir, results)
+    if base.eval.enabled:
+        summary["compare"] = _compare_trials(sweep, sweep_dir)
+        (sweep_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def trial_label(config_file: Path, sweep: SweepConfig) -> str:
+    """A trial's setting of the swept keys other than seeds ("inco.mode=on_policy"): its seeds share it."""
+    flat = config_lib.flatten(yaml.safe_load(config_file.read_text()))
+    keys = [part for key in sweep.search if not _is_seed(key) for part in key.split(",")]
+    return ", ".join(f"{key}={flat[key]}" for key in keys) or config_file.parent.name
+
+
+def _compare_trials(sweep: SweepConfig, sweep_dir: Path) -> str:
+    """`rayalign compare` over the finished trials, seeds of a setting pooled: compare.json/.png in the sweep dir."""
+    from rayalign.compare import compare
+    from rayalign.stats import describe
+
+    trials = sorted(d for d in (sweep_dir / "trials").iterdir() if (d / "summary.json").is_file())
+    result = compare(trials, sweep_dir, [trial_label(d / "config.yaml", sweep) for d in trials])
+    print("\ncompare (paired per prompt, seeds pooled):")
+    for pair in result["pairs"]:
+        if pair["column"] == "start":
+            print(f"  {pair['row']} vs start: {describe(pair)}")
+    return str(sweep_dir / "compare.json")
 
 
 def _write_outputs(sweep: SweepConfig, sweep_dir: Path, results) -> dict:

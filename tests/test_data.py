@@ -121,6 +121,16 @@ BAD_ROWS = [  # (line 3 of the file, reason, field, text the message must contai
     ({"chosen": "plain a", "rejected": "plain b"}, "not_a_transcript", "chosen", "add a 'prompt' field"),
     ({"prompt": "word " * 80, "chosen": "a", "rejected": "b"}, "no_room_for_response", "prompt",
      "raise data.max_length or set data.max_prompt_length to at most 39"),
+    # token-id rows (what pipelines write)
+    ({"chosen_ids": [5], "rejected_ids": [6]}, "missing_field", "prompt_ids", "missing; a token-id row needs"),
+    ({"prompt_ids": [1, 2], "chosen_ids": [3], "rejected_ids": "4 5"}, "wrong_type", "rejected_ids",
+     "expected a list of integer token ids"),
+    ({"prompt_ids": [1, 2], "chosen_ids": [3, 10**9], "rejected_ids": [4]}, "out_of_vocabulary", "chosen_ids",
+     "token id 1000000000 is outside the tokenizer's vocabulary"),
+    ({"prompt_ids": [1, 2], "chosen_ids": [], "rejected_ids": [4]}, "empty_response", "chosen_ids",
+     "empty response"),
+    ({"prompt_ids": [1, 2], "chosen_ids": [3, 4], "rejected_ids": [3, 4]}, "identical_responses", "rejected_ids",
+     "identical to 'chosen_ids'"),
 ]
 
 
@@ -153,6 +163,26 @@ def test_bad_row_is_skipped_and_counted(tmp_path, tokenizer, bad_row, reason, fi
     assert (prepared.stats["rows_read"], prepared.stats["rows_used"]) == (3, 2)
     good = [encode_response(row["chosen"], tokenizer) for row in STANDARD_ROWS[:2]]
     assert [pair.chosen_ids for pair in prepared.pairs] == good
+
+
+def test_token_id_rows_train_on_their_ids_without_re_tokenising(tmp_path, tokenizer):
+    """Ids are taken as sampled: no EOS appended to a response that has none (cut off by the token budget),
+    the EOS of a finished one kept, the text ignored, and truncation as for text rows."""
+    eos = tokenizer.eos_token_id
+    truncated, finished = [310, 311, 312], [410, 411, eos]
+    rows = [{"prompt": "shown, not used", "chosen": "x", "rejected": "y", "prompt_ids": [1, 2, 3],
+             "chosen_ids": finished, "rejected_ids": truncated},
+            {"prompt_ids": list(range(20, 30)), "chosen_ids": list(range(40, 52)), "rejected_ids": [7, eos]}]
+    path = tmp_path / "ids.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    prepared = prepare_data(DataConfig(path=str(path), max_length=16, max_prompt_length=6), tokenizer)
+    first, second = prepared.pairs
+    assert (first.prompt_ids, first.chosen_ids, first.rejected_ids) == ([1, 2, 3], finished, truncated)
+    assert second.prompt_ids == list(range(24, 30))  # prompt cut from the left to 6 tokens
+    assert second.chosen_ids == list(range(40, 50))  # response cut from the right to the 10 left
+    assert prepared.stats["truncated_prompts"] == 1 and prepared.stats["truncated_responses"] == 1
+    as_text = prepare_data(DataConfig(path=str(path), format="standard", limit=1, max_length=64), tokenizer)
+    assert as_text.pairs[0].chosen_ids == encode_response("x", tokenizer)  # format=standard reads the text
 
 
 def test_empty_prompt_without_template_is_bad(tmp_path, tokenizer):

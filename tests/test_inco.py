@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pyarrow.parquet as pq
 import pytest
 
 from rayalign import config
-from rayalign.pipelines.inco import prefix_length, run_inco, select_pair, synthesise
+from rayalign.data import collate_pairs, encode_prompt, prepare_data
+from rayalign.models import load_causal_lm, load_tokenizer, resolve_model
+from rayalign.pipelines.inco import Candidate, prefix_length, run_inco, select_pair, shard_seed, synthesise
 from rayalign.sampling.base import SamplingParams
 from rayalign.sampling.hf import HFSampler
+from rayalign.sampling.pool import pool_from_config
+from rayalign.tasks.registry import TASKS, make_task, register_task
 
 
 @pytest.mark.parametrize("tokens, ratio, expected", [
@@ -31,10 +36,70 @@ def test_prefixes_are_cut_on_token_boundaries_and_kept_by_the_sampler():
     assert completion.text.startswith(sampler.tokenizer.decode(prefix))
 
 
+def _candidates(*scores):
+    return [Candidate(f"text {i}", [i], "stop", score) for i, score in enumerate(scores)]
+
+
 def test_select_pair_takes_best_and_worst_and_skips_ties():
-    assert select_pair([("a", 1.0), ("b", 3.0), ("c", 2.0)]) == (("b", 3.0), ("a", 1.0))
-    assert select_pair([("a", 2.0), ("b", 2.0)]) is None
-    assert select_pair([("only", 5.0)]) is None
+    best, worst = select_pair(_candidates(1.0, 3.0, 2.0))
+    assert (best.text, worst.text) == ("text 1", "text 0")
+    assert select_pair(_candidates(2.0, 2.0)) is None
+    assert select_pair(_candidates(5.0)) is None
+
+
+def _tiny_model_that_often_stops(root) -> str:
+    """tiny-llama whose generation config lists every fifth token id as an end of sequence (as Llama-3 lists
+    several): a random 2-layer model then finishes some samples and runs out of tokens on others."""
+    from transformers import GenerationConfig
+
+    model_dir = root / "tiny-eos"
+    shutil.copytree(resolve_model("tiny-llama"), model_dir)
+    tokenizer = load_tokenizer(str(model_dir))
+    eos = [tokenizer.eos_token_id] + list(range(5, len(tokenizer), 5))
+    GenerationConfig(eos_token_id=eos, bos_token_id=tokenizer.bos_token_id,
+                     pad_token_id=tokenizer.pad_token_id).save_pretrained(model_dir)
+    return str(model_dir)
+
+
+@pytest.fixture
+def longest_task():
+    """A user task whose reward is the response's length, so random text has a best and a worst."""
+    prompts = [f"Write something, number {i}." for i in range(16)]
+    yield register_task(make_task("longest_test", prompts, lambda prompt, response: float(len(response))))
+    TASKS.pop("longest_test")
+
+
+def test_training_sees_the_sampled_ids_and_eos_only_where_the_sample_ended(tmp_path, ray_local, longest_task):
+    model = _tiny_model_that_often_stops(tmp_path)
+    cfg = config.load(None, [f"model.name={model}", "pipeline=inco", "inco.task=longest_test", "inco.mode=on_policy",
+                             "inco.num_prompts=6", "inco.shard_size=6", "sampling.samples=3",
+                             "sampling.max_new_tokens=5", "data.max_length=128", f"output_dir={tmp_path}", "name=ids"])
+    path = synthesise(cfg, tmp_path / "ids")
+    rows = pq.read_table(path).to_pylist()
+    assert {row[f"{side}_finish"] for row in rows for side in ("chosen", "rejected")} == {"stop", "length"}
+
+    # An independent pool with the same prompts and seed samples the same completions: the pairs hold them exactly.
+    tokenizer = load_tokenizer(model)
+    train_prompts = longest_task.prompts("train", 6, 0)
+    prompt_ids = [encode_prompt([{"role": "user", "content": p}], tokenizer) for p in train_prompts]
+    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=5, seed=shard_seed(0, 0))
+    with pool_from_config(model, cfg.sampling) as pool:
+        outputs = pool.generate(prompt_ids, params)
+    for row in rows:
+        assert row["prompt_ids"] == prompt_ids[row["prompt_index"]]
+        sampled = {tuple(c.token_ids): c.finish_reason for c in outputs[row["prompt_index"]]}
+        for side in ("chosen", "rejected"):
+            assert sampled[tuple(row[f"{side}_ids"])] == row[f"{side}_finish"]
+
+    # ... and a training batch holds those ids unchanged: EOS ends the finished ones, none the truncated.
+    eos = set(load_causal_lm(model).generation_config.eos_token_id)
+    prepared = prepare_data(cfg.data.__class__(path=str(path), max_length=128), tokenizer)
+    batch = collate_pairs(prepared.pairs, tokenizer.pad_token_id)
+    for i, row in enumerate(rows):
+        for side, offset in (("chosen", 0), ("rejected", len(rows))):
+            trained = batch["input_ids"][offset + i][batch["response_mask"][offset + i]].tolist()
+            assert trained == row[f"{side}_ids"]
+            assert (trained[-1] in eos) == (row[f"{side}_finish"] == "stop")
 
 
 TINY = ["model.name=tiny-llama", "pipeline=inco", "inco.num_prompts=8", "inco.shard_size=4", "inco.ratio=0.5",

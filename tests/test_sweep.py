@@ -28,8 +28,13 @@ def test_two_trial_sweep_completes_logs_to_wandb_and_names_the_best(tmp_path, ra
     assert summary["trials"] == 2
     rows = (sweep_dir / "trials.csv").read_text().splitlines()
     assert len(rows) == 3 and "config/inco.ratio,sdpo.stages" in rows[0] and "win_rate" in rows[0]
+    import pandas as pd
+
+    table = pd.read_csv(sweep_dir / "trials.csv")
+    top = table.loc[table["win_rate"].idxmax()]  # the best trial is the one with the highest metric
     ratio, stages = summary["best"]["config"]["inco.ratio,sdpo.stages"]
-    assert (ratio, stages) in ((0.0, 1), (0.5, 2))
+    assert summary["best"]["win_rate"] == pytest.approx(top["win_rate"])
+    assert top["config/inco.ratio,sdpo.stages"] == f"{ratio},{stages}"
     best = yaml.safe_load((sweep_dir / "best.yaml").read_text())
     assert (best["inco"]["ratio"], best["sdpo"]["stages"]) == (ratio, stages) and best["pipeline"] == "inco"
     assert (sweep_dir / "sweep.png").is_file()
@@ -41,6 +46,14 @@ def test_two_trial_sweep_completes_logs_to_wandb_and_names_the_best(tmp_path, ra
         assert json.loads((trial / "summary.json").read_text())["pipeline"] == "inco"
     staged = [t for t in trials if yaml.safe_load((t / "config.yaml").read_text())["sdpo"]["stages"] == 2]
     assert len(staged) == 1 and {d.name for d in staged[0].glob("stage_*")} == {"stage_1", "stage_2"}
+    # compare over the trials read the very samples each trial's evaluation made (the cache): same win rates
+    compared = json.loads((sweep_dir / "compare.json").read_text())
+    assert all(entry["from_cache"] for entry in compared["entries"])
+    for trial in trials:
+        [pair] = [p for p in compared["pairs"] if p["row"] == trial.name and p["column"] == "start"]
+        report = json.loads((trial / "report.json").read_text())
+        assert pair["win_rate"] == report["win_rate"]["win_rate"] and pair["ci_low"] == report["win_rate"]["ci_low"]
+    assert (sweep_dir / "compare.png").is_file()
 
 
 def test_joined_keys_move_together_and_seeds_are_averaged(tmp_path):

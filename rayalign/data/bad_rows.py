@@ -18,6 +18,7 @@ INVALID_JSON = "invalid_json"
 PROMPT_MISMATCH = "prompt_mismatch"
 NOT_A_TRANSCRIPT = "not_a_transcript"
 EMPTY_PROMPT = "empty_prompt"
+OUT_OF_VOCABULARY = "out_of_vocabulary"
 
 SKIP_HINT = "or set data.on_bad_row=skip"
 

@@ -17,7 +17,7 @@ from rayalign.config import DataConfig
 from rayalign.data.bad_rows import BadRow
 from rayalign.data.formats import normalise
 from rayalign.data.readers import iter_rows
-from rayalign.data.tokenize import TokenizedPair, Truncation, tokenize_example
+from rayalign.data.tokenize import TokenizedPair, Truncation, pair_from_ids, tokenize_example
 from rayalign.errors import DataError
 
 MarkFn = Callable[[list[int], list[int]], tuple[list[bool], list[bool]]]
@@ -68,6 +68,8 @@ def prepare_data(cfg: DataConfig, tokenizer, mark_fn: Optional[MarkFn] = None) -
 def _prepare_row(cfg: DataConfig, tokenizer, row: int, raw) -> tuple[TokenizedPair, Truncation]:
     if isinstance(raw, DataError):
         raise raw
+    if cfg.format == "token_ids" or (cfg.format == "auto" and "chosen_ids" in raw):
+        return pair_from_ids(raw, row, cfg.path, cfg, len(tokenizer))
     example = normalise(raw, row, cfg.path, cfg.format)
     return tokenize_example(example, tokenizer, cfg)
 

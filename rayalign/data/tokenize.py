@@ -4,6 +4,11 @@ The prompt and each response are encoded separately, so the boundary between the
 the response mask needs no guessing. Truncation keeps what matters most for the loss: a prompt
 loses its oldest tokens (cut from the left, the question stays), a response loses its end (cut
 from the right, its beginning is what the prompt conditions).
+
+Pairs a pipeline sampled arrive as token ids (``prompt_ids``, ``chosen_ids``, ``rejected_ids``):
+those are trained as they are, never re-tokenised from their text, so training sees exactly what
+was sampled and scored; a response cut off by the token budget has no EOS (the model did not
+stop there), a finished one keeps the EOS that ended it.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from rayalign.config import DataConfig
-from rayalign.data.bad_rows import EMPTY_PROMPT, NO_ROOM_FOR_RESPONSE, BadRow
+from rayalign.data.bad_rows import (EMPTY_PROMPT, EMPTY_RESPONSE, IDENTICAL_RESPONSES, MISSING_FIELD,
+                                    NO_ROOM_FOR_RESPONSE, OUT_OF_VOCABULARY, WRONG_TYPE, BadRow)
 from rayalign.data.formats import Messages, PreferenceExample
 
 
@@ -71,33 +77,70 @@ def encode_response(text: str, tokenizer) -> list[int]:
 def tokenize_example(example: PreferenceExample, tokenizer, cfg: DataConfig) -> tuple[TokenizedPair, Truncation]:
     """Encode and truncate one example; raises BadRow when no usable response fits."""
     prompt = encode_prompt(example.prompt, tokenizer, cfg.chat_template)
+    responses = [encode_response(text, tokenizer) for text in (example.chosen, example.rejected)]
+    return truncate_pair(prompt, responses, cfg, example.source, example.row)
+
+
+def truncate_pair(prompt: list[int], responses: list[list[int]], cfg: DataConfig, source: str,
+                  row: int) -> tuple[TokenizedPair, Truncation]:
+    """Cut the prompt from the left to data.max_prompt_length and the responses from the right to fit data.max_length."""
     truncation = Truncation()
     if cfg.max_prompt_length is not None and len(prompt) > cfg.max_prompt_length:
         prompt = prompt[len(prompt) - cfg.max_prompt_length:]
         truncation.prompt_cut = True
-    _check_prompt_fits(example, prompt, cfg)
+    _check_prompt_fits(source, row, prompt, cfg)
     room = cfg.max_length - len(prompt)
-    responses = []
-    for text in (example.chosen, example.rejected):
-        ids = encode_response(text, tokenizer)
+    cut = []
+    for ids in responses:
         if len(ids) > room:
             ids = ids[:room]
             truncation.responses_cut += 1
-        responses.append(ids)
-    return TokenizedPair(prompt, responses[0], responses[1]), truncation
+        cut.append(ids)
+    return TokenizedPair(prompt, cut[0], cut[1]), truncation
 
 
-def _check_prompt_fits(example: PreferenceExample, prompt: list[int], cfg: DataConfig) -> None:
+ID_FIELDS = ("prompt_ids", "chosen_ids", "rejected_ids")
+
+
+def pair_from_ids(raw: Mapping, row: int, source: str, cfg: DataConfig,
+                  vocab_size: int) -> tuple[TokenizedPair, Truncation]:
+    """A row of token ids (what a pipeline sampled) -> a checked, truncated pair; no re-tokenising."""
+    ids = {}
+    for field in ID_FIELDS:
+        value = raw.get(field)
+        if value is None:
+            raise BadRow(MISSING_FIELD, source, row, field, "missing; a token-id row needs prompt_ids, chosen_ids "
+                         "and rejected_ids (or give text fields and set data.format)")
+        if hasattr(value, "tolist"):
+            value = value.tolist()
+        if not isinstance(value, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+            raise BadRow(WRONG_TYPE, source, row, field, "expected a list of integer token ids; fix the value")
+        outside = next((t for t in value if not 0 <= t < vocab_size), None)
+        if outside is not None:
+            raise BadRow(OUT_OF_VOCABULARY, source, row, field, f"token id {outside} is outside the tokenizer's "
+                         f"vocabulary (0..{vocab_size - 1}): the ids were made with another tokenizer; set model.name "
+                         "to the model that sampled them")
+        ids[field] = value
+    for field in ("chosen_ids", "rejected_ids"):
+        if not ids[field]:
+            raise BadRow(EMPTY_RESPONSE, source, row, field, f"empty response; give the row a non-empty {field}")
+    if ids["chosen_ids"] == ids["rejected_ids"]:
+        raise BadRow(IDENTICAL_RESPONSES, source, row, "rejected_ids", "identical to 'chosen_ids', so the pair "
+                     "teaches nothing; give a different rejected response")
+    return truncate_pair(ids["prompt_ids"], [ids["chosen_ids"], ids["rejected_ids"]], cfg, source, row)
+
+
+def _check_prompt_fits(source: str, row: int, prompt: list[int], cfg: DataConfig) -> None:
     """A pair needs ≥ 1 prompt token (the first response token is predicted from it) and room
     for `min_response_tokens` (at least 1: an empty response carries no preference)."""
     if not prompt:
-        raise BadRow(EMPTY_PROMPT, example.source, example.row, "prompt",
+        raise BadRow(EMPTY_PROMPT, source, row, "prompt",
                      "the prompt has no tokens, so the first response token has nothing to be predicted "
                      "from; give the row a prompt, set data.chat_template=true, or raise data.max_prompt_length")
     needed = max(1, cfg.min_response_tokens)
     room = cfg.max_length - len(prompt)
     if room < needed:
-        raise BadRow(NO_ROOM_FOR_RESPONSE, example.source, example.row, "prompt",
+        raise BadRow(NO_ROOM_FOR_RESPONSE, source, row, "prompt",
                      f"no room for the response: the prompt takes {len(prompt)} of data.max_length="
                      f"{cfg.max_length} tokens, leaving {max(room, 0)} (data.min_response_tokens={needed}); "
                      f"raise data.max_length or set data.max_prompt_length to at most {cfg.max_length - needed}")

@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 from rayalign import config as config_lib
 
 
+def eval_config(cfg: config_lib.Config) -> config_lib.EvalConfig:
+    """The run's evaluation settings with the task resolved (eval.task, else the pipeline's task)."""
+    return dataclasses.replace(cfg.eval, task=cfg.eval.task or cfg.inco.task)
+
+
 def evaluate_run(cfg: config_lib.Config, run_dir: Path, checkpoint: str) -> dict:
     """{"eval": figures} after writing report.json/.png in `run_dir`; {} when evaluation is off.
 
-    A report for the same checkpoint is reused, so a rerun of a finished pipeline does not redo it.
+    A report for the same checkpoint and settings is reused, so a rerun of a finished pipeline does not redo it.
     """
     if not cfg.eval.enabled:
         return {}
-    from rayalign.evaluation import evaluate
+    from rayalign.evaluation import evaluate, report_settings
 
-    e = cfg.eval
+    e = eval_config(cfg)
     report_path = run_dir / "report.json"
-    if report_path.is_file() and json.loads(report_path.read_text()).get("policy") == checkpoint:
-        report = json.loads(report_path.read_text())
-    else:
-        report = evaluate(checkpoint, cfg.model.name, task=e.task or cfg.inco.task, num_prompts=e.num_prompts,
-                          samples=e.samples, temperature=e.temperature, max_new_tokens=e.max_new_tokens,
-                          seed=e.seed, out_dir=run_dir)
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    if report.get("policy") != checkpoint or report.get("settings") != report_settings(e, cfg.sampling):
+        report = evaluate(checkpoint, cfg.model.name, e, run_dir, cfg.sampling, cfg.data.chat_template)
     return {"eval": {"win_rate": report["win_rate"], "policy": report["policy_stats"],
                      "reference": report["reference_stats"]}}

@@ -15,9 +15,11 @@ task's gold reward by default (a trained discriminator with `inco.scorer=<dir>`)
 `inco.mode=on_policy` samples without a prefix and `inco.mode=off_policy` pairs y_off (chosen)
 against the policy's worst sample, skipping prompts where y_off does not score higher.
 
-Synthesised pairs go to parquet shards in `<run>/data/` with their metadata (ratio, scores, mode,
-prefix length); a rerun skips finished shards, training resumes from its checkpoints, and a
-finished evaluation is not redone.
+Synthesised pairs go to parquet shards in `<run>/data/`: the texts for people to read, and the
+token ids that were sampled and scored (prompt, chosen, rejected) with each response's finish
+reason, which is what trains (no re-tokenising; a response cut off by `sampling.max_new_tokens`
+gets no EOS), with their metadata (ratio, scores, mode, prefix length). A rerun skips finished
+shards, training resumes from its checkpoints, and a finished evaluation is not redone.
 """
 
 from __future__ import annotations
@@ -29,8 +31,18 @@ from pathlib import Path
 
 from rayalign import config as config_lib
 
-PAIR_COLUMNS = ("prompt", "chosen", "rejected", "chosen_score", "rejected_score", "mode", "ratio",
-                "prefix_len", "prompt_index")
+PAIR_COLUMNS = ("prompt", "chosen", "rejected", "prompt_ids", "chosen_ids", "rejected_ids", "chosen_finish",
+                "rejected_finish", "chosen_score", "rejected_score", "mode", "ratio", "prefix_len", "prompt_index")
+
+
+@dataclasses.dataclass
+class Candidate:
+    """One scored response: its text (for people), the token ids sampled (what trains) and why it ended."""
+
+    text: str
+    ids: list[int]
+    finish: str
+    score: float = 0.0
 
 
 def prefix_length(num_tokens: int, ratio: float) -> int:
@@ -38,55 +50,80 @@ def prefix_length(num_tokens: int, ratio: float) -> int:
     return min(num_tokens, max(0, round(ratio * num_tokens)))
 
 
-def select_pair(candidates: list[tuple[str, float]]) -> tuple[tuple[str, float], tuple[str, float]] | None:
-    """(best, worst) by score; None when every candidate scores the same (no preference)."""
-    best = max(candidates, key=lambda c: c[1])
-    worst = min(candidates, key=lambda c: c[1])
-    return None if best[1] == worst[1] else (best, worst)
+def shard_seed(inco_seed: int, first_prompt: int) -> int:
+    """The sampling seed of the shard whose first prompt has index `first_prompt`: a rerun samples the same."""
+    return inco_seed * 100_003 + first_prompt
+
+
+def select_pair(candidates: list[Candidate]) -> tuple[Candidate, Candidate] | None:
+    """(best, worst) by score, the first of equals; None when every candidate scores the same (no preference)."""
+    best = max(candidates, key=lambda c: c.score)
+    worst = min(candidates, key=lambda c: c.score)
+    return None if best.score == worst.score else (best, worst)
+
+
+def pair_row(prompt: str, prompt_ids: list[int], chosen: Candidate, rejected: Candidate, **meta) -> dict:
+    """A parquet row: the texts to read, the ids to train on, finish reasons, scores and metadata."""
+    return {"prompt": prompt, "chosen": chosen.text, "rejected": rejected.text, "prompt_ids": prompt_ids,
+            "chosen_ids": chosen.ids, "rejected_ids": rejected.ids, "chosen_finish": chosen.finish,
+            "rejected_finish": rejected.finish, "chosen_score": float(chosen.score),
+            "rejected_score": float(rejected.score), **meta}
+
+
+def pair_schema():
+    """The shards' schema, explicit so that an empty shard (every prompt tied) concatenates with the rest."""
+    import pyarrow as pa
+
+    ids, text, number = pa.list_(pa.int64()), pa.string(), pa.float64()
+    types = {"prompt_ids": ids, "chosen_ids": ids, "rejected_ids": ids, "chosen_score": number,
+             "rejected_score": number, "ratio": number, "prefix_len": pa.int64(), "prompt_index": pa.int64()}
+    return pa.schema([(name, types.get(name, text)) for name in PAIR_COLUMNS])
 
 
 def _write_parquet(rows: list[dict], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table({name: [row[name] for row in rows] for name in PAIR_COLUMNS})
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(table, tmp)
-    tmp.rename(path)  # a shard exists only once it is complete
+    from rayalign.files import atomic_write
+
+    table = pa.table({name: [row[name] for row in rows] for name in PAIR_COLUMNS}, schema=pair_schema())
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def _shard_rows(cfg, prompts, offs, indices, pool, tokenizer, score) -> tuple[list[dict], dict]:
     """Sample, score and pair the prompts `indices`; returns rows and counts."""
-    from rayalign.data.tokenize import encode_prompt
+    from rayalign.data.tokenize import encode_prompt, encode_response
     from rayalign.sampling.base import SamplingParams
 
     s, inco = cfg.sampling, cfg.inco
-    prompt_ids = [encode_prompt([{"role": "user", "content": prompts[i]}], tokenizer) for i in indices]
+    prompt_ids = [encode_prompt([{"role": "user", "content": prompts[i]}], tokenizer, cfg.data.chat_template)
+                  for i in indices]
     off_ids = [tokenizer.encode(offs[i], add_special_tokens=False) for i in indices]
     ratio = inco.ratio if inco.mode == "inco" else 0.0
     prefixes = [ids[:prefix_length(len(ids), ratio)] for ids in off_ids]
     params = SamplingParams(n=s.samples, temperature=s.temperature, top_p=s.top_p,
-                            max_new_tokens=s.max_new_tokens, seed=inco.seed * 100_003 + indices[0])
+                            max_new_tokens=s.max_new_tokens, seed=shard_seed(inco.seed, indices[0]))
     outputs = pool.generate(prompt_ids, params, prefixes)
-    rows, counts = [], {"prompts": len(indices), "ties_skipped": 0, "off_policy_not_better": 0, "samples": 0}
-    for i, prefix, completions in zip(indices, prefixes, outputs):
-        texts = [c.text for c in completions]
-        counts["samples"] += len(texts)
+    rows, counts = [], {"prompts": len(indices), "ties_skipped": 0, "off_policy_not_better": 0, "samples": 0,
+                        "truncated_samples": 0}
+    for i, ids, prefix, completions in zip(indices, prompt_ids, prefixes, outputs):
+        candidates = [Candidate(c.text, c.token_ids, c.finish_reason) for c in completions]
+        counts["samples"] += len(candidates)
+        counts["truncated_samples"] += sum(c.finish == "length" for c in candidates)
         if inco.mode == "off_policy" or (inco.mode == "inco" and inco.include_off_policy):
-            texts.append(offs[i])  # y_off is the last candidate
-        candidates = list(zip(texts, score([prompts[i]] * len(texts), texts)))
+            candidates.append(Candidate(offs[i], encode_response(offs[i], tokenizer), "stop"))  # y_off is last
+        for candidate, value in zip(candidates, score([prompts[i]] * len(candidates), [c.text for c in candidates])):
+            candidate.score = value
         if inco.mode == "off_policy":
-            off, worst = candidates.pop(), min(candidates, key=lambda c: c[1])
-            pair = (off, worst) if off[1] > worst[1] else None
+            off, worst = candidates.pop(), min(candidates, key=lambda c: c.score)
+            pair = (off, worst) if off.score > worst.score else None
             counts["off_policy_not_better"] += pair is None
         else:
             pair = select_pair(candidates)
             counts["ties_skipped"] += pair is None
         if pair is not None:
-            (chosen, chosen_score), (rejected, rejected_score) = pair
-            rows.append({"prompt": prompts[i], "chosen": chosen, "rejected": rejected,
-                         "chosen_score": float(chosen_score), "rejected_score": float(rejected_score),
-                         "mode": inco.mode, "ratio": ratio, "prefix_len": len(prefix), "prompt_index": i})
+            rows.append(pair_row(prompts[i], ids, *pair, mode=inco.mode, ratio=ratio, prefix_len=len(prefix),
+                                 prompt_index=i))
     return rows, counts
 
 
@@ -96,9 +133,10 @@ def synthesise(cfg: config_lib.Config, run_dir: Path) -> Path:
     import pyarrow.parquet as pq
 
     from rayalign.evaluation import make_scorer
+    from rayalign.files import atomic_write, atomic_write_text
     from rayalign.models import load_tokenizer
     from rayalign.monitoring import record_pairs
-    from rayalign.sampling.pool import SamplerPool
+    from rayalign.sampling.pool import pool_from_config
     from rayalign.tasks.registry import get_task
 
     data_dir = run_dir / "data"
@@ -106,27 +144,25 @@ def synthesise(cfg: config_lib.Config, run_dir: Path) -> Path:
     task = get_task(cfg.inco.task)
     prompts = task.prompts("train", cfg.inco.num_prompts, cfg.inco.seed)
     rng = random.Random(cfg.inco.seed)
-    offs = [task.strong_response(p, rng) for p in prompts]
+    # on-policy sampling needs no strong responses, so a task without a writer can use it
+    offs = [task.strong_response(p, rng) if cfg.inco.mode != "on_policy" else "" for p in prompts]
     shards = [list(range(i, min(i + cfg.inco.shard_size, len(prompts))))
               for i in range(0, len(prompts), cfg.inco.shard_size)]
     todo = [(k, idx) for k, idx in enumerate(shards) if not (data_dir / f"shard_{k:04d}.parquet").is_file()]
     if todo:
         tokenizer, score = load_tokenizer(cfg.model.name), make_scorer(cfg.inco.scorer, task)
-        s = cfg.sampling
-        pool = SamplerPool(engine=s.engine, model=cfg.model.name, num_actors=s.num_actors,
-                           num_cpus=s.cpus_per_actor, num_gpus=s.gpus_per_actor)
+        pool = pool_from_config(cfg.model.name, cfg.sampling)
         try:
             for k, indices in todo:
                 rows, counts = _shard_rows(cfg, prompts, offs, indices, pool, tokenizer, score)
-                _write_parquet(rows, data_dir / f"shard_{k:04d}.parquet")
+                atomic_write_text(data_dir / f"shard_{k:04d}.json", json.dumps(counts))
+                _write_parquet(rows, data_dir / f"shard_{k:04d}.parquet")  # the shard is done once this exists
                 record_pairs(len(rows), run=cfg.name)
-                (data_dir / f"shard_{k:04d}.json").write_text(json.dumps(counts))
                 print(f"rayalign: synthesis shard {k + 1}/{len(shards)}: {len(rows)} pairs", flush=True)
         finally:
             pool.shutdown()
-    tables = [pq.read_table(data_dir / f"shard_{k:04d}.parquet") for k in range(len(shards))]
-    pq.write_table(pa.concat_tables(tables), data_dir / "pairs.parquet")
-    return data_dir / "pairs.parquet"
+    table = pa.concat_tables([pq.read_table(data_dir / f"shard_{k:04d}.parquet") for k in range(len(shards))])
+    return atomic_write(data_dir / "pairs.parquet", lambda tmp: pq.write_table(table, tmp))
 
 
 def synthesis_stats(run_dir: Path) -> dict:

@@ -289,3 +289,11 @@ class _Run:
                 self.stats["actors_recreated"] += 1
                 self.pool.replace_actor(actor)
                 self._probe(actor)
+
+
+def pool_from_config(model: str, sampling) -> SamplerPool:
+    """The pool a `SamplingConfig` describes, serving `model` (synthesis and evaluation both use it)."""
+    engine_kwargs = {"batch_size": sampling.batch_size} if sampling.engine == "hf" else {}
+    return SamplerPool(engine=sampling.engine, model=model, num_actors=sampling.num_actors,
+                       num_cpus=sampling.cpus_per_actor, num_gpus=sampling.gpus_per_actor,
+                       chunk_size=sampling.chunk_size, **engine_kwargs)

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from rayalign import config as config_lib
 from rayalign.data import collate_pairs
 from rayalign.logprobs import ResponseLogps
-from rayalign.losses import LossInputs, compute_loss, get_loss, needs_reference
+from rayalign.losses import LossInputs, compute_loss, needs_reference
 from rayalign.models import load_causal_lm, load_tokenizer, resolve_model
 from rayalign.train import reference as ref_lib
 from rayalign.train.checkpoint import load_training_state, save_checkpoint

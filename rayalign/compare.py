@@ -1,0 +1,166 @@
+"""`rayalign compare RUN_DIR...`: trained runs and their starting model on the same held-out samples.
+
+Each run's final checkpoint and the starting model are sampled on the same held-out prompts with
+the evaluation settings the runs were made with (their `config.yaml`; they must agree), so each
+run's samples come from the cache its own evaluation filled, and so do the starting model's.
+Every pair of models is compared paired per prompt (`rayalign.stats.compare_models`).
+
+Runs given the same label (the seeds of one method) also form a *group*: its per-prompt rewards
+are all its runs' samples of that prompt, so a method is compared with the starting model and
+with the other methods over every seed at once; each run's own figures stay beside it.
+
+Writes `compare.json` (every entry and group with its reward statistics, the figures of every
+ordered pair), `compare.png` (reward distributions; the matrix of win rates of row over column
+with their intervals) and `samples.jsonl` (every response with its reward).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import yaml
+
+from rayalign import config as config_lib
+from rayalign.errors import RayAlignError
+
+START = "start"
+
+
+def run_checkpoint(run_dir: Path) -> str:
+    """The final checkpoint a run's summary names (pipelines nest it under "train")."""
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        raise RayAlignError(f"{run_dir}: no summary.json, so the run has not finished; rerun it or leave it out")
+    summary = json.loads(path.read_text())
+    checkpoint = summary.get("train", summary).get("checkpoint")
+    if not checkpoint or not Path(checkpoint).is_dir():
+        raise RayAlignError(f"{run_dir}: its summary names no checkpoint directory ({checkpoint}); rerun the run")
+    return checkpoint
+
+
+def _run_config(run_dir: Path) -> config_lib.Config:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise RayAlignError(f"{run_dir}: no config.yaml; give run directories written by `rayalign run`")
+    return config_lib.build(yaml.safe_load(path.read_text()))
+
+
+def _shared_settings(run_dirs: list[Path]) -> config_lib.Config:
+    """The first run's config, after checking every run was evaluated the same way from the same model."""
+    from rayalign.evaluation import report_settings
+    from rayalign.pipelines.evaluate import eval_config
+
+    def key(cfg):
+        return {"model": cfg.model.name, "chat_template": cfg.data.chat_template,
+                **report_settings(eval_config(cfg), cfg.sampling),
+                "chunk_size": cfg.sampling.chunk_size, "batch_size": cfg.sampling.batch_size}
+
+    configs = [_run_config(d) for d in run_dirs]
+    first = key(configs[0])
+    for run_dir, cfg in zip(run_dirs[1:], configs[1:]):
+        differs = [name for name, value in key(cfg).items() if first.get(name) != value]
+        if differs:
+            raise RayAlignError(f"{run_dir}: its {differs[0]} ({key(cfg)[differs[0]]}) differs from {run_dirs[0]}'s "
+                                f"({first[differs[0]]}); compare runs evaluated with the same settings")
+    return configs[0]
+
+
+def compare(run_dirs: list[str | Path], out_dir: str | Path, labels: list[str] | None = None) -> dict:
+    """Sample (or read from the cache) every run and the starting model, compare all pairs, write the outputs."""
+    from rayalign.evaluation import (held_out, make_scorer, model_stats, role_params, sample_model, score_samples,
+                                     write_samples)
+    from rayalign.pipelines.evaluate import eval_config
+    from rayalign.tasks.registry import get_task
+
+    run_dirs = [Path(d).resolve() for d in run_dirs]
+    if not run_dirs:
+        raise RayAlignError("compare needs at least one run directory")
+    labels = labels or [d.name for d in run_dirs]
+    if len(labels) != len(run_dirs):
+        raise RayAlignError(f"{len(labels)} labels for {len(run_dirs)} runs; give one label per run")
+    cfg = _shared_settings(run_dirs)
+    e = eval_config(cfg)
+    prompts = held_out(e, e.task, cfg.model.name, cfg.data.chat_template)
+    score = make_scorer(e.scorer, get_task(e.task))
+    models = [(START, START, cfg.model.name, "reference")]
+    models += [(d.name, label, run_checkpoint(d), "policy") for d, label in zip(run_dirs, labels)]
+    samples, rewards, entries = {}, {}, []
+    for name, label, model, role in models:
+        samples[name], cached = sample_model(model, prompts.prompt_ids, role_params(e, role), cfg.sampling, name)
+        rewards[name] = score_samples(score, prompts.prompts, samples[name])
+        entries.append({"name": name, "label": label, "model": model, "from_cache": cached,
+                        **model_stats(rewards[name], samples[name])})
+    groups = _group_runs(entries)
+    table = {label: _pool(rewards, names) for label, names in groups.items()} if groups else rewards
+    result = {"task": e.task, "settings": {**dataclasses.asdict(e), "engine": cfg.sampling.engine},
+              "entries": entries, "groups": {label: {"runs": names, **_pooled_stats(table[label])}
+                                              for label, names in groups.items()},
+              "pairs": _pairs(table), "run_pairs": _pairs(rewards) if groups else []}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_samples(out / "samples.jsonl", prompts.prompts, samples, rewards)
+    plot_compare(out / "compare.png", table, result["pairs"], e.task)
+    return result
+
+
+def _group_runs(entries: list[dict]) -> dict[str, list[str]]:
+    """label -> its runs' names, when some label has several runs (seeds); else {} (no groups)."""
+    by_label: dict[str, list[str]] = {}
+    for entry in entries:
+        by_label.setdefault(entry["label"], []).append(entry["name"])
+    return by_label if any(len(names) > 1 for names in by_label.values()) else {}
+
+
+def _pool(rewards: dict, names: list[str]) -> list[list[float]]:
+    """Per prompt, the rewards of every sample of every run in `names`."""
+    return [[r for name in names for r in rewards[name][i]] for i in range(len(rewards[names[0]]))]
+
+
+def _pooled_stats(rewards: list[list[float]]) -> dict:
+    from rayalign.stats import mean_stderr
+
+    mean, err = mean_stderr([r for row in rewards for r in row])
+    return {"mean_reward": mean, "reward_stderr": err, "responses": sum(map(len, rewards))}
+
+
+def _pairs(table: dict) -> list[dict]:
+    """compare_models for every ordered pair (row, column) of the table's models."""
+    from rayalign.stats import compare_models
+
+    return [{"row": a, "column": b, **compare_models(table[a], table[b])} for a in table for b in table if a != b]
+
+
+def plot_compare(path: Path, table: dict, pairs: list[dict], task: str) -> None:
+    """Left: reward distribution per model (box, mean marked); right: win rate of row over column."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(table)
+    flat = [[r for row in table[name] for r in row] for name in names]
+    size = len(names)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(6 + 1.6 * size, 2.5 + 0.6 * size))
+    left.boxplot(flat, vert=False, showmeans=True)
+    left.set_yticks(range(1, size + 1), names, fontsize=7)
+    left.set_xlabel(f"reward ({task})")
+    left.set_title("reward per response (triangle: mean)")
+    matrix = [[0.5] * size for _ in range(size)]
+    labels = [[""] * size for _ in range(size)]
+    for pair in pairs:
+        i, j = names.index(pair["row"]), names.index(pair["column"])
+        matrix[i][j] = pair["win_rate"]
+        labels[i][j] = f"{pair['win_rate']:.2f}\n[{pair['ci_low']:.2f}, {pair['ci_high']:.2f}]"
+    right.imshow(matrix, cmap="RdBu", vmin=0, vmax=1)
+    for i in range(size):
+        for j in range(size):
+            right.text(j, i, labels[i][j], ha="center", va="center", fontsize=6)
+    right.set_xticks(range(size), names, rotation=30, ha="right", fontsize=7)
+    right.set_yticks(range(size), names, fontsize=7)
+    right.set_title("win rate of row over column, 95% bootstrap CI")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
