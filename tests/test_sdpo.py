@@ -12,7 +12,7 @@ from rayalign import cli, config
 from rayalign.data import fingerprint, prepare_data
 from rayalign.errors import ConfigError
 from rayalign.models import cache_root, load_tokenizer
-from rayalign.pipelines.sdpo import chunk_counts, response_logps, run_stages, split_chunks
+from rayalign.pipelines.sdpo import chunk_counts, pair_margins, response_logps, run_stages, split_chunks
 from rayalign.tracking import read_metrics
 from rayalign.train import reference as ref_lib
 from rayalign.train.driver import run_training
@@ -40,6 +40,17 @@ def test_random_and_by_source_splits():
     assert chunk_counts(10, 3, [0.2, 0.3, 0.5]) == [2, 3, 5] and chunk_counts(7, 2, None) == [3, 4]
     with pytest.raises(ConfigError, match="set sdpo.stages=2"):
         split_chunks(margins, 3, "by_source", sources=sources)
+
+
+def test_difficulty_measures_by_hand():
+    # columns: logp(y_w), logp(y_l), |y_w|, |y_l|. Pair 1: a long chosen response, likelier per token but
+    # less likely in all: normalised margin -10/10 - (-4/2) = +1 (easy), unnormalised γ = -10 - (-4) = -6 (hard).
+    stats = torch.tensor([[-10.0, -4.0, 10.0, 2.0], [-3.0, -6.0, 3.0, 3.0]])
+    assert pair_margins(stats, "normalised_margin") == pytest.approx([1.0, 1.0])
+    assert pair_margins(stats, "logp_margin") == pytest.approx([-6.0, 3.0])
+    # the paper's γ puts pair 1 in the hard chunk; the normalised margin ties the two (file order kept)
+    assert split_chunks(pair_margins(stats, "logp_margin"), 2, "easy_to_hard")[0] == [[1], [0]]
+    assert split_chunks(pair_margins(stats, "normalised_margin"), 2, "easy_to_hard")[0] == [[0], [1]]
 
 
 BASE = ["model.name=tiny-llama", f"data.path={QUICKSTART_DATA}", "data.limit=16", "data.max_length=128",

@@ -6,11 +6,12 @@ weights, so each stage gets its own), trains DPO on chunk t, and checkpoints M_t
 
 Difficulty, our reading of the paper: a pair is easy when the starting model already prefers its
 chosen response. With M_0 as both policy and reference the DPO implicit reward is 0 for every
-pair, so we measure M_0's length-normalised log-prob margin
-logp(y_w)/|y_w| − logp(y_l)/|y_l| (the implicit reward of a reference-free model); its sign gives
-the reward accuracy. `easy_to_hard` sorts pairs by that margin, largest first, and cuts T chunks;
-`by_source` orders the sources by their accuracy (one chunk per source, the paper's set-up);
-`random` is the paper's ablation. Pairs keep their file order inside a chunk, so T = 1 trains
+pair, so we measure M_0's log-prob margin, by `sdpo.difficulty`: `normalised_margin` (default),
+logp(y_w)/|y_w| − logp(y_l)/|y_l| (the implicit reward of a reference-free model, which does not
+call a pair hard only because its chosen response is longer), or `logp_margin`, the paper's
+unnormalised γ = logp(y_w) − logp(y_l). Its sign gives the reward accuracy. `easy_to_hard` sorts
+pairs by the margin, largest first, and cuts T chunks; `by_source` orders the sources by their
+accuracy (one chunk per source, the paper's set-up); `random` is the paper's ablation. Pairs keep their file order inside a chunk, so T = 1 trains
 exactly what plain DPO trains.
 
 Diagnostic (the paper's γ_ref): the mean reference margin logp_ref(y_w) − logp_ref(y_l) on chunk
@@ -93,7 +94,10 @@ def response_logps(model_name: str, pairs, pad_id: int, micro_batch: int = 8) ->
     return torch.cat(rows)
 
 
-def normalised_margins(stats: torch.Tensor) -> list[float]:
+def pair_margins(stats: torch.Tensor, difficulty: str = "normalised_margin") -> list[float]:
+    """M_0's margin of each pair: length-normalised (our default) or the paper's unnormalised γ."""
+    if difficulty == "logp_margin":
+        return (stats[:, 0] - stats[:, 1]).tolist()
     return (stats[:, 0] / stats[:, 2] - stats[:, 1] / stats[:, 3]).tolist()
 
 
@@ -139,7 +143,7 @@ def run_stages(cfg: config_lib.Config, prepared, run_dir: Path) -> dict:
     pairs, s = prepared.pairs, cfg.sdpo
     pad_id = load_tokenizer(cfg.model.name).pad_token_id
     # Measured for every split, so a random split's chunks report their accuracy too (the ablation's control).
-    margins = normalised_margins(response_logps(cfg.model.name, pairs, pad_id))
+    margins = pair_margins(response_logps(cfg.model.name, pairs, pad_id), s.difficulty)
     sources = _sources(cfg, prepared) if s.split == "by_source" else None
     chunks, accuracies = split_chunks(margins, s.stages, s.split, s.chunk_sizes, s.seed, sources)
     run_dir.mkdir(parents=True, exist_ok=True)
