@@ -106,7 +106,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     """AdamW weight decay."""
     warmup_ratio: float = 0.1
-    """Share of the steps spent warming the LR up linearly from 0; cosine decay to 0 after."""
+    """Share of the steps spent warming the LR up linearly from 0; then the schedule below."""
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    """After warm-up: cosine decay to 0, or constant (online rounds, where each round is a short run)."""
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this (0 turns clipping off)."""
     seed: int = 0
@@ -116,7 +118,10 @@ class TrainConfig:
     use_gpu: bool = False
     """One GPU per worker, NCCL and bf16 mixed precision; false trains on CPU with gloo."""
     cpus_per_worker: int = 1
-    """CPU cores reserved by each worker (torch threads follow it)."""
+    """CPU cores reserved by each worker (torch threads follow it unless train.threads is set)."""
+    threads: Optional[int] = None
+    """Torch threads per worker; null: cpus_per_worker. More than it reserves suits pipelines whose phases take
+    turns on the same cores (D2PO's sampler, discriminator and trainer)."""
     save_every: int = 0
     """Checkpoint every N steps (0: only at the end)."""
     report_every: int = 10
@@ -124,6 +129,8 @@ class TrainConfig:
     metrics.jsonl and wandb get every step."""
     keep_checkpoints: int = 2
     """Checkpoints kept on disk (the newest)."""
+    save_optimizer: bool = True
+    """Save AdamW's state with each checkpoint (to resume exactly); false keeps a model only: a third of the bytes."""
     max_failures: int = 1
     """Times Ray Train restarts the workers from the last checkpoint after a worker dies."""
     resume: Literal["auto", "never"] = "auto"
@@ -166,6 +173,9 @@ class SamplingConfig:
     """Prompts per pool task: the unit of load balancing and of retry when an actor dies."""
     batch_size: int = 64
     """Sequences per `generate` batch in the hf engine (a chunk's prompts x samples); larger is faster on CPU."""
+    threads: Optional[int] = None
+    """Torch threads of each hf actor; null: its CPU reservation (at least 1). More than it reserves suits pipelines
+    whose phases take turns on the same cores (D2PO)."""
 
 
 @dataclass(config=_STRICT)
@@ -207,6 +217,46 @@ class SDPOConfig:
 
 
 @dataclass(config=_STRICT)
+class D2POConfig:
+    task: str = "word_collector"
+    """Embedded task: its training prompts and its gold reward (the gold labeller, and the per-round metric)."""
+    mode: Literal["d2po", "gold_only", "frozen"] = "d2po"
+    """d2po: the discriminator silver-labels every pair and learns from each new gold label; gold_only: online DPO
+    on the gold-labelled pairs alone; frozen: the whole budget up front trains the discriminator once (a static RM)."""
+    rounds: int = 8
+    """Rounds of sample -> label -> train."""
+    prompts_per_round: int = 32
+    """Prompts sampled per round, 2 responses each (one candidate pair per prompt)."""
+    window: int = 32
+    """Rollouts (pairs) per relabelling window (D2PO's SAMPN)."""
+    relabels: int = 4
+    """Pairs per window sent to the gold labeller (D2PO's RELABELS), while the budget lasts."""
+    strategy: Literal["conf", "rand"] = "conf"
+    """Which pairs get gold labels: the smallest discriminator score gap (conf) or random ones (rand)."""
+    gold_budget: int = 32
+    """Gold labels in all; never exceeded, also across a stop and resume."""
+    labeller: str = "gold"
+    """gold: the task's gold reward; judge: an LLM judge through rayalign's OpenAI-compatible client
+    (RAYALIGN_LLM_BASE_URL, RAYALIGN_LLM_MODEL)."""
+    discriminator: str = "minilm"
+    """Discriminator backbone (minilm, or a causal LM), or a saved discriminator directory to start from."""
+    disc_epochs: int = 3
+    """Bradley-Terry epochs over each round's new gold pairs."""
+    disc_lr: float = 1e-4
+    """Discriminator learning rate (AdamW)."""
+    disc_max_length: int = 128
+    """Most tokens the discriminator reads of prompt + response."""
+    disc_cpus: float = 0.0
+    """CPUs the discriminator's Serve replica reserves (its forward passes are small; 0 lets it share the cores)."""
+    http_port: int = 8000
+    """Port of Ray Serve's HTTP proxy (127.0.0.1), where POST /<run name>/discriminator/score answers outsiders."""
+    stop_after_round: Optional[int] = None
+    """Stop after this round as if interrupted; rerunning resumes. For time-boxed jobs and tests."""
+    seed: int = 0
+    """Seed of the prompts, sampling, relabelling and the discriminator."""
+
+
+@dataclass(config=_STRICT)
 class EvalConfig:
     enabled: bool = True
     """Evaluate the trained policy against the starting model at the end of a pipeline."""
@@ -232,8 +282,9 @@ class EvalConfig:
 class Config:
     name: str = "run"
     """Run name: the run directory is <output_dir>/<name>."""
-    pipeline: Literal["train", "inco", "sdpo"] = "train"
-    """What `rayalign run` does: train (on data.path), inco (synthesise, train, evaluate) or sdpo (stages on data.path)."""
+    pipeline: Literal["train", "inco", "sdpo", "d2po"] = "train"
+    """What `rayalign run` does: train (on data.path), inco (synthesise, train, evaluate), sdpo (stages on
+    data.path) or d2po (online rounds, then evaluate)."""
     output_dir: str = "runs"
     """Where run directories go."""
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -244,6 +295,7 @@ class Config:
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     inco: InCoConfig = dataclasses.field(default_factory=InCoConfig)
     sdpo: SDPOConfig = dataclasses.field(default_factory=SDPOConfig)
+    d2po: D2POConfig = dataclasses.field(default_factory=D2POConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
     @property
@@ -269,7 +321,7 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig, "train": TrainConfig,
              "tracking": TrackingConfig, "sampling": SamplingConfig, "inco": InCoConfig, "sdpo": SDPOConfig,
-             "eval": EvalConfig}
+             "d2po": D2POConfig, "eval": EvalConfig}
 
 
 def describe_fields() -> list[tuple[str, Any, str]]:

@@ -33,6 +33,12 @@ METRICS = {
     "train_reward_accuracy": ("gauge", "rewards/accuracies at the last step"),
     "train_reward_margin": ("gauge", "rewards/margins at the last step"),
     "train_tokens_per_s": ("gauge", "Training throughput at the last step (tokens/s)"),
+    "d2po_rounds": ("counter", "D2PO rounds finished"),
+    "d2po_gold_used": ("gauge", "Gold labels used so far (D2PO)"),
+    "d2po_discriminator_accuracy": ("gauge", "Discriminator accuracy on the round's new gold pairs, before training"),
+    "d2po_silver_gold_agreement": ("gauge", "Share of gold-labelled pairs the discriminator had labelled the same"),
+    "d2po_policy_gold_reward": ("gauge", "Mean gold reward of the round's policy samples"),
+    "d2po_sampler_tokens_per_s": ("gauge", "Sampler throughput in the round (tokens/s)"),
 }
 
 _objects: dict = {}
@@ -108,6 +114,18 @@ def record_samples(n: int, tokens: int, seconds: float, run: str | None = None) 
 def record_scoring(n: int, latency_s: float, run: str | None = None) -> None:
     """One scoring request of n candidates that took latency_s."""
     _record({"scoring_requests": n, "scoring_latency_s": latency_s}, run)
+
+
+def record_d2po_round(metrics: dict, run: str | None = None) -> None:
+    """One finished D2PO round's figures (the keys of `rayalign.pipelines.d2po.run_round`'s metrics)."""
+    _record({
+        "d2po_rounds": 1,
+        "d2po_gold_used": metrics.get("gold/used"),
+        "d2po_discriminator_accuracy": metrics.get("disc/accuracy_new_gold"),
+        "d2po_silver_gold_agreement": metrics.get("silver_gold_agreement"),
+        "d2po_policy_gold_reward": metrics.get("policy/gold_reward"),
+        "d2po_sampler_tokens_per_s": metrics.get("sampler/tokens_per_s"),
+    }, run)
 
 
 def record_pairs(n: int, run: str | None = None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -108,9 +109,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _post(port: int, body) -> tuple[int, object]:
+def _post(port: int, body, prefix: str = "") -> tuple[int, object]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/score", data=data,
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{prefix}/score", data=data,
                                      headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
@@ -144,6 +145,71 @@ def test_serve_scores_over_http_and_handle(trained, ray_local, tmp_path):
         status, message = _post(port, {"prompts": ["a"], "responses": ["a", "b"]})
         assert "1 prompts but 2 responses" in message
     finally:
+        serve.shutdown()
+
+
+def test_accuracy_on_held_out_gold_pairs_rises_over_rounds():
+    """D2PO's use: a few gold pairs per round, incremental updates; held-out accuracy climbs."""
+    model = Discriminator(backbone="tiny-llama", max_length=64, epochs=3, batch_size=8, seed=4)
+    held_out = word_pairs("held_out", 32, seed=1)
+    gold = word_pairs("train", 32, seed=7)
+    accuracy = [model.accuracy(held_out)]
+    for start in range(0, 32, 8):
+        model.update(gold[start:start + 8])
+        accuracy.append(model.accuracy(held_out))
+    assert accuracy[-1] >= 0.8 and accuracy[-1] > accuracy[0] + 0.2, accuracy
+    assert max(accuracy[:2]) < accuracy[-1], accuracy
+
+
+def test_serve_answers_every_request_while_it_swaps_weights(trained, ray_local, tmp_path):
+    """The service's `swap` replaces the replica under load: every request gets a 200, scored by the old weights
+    until the new ones serve, never anything else."""
+    import threading
+
+    from ray import serve
+
+    from rayalign.scoring.serve import DiscriminatorService
+
+    model = trained[0]
+    old = str(model.save(tmp_path / "old"))
+    new_model = Discriminator(backbone="tiny-llama", max_length=64, seed=11)  # an untrained head: other scores
+    new = str(new_model.save(tmp_path / "new"))
+    probe = {"prompts": ["Any advice?"], "responses": ["happy to help with your data"]}
+    old_score, new_score = model.score(probe["prompts"], probe["responses"]), new_model.score(probe["prompts"],
+                                                                                             probe["responses"])
+    port = _free_port()
+    answers, stop = [], threading.Event()
+
+    def hammer():
+        while not stop.is_set():
+            try:
+                answers.append(_post(port, probe, prefix="/disc"))
+            except OSError as error:  # refused or timed out: a dropped request
+                answers.append((repr(error), None))
+
+    def wait_for(count: int):
+        while len(answers) < count:
+            time.sleep(0.05)
+
+    try:
+        service = DiscriminatorService(old, name="swap_test", route_prefix="/disc", port=port)
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        wait_for(20)
+        service.swap(new)
+        wait_for(len(answers) + 20)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        assert all(status == 200 for status, _ in answers), {status for status, _ in answers}
+        scores = [body["scores"][0] for _, body in answers]
+        assert all(s == pytest.approx(old_score[0], abs=1e-4) or s == pytest.approx(new_score[0], abs=1e-4)
+                   for s in scores)
+        assert scores[0] == pytest.approx(old_score[0], abs=1e-4) and scores[-1] == pytest.approx(new_score[0], abs=1e-4)
+        assert service.score(probe["prompts"], probe["responses"]) == pytest.approx(new_score, abs=1e-4)
+    finally:
+        stop.set()
         serve.shutdown()
 
 

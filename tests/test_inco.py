@@ -11,7 +11,8 @@ import pytest
 from rayalign import config
 from rayalign.data import collate_pairs, encode_prompt, prepare_data
 from rayalign.models import load_causal_lm, load_tokenizer, resolve_model
-from rayalign.pipelines.inco import Candidate, prefix_length, run_inco, select_pair, shard_seed, synthesise
+from rayalign.pipelines.inco import prefix_length, run_inco, select_pair, shard_seed, synthesise
+from rayalign.pipelines.pairs import Candidate
 from rayalign.sampling.base import SamplingParams
 from rayalign.sampling.hf import HFSampler
 from rayalign.sampling.pool import pool_from_config

@@ -17,6 +17,10 @@ def run_pipeline(cfg: config_lib.Config) -> dict:
         from rayalign.pipelines.sdpo import run_sdpo
 
         return run_sdpo(cfg)
+    if cfg.pipeline == "d2po":
+        from rayalign.pipelines.d2po import run_d2po
+
+        return run_d2po(cfg)
     if cfg.pipeline == "inco":
         from rayalign.pipelines.inco import run_inco
 

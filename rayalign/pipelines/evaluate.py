@@ -11,7 +11,8 @@ from rayalign import config as config_lib
 
 def eval_config(cfg: config_lib.Config) -> config_lib.EvalConfig:
     """The run's evaluation settings with the task resolved (eval.task, else the pipeline's task)."""
-    return dataclasses.replace(cfg.eval, task=cfg.eval.task or cfg.inco.task)
+    pipeline_task = cfg.d2po.task if cfg.pipeline == "d2po" else cfg.inco.task
+    return dataclasses.replace(cfg.eval, task=cfg.eval.task or pipeline_task)
 
 
 def evaluate_run(cfg: config_lib.Config, run_dir: Path, checkpoint: str) -> dict:

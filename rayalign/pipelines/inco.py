@@ -30,20 +30,7 @@ import random
 from pathlib import Path
 
 from rayalign import config as config_lib
-
-PAIR_COLUMNS = ("prompt", "chosen", "rejected", "prompt_ids", "chosen_ids", "rejected_ids", "chosen_finish",
-                "rejected_finish", "chosen_score", "rejected_score", "mode", "ratio", "prefix_len", "prompt_index")
-
-
-@dataclasses.dataclass
-class Candidate:
-    """One scored response: its text (for people), the token ids sampled (what trains) and why it ended."""
-
-    text: str
-    ids: list[int]
-    finish: str
-    score: float = 0.0
-
+from rayalign.pipelines.pairs import Candidate, pair_row, write_pairs
 
 def prefix_length(num_tokens: int, ratio: float) -> int:
     """round(r·|y|) tokens, clamped to [0, |y|]; Python rounds halves to even, so say so in tests."""
@@ -62,32 +49,10 @@ def select_pair(candidates: list[Candidate]) -> tuple[Candidate, Candidate] | No
     return None if best.score == worst.score else (best, worst)
 
 
-def pair_row(prompt: str, prompt_ids: list[int], chosen: Candidate, rejected: Candidate, **meta) -> dict:
-    """A parquet row: the texts to read, the ids to train on, finish reasons, scores and metadata."""
-    return {"prompt": prompt, "chosen": chosen.text, "rejected": rejected.text, "prompt_ids": prompt_ids,
-            "chosen_ids": chosen.ids, "rejected_ids": rejected.ids, "chosen_finish": chosen.finish,
-            "rejected_finish": rejected.finish, "chosen_score": float(chosen.score),
-            "rejected_score": float(rejected.score), **meta}
-
-
-def pair_schema():
-    """The shards' schema, explicit so that an empty shard (every prompt tied) concatenates with the rest."""
+def _inco_columns():
     import pyarrow as pa
 
-    ids, text, number = pa.list_(pa.int64()), pa.string(), pa.float64()
-    types = {"prompt_ids": ids, "chosen_ids": ids, "rejected_ids": ids, "chosen_score": number,
-             "rejected_score": number, "ratio": number, "prefix_len": pa.int64(), "prompt_index": pa.int64()}
-    return pa.schema([(name, types.get(name, text)) for name in PAIR_COLUMNS])
-
-
-def _write_parquet(rows: list[dict], path: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from rayalign.files import atomic_write
-
-    table = pa.table({name: [row[name] for row in rows] for name in PAIR_COLUMNS}, schema=pair_schema())
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    return {"mode": pa.string(), "ratio": pa.float64(), "prefix_len": pa.int64(), "prompt_index": pa.int64()}
 
 
 def _shard_rows(cfg, prompts, offs, indices, pool, tokenizer, score) -> tuple[list[dict], dict]:
@@ -107,7 +72,7 @@ def _shard_rows(cfg, prompts, offs, indices, pool, tokenizer, score) -> tuple[li
     rows, counts = [], {"prompts": len(indices), "ties_skipped": 0, "off_policy_not_better": 0, "samples": 0,
                         "truncated_samples": 0}
     for i, ids, prefix, completions in zip(indices, prompt_ids, prefixes, outputs):
-        candidates = [Candidate(c.text, c.token_ids, c.finish_reason) for c in completions]
+        candidates = [Candidate.sampled(c) for c in completions]
         counts["samples"] += len(candidates)
         counts["truncated_samples"] += sum(c.finish == "length" for c in candidates)
         if inco.mode == "off_policy" or (inco.mode == "inco" and inco.include_off_policy):
@@ -156,7 +121,7 @@ def synthesise(cfg: config_lib.Config, run_dir: Path) -> Path:
             for k, indices in todo:
                 rows, counts = _shard_rows(cfg, prompts, offs, indices, pool, tokenizer, score)
                 atomic_write_text(data_dir / f"shard_{k:04d}.json", json.dumps(counts))
-                _write_parquet(rows, data_dir / f"shard_{k:04d}.parquet")  # the shard is done once this exists
+                write_pairs(rows, data_dir / f"shard_{k:04d}.parquet", _inco_columns())  # done once it exists
                 record_pairs(len(rows), run=cfg.name)
                 print(f"rayalign: synthesis shard {k + 1}/{len(shards)}: {len(rows)} pairs", flush=True)
         finally:

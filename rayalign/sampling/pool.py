@@ -87,7 +87,7 @@ class SamplerPool:
     def __init__(self, engine: str = "hf", model: str = "tiny-llama", num_actors: int = 2, num_cpus: float = 1,
                  num_gpus: float = 0, max_restarts: int = 1, strategy: str = "PACK", chunk_size: int = 4,
                  max_in_flight: int = 2, restart_timeout_s: float = 300, max_chunk_attempts: int = 3,
-                 ready_timeout_s: float = 600, **engine_kwargs):
+                 ready_timeout_s: float = 600, num_threads: int | None = None, **engine_kwargs):
         if strategy not in STRATEGIES:
             raise ConfigError(f"sampler pool: strategy '{strategy}' is not one of {', '.join(STRATEGIES)}")
         if num_actors < 1 or chunk_size < 1 or max_in_flight < 1:
@@ -98,6 +98,7 @@ class SamplerPool:
             engine_kwargs["device"] = "cuda"  # a GPU share is pointless if the model stays on the CPU
         self.engine, self.model, self.engine_kwargs = engine, model, engine_kwargs
         self.num_cpus, self.num_gpus, self.max_restarts = num_cpus, num_gpus, max_restarts
+        self.num_threads = num_threads
         self.chunk_size, self.max_in_flight = chunk_size, max_in_flight
         self.restart_timeout_s, self.max_chunk_attempts = restart_timeout_s, max_chunk_attempts
         bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})}
@@ -123,7 +124,7 @@ class SamplerPool:
         return bool(ready)
 
     def _new_actor(self, i: int):
-        threads = max(1, int(self.num_cpus)) if self.engine == "hf" else None
+        threads = (self.num_threads or max(1, int(self.num_cpus))) if self.engine == "hf" else None
         remote = ray.remote(SamplerWorker).options(
             num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_restarts=self.max_restarts, max_task_retries=0,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=i))
@@ -296,4 +297,4 @@ def pool_from_config(model: str, sampling) -> SamplerPool:
     engine_kwargs = {"batch_size": sampling.batch_size} if sampling.engine == "hf" else {}
     return SamplerPool(engine=sampling.engine, model=model, num_actors=sampling.num_actors,
                        num_cpus=sampling.cpus_per_actor, num_gpus=sampling.gpus_per_actor,
-                       chunk_size=sampling.chunk_size, **engine_kwargs)
+                       chunk_size=sampling.chunk_size, num_threads=sampling.threads, **engine_kwargs)

@@ -91,6 +91,9 @@ class Discriminator:
         """`_saved` = (backbone directory, pooling) is how `load` rebuilds a saved one."""
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+        from rayalign.models import _quiet_transformers
+
+        _quiet_transformers()
         self.config = dataclasses.replace(config or DiscriminatorConfig(), **overrides)
         if _saved is None:
             source = resolve_backbone(self.config.backbone)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
 MAX_ITEMS = 4096
+QUIET = {"log_level": "WARNING", "enable_access_log": False}  # not a line per request in the driver's output
 
 app = FastAPI(title="rayalign discriminator")
 
@@ -43,12 +44,33 @@ class ScoreResponse(BaseModel):
 @serve.deployment(max_ongoing_requests=64)  # ≥ the batch size, so concurrent requests can fill a batch
 @serve.ingress(app)
 class DiscriminatorServer:
-    """One replica holds one discriminator, loaded from a `Discriminator.save` directory."""
+    """One replica holds one discriminator, loaded from a `Discriminator.save` directory.
 
-    def __init__(self, checkpoint: str):
-        from rayalign.scoring.discriminator import Discriminator
+    The directory arrives as `user_config={"checkpoint": DIR}`, which Serve passes to `reconfigure`
+    when a replica starts. A redeploy with another directory (`DiscriminatorService.swap`) is, through
+    `serve.run`, a rolling update: Serve starts a replica with the new weights and only then stops
+    the old one, so every request is answered, by one set of weights or the other. (Serve's in-place
+    "lightweight" user_config update applies to config-file deploys; `serve.run` gives each deploy a
+    new code version.) `reconfigure` builds the new model before it replaces the old one, so it also
+    serves an in-place update atomically.
+    """
 
-        self.model = Discriminator.load(checkpoint)
+    def __init__(self):
+        self.checkpoint, self.model = None, None
+
+    def reconfigure(self, config: dict) -> None:
+        if config["checkpoint"] != self.checkpoint:
+            from rayalign.scoring.discriminator import Discriminator
+
+            model = Discriminator.load(config["checkpoint"])
+            self.model, self.checkpoint = model, config["checkpoint"]
+
+    @app.get("/checkpoint")
+    async def current_checkpoint(self) -> dict:
+        """Which weights answer, and which replica process."""
+        import os
+
+        return {"checkpoint": self.checkpoint, "replica_pid": os.getpid()}
 
     @app.post("/score")
     async def score_http(self, request: ScoreRequest) -> ScoreResponse:
@@ -68,7 +90,34 @@ class DiscriminatorServer:
 
 def build_app(checkpoint: str, num_cpus: float = 1.0):
     """The Serve application for `serve.run`; `num_cpus` is what the replica reserves."""
-    return DiscriminatorServer.options(ray_actor_options={"num_cpus": num_cpus}).bind(checkpoint)
+    return DiscriminatorServer.options(ray_actor_options={"num_cpus": num_cpus}, user_config={"checkpoint": checkpoint},
+                                       logging_config=QUIET).bind()
+
+
+class DiscriminatorService:
+    """A pipeline's discriminator on Ray Serve: `score` through the deployment handle (in-process),
+    `POST <route_prefix>/score` over HTTP for outsiders, `swap` to new weights without dropping a request."""
+
+    def __init__(self, checkpoint: str, name: str = "discriminator", route_prefix: str = "/discriminator",
+                 num_cpus: float = 0.0, host: str = "127.0.0.1", port: int = 8000):
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(logging_level="WARNING")
+        serve.start(http_options={"host": host, "port": port}, logging_config=QUIET)  # no-op if Serve runs
+        self.name, self.route_prefix, self.num_cpus = name, route_prefix, num_cpus
+        self.handle = serve.run(build_app(checkpoint, num_cpus), name=name, route_prefix=route_prefix)
+
+    def score(self, prompts: list[str], responses: list[str]) -> list[float]:
+        return self.handle.score.remote(list(prompts), list(responses)).result()
+
+    def swap(self, checkpoint: str) -> None:
+        """Serve replaces the replicas with ones holding `checkpoint` (rolling: no request is dropped);
+        returns once every replica serves it."""
+        self.handle = serve.run(build_app(checkpoint, self.num_cpus), name=self.name, route_prefix=self.route_prefix)
+
+    def shutdown(self) -> None:
+        serve.delete(self.name)
 
 
 def start(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, name: str = "discriminator",

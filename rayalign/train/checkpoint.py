@@ -48,10 +48,12 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], param_groups: list[di
     return {"state": state, "param_groups": param_groups}
 
 
-def save_checkpoint(path: Path, model, lm, tokenizer, optimizer, scheduler, step: int) -> None:
-    """Collective: every rank calls it; rank 0 writes `path`."""
+def save_checkpoint(path: Path, model, lm, tokenizer, optimizer, scheduler, step: int,
+                    with_optimizer: bool = True) -> None:
+    """Collective: every rank calls it; rank 0 writes `path`. Without the optimizer state (AdamW's moments,
+    twice the weights) the checkpoint is a model to load, and a resume from it starts a fresh AdamW."""
     weights = get_model_state_dict(lm, options=_FULL)
-    optim = get_optimizer_state_dict(model, optimizer, options=_FULL)
+    optim = get_optimizer_state_dict(model, optimizer, options=_FULL) if with_optimizer else None
     rng = [None] * dist.get_world_size()
     dist.all_gather_object(rng, torch.get_rng_state())
     if dist.get_rank() != 0:
@@ -60,8 +62,10 @@ def save_checkpoint(path: Path, model, lm, tokenizer, optimizer, scheduler, step
     lm.save_pretrained(path, state_dict=weights, safe_serialization=True)
     tokenizer.save_pretrained(path)
     (path / "trainer").mkdir(exist_ok=True)
-    tensors, groups = _flatten_optimizer(optim)
-    save_file(tensors, path / "trainer" / "optimizer.safetensors")
+    groups = None
+    if optim is not None:
+        tensors, groups = _flatten_optimizer(optim)
+        save_file(tensors, path / "trainer" / "optimizer.safetensors")
     save_file({f"rank{r}": state for r, state in enumerate(rng)}, path / "trainer" / "rng.safetensors")
     meta = {"step": step, "param_groups": groups, "scheduler": scheduler.state_dict()}
     (path / "trainer" / "state.json").write_text(json.dumps(meta, indent=1))
@@ -73,9 +77,10 @@ def load_training_state(path: Path, model, optimizer, scheduler) -> int:
     The weights themselves were loaded by building the model from `path` (an HF directory).
     """
     meta = json.loads((path / "trainer" / "state.json").read_text())
-    tensors = load_file(path / "trainer" / "optimizer.safetensors")
-    optim = _unflatten_optimizer(tensors, meta["param_groups"])
-    set_optimizer_state_dict(model, optimizer, optim_state_dict=optim, options=_FULL)
+    if meta["param_groups"] is not None:  # saved without it (train.save_optimizer=false): a fresh AdamW
+        tensors = load_file(path / "trainer" / "optimizer.safetensors")
+        optim = _unflatten_optimizer(tensors, meta["param_groups"])
+        set_optimizer_state_dict(model, optimizer, optim_state_dict=optim, options=_FULL)
     scheduler.load_state_dict(meta["scheduler"])
     rng = load_file(path / "trainer" / "rng.safetensors")
     mine = rng.get(f"rank{dist.get_rank()}")

@@ -47,10 +47,12 @@ def step_indices(step: int, num_pairs: int, batch_size: int, seed: int) -> list[
     return order[position * batch_size:(position + 1) * batch_size].tolist()
 
 
-def warmup_cosine(step: int, total: int, warmup: int) -> float:
-    """LR multiplier: linear warm-up from 0, then cosine decay to 0."""
+def warmup_cosine(step: int, total: int, warmup: int, schedule: str = "cosine") -> float:
+    """LR multiplier: linear warm-up from 0, then cosine decay to 0 (or constant)."""
     if step < warmup:
         return (step + 1) / (warmup + 1)
+    if schedule == "constant":
+        return 1.0
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
@@ -199,7 +201,8 @@ def _clip(model, max_norm: float) -> float:
     return float(norm)
 
 
-def _save_and_report(metrics, model, lm, tokenizer, optimizer, scheduler, step: int, save: bool) -> None:
+def _save_and_report(metrics, model, lm, tokenizer, optimizer, scheduler, step: int, save: bool,
+                     with_optimizer: bool = True) -> None:
     import tempfile
 
     import ray.train
@@ -208,7 +211,7 @@ def _save_and_report(metrics, model, lm, tokenizer, optimizer, scheduler, step: 
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(Path(tmp), model, lm, tokenizer, optimizer, scheduler, step)
+        save_checkpoint(Path(tmp), model, lm, tokenizer, optimizer, scheduler, step, with_optimizer)
         checkpoint = ray.train.Checkpoint.from_directory(tmp) if dist.get_rank() == 0 else None
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"step_{step:06d}")
 
@@ -237,7 +240,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL and FSDP allocate on the current device
     torch.manual_seed(cfg.train.seed)
-    torch.set_num_threads(cfg.train.cpus_per_worker)
+    torch.set_num_threads(cfg.train.threads or cfg.train.cpus_per_worker)
     tokenizer = load_tokenizer(cfg.model.name)
     total = total_steps(cfg, len(pairs))
     warmup = int(cfg.train.warmup_ratio * total)
@@ -246,7 +249,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume_dir:
         lm, model = build_model(resume_dir or cfg.model.name, cfg, device, trainable=True)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup, cfg.train.lr_schedule))
         start = load_training_state(Path(resume_dir), model, optimizer, scheduler) if resume_dir else 0
     ref_model, ref_values = prepare_reference(cfg, pairs, tokenizer.pad_token_id, device,
                                               Path(loop_config["env"]["RAYALIGN_CACHE"]) / "reference")
@@ -283,7 +286,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
                         "step": done, "status": "ok"})
         save = done == stop or bool(cfg.train.save_every and done % cfg.train.save_every == 0)
         if save or done % cfg.train.report_every == 0:
-            _save_and_report(metrics, model, lm, tokenizer, optimizer, scheduler, done, save)
+            _save_and_report(metrics, model, lm, tokenizer, optimizer, scheduler, done, save, cfg.train.save_optimizer)
         if rank == 0:
             tracker.log({k: v for k, v in metrics.items() if k not in ("status", "step")}, step=done)
             record_train_step(metrics, run=cfg.name)  # Ray metrics: dashboard / Prometheus

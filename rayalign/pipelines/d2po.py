@@ -1,0 +1,386 @@
+"""D2PO (arXiv 2405.01511): online DPO where a discriminator silver-labels what a small gold budget cannot.
+
+Each round r:
+
+1. the `SamplerPool` (Ray actors holding the current policy) samples 2 responses to each of the
+   round's `d2po.prompts_per_round` training prompts (`sampling.temperature`, 1 in the job);
+2. the discriminator, served on Ray Serve, scores every response (the deployment handle here;
+   `POST /discriminator/score` over HTTP for anyone else);
+3. in each window of `d2po.window` pairs, up to `d2po.relabels` pairs go to the gold labeller: the
+   smallest score gap (`conf`) or random ones (`rand`), while the hard budget `d2po.gold_budget`
+   lasts. Every gold call is logged with its round (`gold_calls.jsonl`); a gold tie is dropped
+   (its label is still spent);
+4. the discriminator's accuracy on the new gold pairs is measured *before* it trains on them; then
+   it trains on them (Bradley-Terry, `d2po.disc_epochs`) and the Serve deployment swaps to the new
+   weights (a rolling update: the new replica serves before the old one stops; no request dropped);
+5. the updated discriminator labels every pair, gold labels override; DPO trains on them on Ray
+   Train from the current policy, the starting model as the frozen reference;
+6. the new weights reach every sampler actor through the object store (`update_weights`).
+
+Baselines by one switch, `d2po.mode`: `gold_only` trains on the gold-labelled pairs alone (the same
+budget and schedule, no discriminator); `frozen` spends the budget as early as it can on random
+pairs, trains the discriminator on them and then never again (a static reward model).
+
+Choices the paper leaves open, and ours: the discriminator starts from an untrained scalar head on
+its backbone (or from `d2po.discriminator`, a saved one) with a fresh AdamW each round; a round is
+one Ray Train run from the previous round's checkpoint (a fresh AdamW too, constant LR), which
+makes the round the unit of resuming; a round with fewer usable pairs than a batch carries them
+into the next one. The round's samples are also scored with the task's gold reward as a *metric*
+(the policy's gold reward per round): that never labels a pair and never counts against the budget.
+
+State: after every round, `d2po_state.json` (written last, atomically) records the rounds done, the
+policy and discriminator checkpoints, the gold labels used and the pairs carried over. A stopped run
+restarts at the next round from exactly that state; a round interrupted half-way is redone whole
+(its gold calls are dropped from the log first, so the budget is never exceeded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+from rayalign import config as config_lib
+from rayalign.errors import ConfigError
+
+STATE_FILE, GOLD_LOG, GOLD_PAIRS = "d2po_state.json", "gold_calls.jsonl", "gold_pairs.jsonl"
+
+
+def select_for_gold(gaps: list[float], window: int, relabels: int, strategy: str, budget: int,
+                    rng: random.Random) -> list[int]:
+    """Pair indices for the gold labeller: per window of `window` pairs, up to `relabels` with the smallest
+    discriminator gap (conf, ties by index) or at random (rand); at most `budget` in all, earlier windows first."""
+    chosen: list[int] = []
+    for start in range(0, len(gaps), window):
+        indices = list(range(start, min(start + window, len(gaps))))
+        if strategy == "conf":
+            indices.sort(key=lambda i: (gaps[i], i))
+        else:
+            rng.shuffle(indices)
+        chosen += indices[:min(relabels, budget - len(chosen))]
+    return chosen
+
+
+def silver_labels(scores: list[tuple[float, float]], gold: dict[int, int | None]) -> list[int | None]:
+    """Per pair, which sample is chosen (0 or 1): the gold label where there is one, else the higher score;
+    None for a tie (no preference)."""
+    labels = []
+    for i, (a, b) in enumerate(scores):
+        labels.append(gold[i] if i in gold else (None if a == b else int(b > a)))
+    return labels
+
+
+class GoldLabeller:
+    """The gold labeller behind a hard budget: the task's gold reward or an LLM judge. Every call is logged."""
+
+    def __init__(self, cfg: config_lib.D2POConfig, task, used: int, log: Path):
+        if cfg.labeller not in ("gold", "judge"):
+            raise ConfigError(f"d2po.labeller '{cfg.labeller}' is not gold or judge")
+        self.task, self.budget, self.used, self.log, self.kind = task, cfg.gold_budget, used, log, cfg.labeller
+        self._judge = None
+
+    @property
+    def left(self) -> int:
+        return self.budget - self.used
+
+    def label(self, round_index: int, pair_index: int, prompt: str, a: str, b: str) -> int | None:
+        """0 if `a` is better, 1 if `b`, None for a tie; spends one label (an error past the budget)."""
+        if self.used >= self.budget:
+            raise RuntimeError("gold budget exhausted: select_for_gold must never ask for more (a bug)")
+        self.used += 1
+        if self.kind == "gold":
+            values = (self.task.gold_reward(prompt, a), self.task.gold_reward(prompt, b))
+            label = None if values[0] == values[1] else int(values[1] > values[0])
+        else:
+            values, label = None, self._ask_judge(prompt, a, b)
+        entry = {"round": round_index, "pair": pair_index, "labeller": self.kind, "gold": values, "label": label,
+                 "used": self.used}
+        with open(self.log, "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+        return label
+
+    def _ask_judge(self, prompt: str, a: str, b: str) -> int | None:
+        from rayalign.llm_client import LLMClient
+
+        self._judge = self._judge or LLMClient()
+        question = (f"Which response answers the request better?\n\nRequest: {prompt}\n\nResponse A: {a}\n\n"
+                    f"Response B: {b}\n\nAnswer with the single letter A or B.")
+        answer = self._judge.chat([{"role": "user", "content": question}], max_tokens=4, temperature=0).strip()
+        return {"A": 0, "B": 1}.get(answer[:1].upper())  # anything else counts as no preference
+
+
+@dataclasses.dataclass
+class State:
+    rounds_done: int
+    policy: str
+    discriminator: str | None
+    gold_used: int
+    carry: list[dict]
+
+    def save(self, run_dir: Path) -> None:
+        from rayalign.files import atomic_write_text
+
+        atomic_write_text(run_dir / STATE_FILE, json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def load(cls, run_dir: Path, cfg: config_lib.Config) -> State:
+        path = run_dir / STATE_FILE
+        if path.is_file():
+            return cls(**json.loads(path.read_text()))
+        return cls(0, cfg.model.name, None, 0, [])
+
+
+def _drop_unfinished(log: Path, rounds_done: int) -> None:
+    """Entries (gold calls, gold pairs) of a round that did not finish are redone with it: drop them, so none
+    is counted twice."""
+    if log.is_file():
+        kept = [line for line in log.read_text().splitlines() if json.loads(line)["round"] <= rounds_done]
+        log.write_text("".join(line + "\n" for line in kept))
+
+
+def _initial_discriminator(cfg: config_lib.Config, run_dir: Path) -> str | None:
+    """Save the starting discriminator (a backbone with an untrained head, or a saved one) as round 0's."""
+    if cfg.d2po.mode == "gold_only":
+        return None
+    from rayalign.scoring.discriminator import Discriminator
+
+    d = cfg.d2po
+    source = Path(d.discriminator)
+    model = (Discriminator.load(source) if (source / "discriminator.json").is_file() else
+             Discriminator(backbone=d.discriminator, max_length=d.disc_max_length, lr=d.disc_lr,
+                           epochs=d.disc_epochs, seed=d.seed))
+    return str(model.save(run_dir / "rounds" / "round_000" / "discriminator"))
+
+
+class Round:
+    """The live pieces every round uses: prompts, samplers, the discriminator service, the labeller."""
+
+    def __init__(self, cfg: config_lib.Config, run_dir: Path, state: State):
+        from rayalign.data.tokenize import encode_prompt
+        from rayalign.models import load_tokenizer
+        from rayalign.sampling.pool import pool_from_config
+        from rayalign.tasks.registry import get_task
+
+        d = cfg.d2po
+        self.cfg, self.run_dir, self.task = cfg, run_dir, get_task(d.task)
+        tokenizer = load_tokenizer(cfg.model.name)
+        self.prompts = self.task.prompts("train", d.rounds * d.prompts_per_round, d.seed)
+        self.prompt_ids = [encode_prompt([{"role": "user", "content": p}], tokenizer, cfg.data.chat_template)
+                           for p in self.prompts]
+        for log in (GOLD_LOG, GOLD_PAIRS):
+            _drop_unfinished(run_dir / log, state.rounds_done)
+        self.labeller = GoldLabeller(d, self.task, state.gold_used, run_dir / GOLD_LOG)
+        self.gold_pairs = self._gold_pairs_so_far()
+        self.pool = pool_from_config(state.policy, cfg.sampling)
+        self.service = None
+        if state.discriminator is not None:
+            from rayalign.scoring.serve import DiscriminatorService
+
+            self.service = DiscriminatorService(state.discriminator, name=f"discriminator_{cfg.name}",
+                                                route_prefix=f"/{cfg.name}/discriminator", num_cpus=d.disc_cpus,
+                                                port=d.http_port)
+
+    def _gold_pairs_so_far(self) -> list[dict]:
+        """Gold-labelled pairs of the finished rounds ({prompt, chosen, rejected}), for the accuracy metric."""
+        path = self.run_dir / GOLD_PAIRS
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+    def close(self) -> None:
+        self.pool.shutdown()
+        if self.service is not None:
+            self.service.shutdown()
+
+
+def run_round(live: Round, r: int, state: State) -> tuple[State, dict]:
+    """Round r (1-based): sample, score, gold-label, update the discriminator, label, train, sync weights."""
+    from rayalign.sampling.base import SamplingParams
+
+    cfg, d = live.cfg, live.cfg.d2po
+    round_dir = live.run_dir / "rounds" / f"round_{r:03d}"
+    shutil.rmtree(round_dir, ignore_errors=True)  # a round interrupted half-way is redone whole
+    round_dir.mkdir(parents=True)
+    began = time.perf_counter()
+    span = slice((r - 1) * d.prompts_per_round, r * d.prompts_per_round)
+    prompts, prompt_ids = live.prompts[span], live.prompt_ids[span]
+    params = SamplingParams(n=2, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
+                            max_new_tokens=cfg.sampling.max_new_tokens, seed=d.seed * 1_000_003 + r)
+    outputs = live.pool.generate(prompt_ids, params)
+    sample_s = time.perf_counter() - began
+    texts = [(row[0].text, row[1].text) for row in outputs]
+    metrics = {"sampler/tokens_per_s": sum(len(c.generated_ids) for row in outputs for c in row) / sample_s,
+               "policy/gold_reward": _mean([live.task.gold_reward(p, t) for p, pair in zip(prompts, texts)
+                                            for t in pair])}
+    scores = _score(live, prompts, texts)
+    gold = _gold_labels(live, r, prompts, texts, scores, metrics)
+    discriminator = _update_discriminator(live, r, prompts, texts, gold, state, round_dir, metrics)
+    if discriminator != state.discriminator:
+        scores = _score(live, prompts, texts)  # label with what the discriminator learnt this round
+    labels = silver_labels(scores, gold) if d.mode != "gold_only" else [gold.get(i) for i in range(len(texts))]
+    rows = state.carry + _pair_rows(r, prompts, prompt_ids, outputs, scores, labels, gold)
+    policy, carry = _train(live, r, rows, state.policy, round_dir, metrics)
+    if policy != state.policy:
+        from rayalign.sampling.hf import read_checkpoint
+
+        live.pool.update_weights(read_checkpoint(policy))  # a state dict, through the object store
+    metrics.update({"gold/used": live.labeller.used, "pairs": len(rows) - len(carry), "round_s":
+                    time.perf_counter() - began})
+    return State(r, policy, discriminator, live.labeller.used, carry), metrics
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _score(live: Round, prompts: list[str], texts: list[tuple[str, str]]) -> list[tuple[float, float]]:
+    """Discriminator scores of both samples of every pair (zeros without a discriminator)."""
+    if live.service is None:
+        return [(0.0, 0.0)] * len(texts)
+    flat = live.service.score([p for p in prompts for _ in range(2)], [t for pair in texts for t in pair])
+    return list(zip(flat[0::2], flat[1::2]))
+
+
+def _gold_labels(live: Round, r: int, prompts, texts, scores, metrics: dict) -> dict[int, int | None]:
+    """Select pairs, ask the gold labeller, and measure how often the silver labels agreed with it."""
+    d = live.cfg.d2po
+    relabels = d.relabels if d.mode != "frozen" else d.window  # frozen: spend the budget as early as possible
+    strategy = d.strategy if d.mode == "d2po" else "rand"  # a gap needs a discriminator that learns
+    rng = random.Random(d.seed * 1_000_003 + r)
+    chosen = select_for_gold([abs(a - b) for a, b in scores], d.window, relabels, strategy, live.labeller.left, rng)
+    gold = {i: live.labeller.label(r, i, prompts[i], *texts[i]) for i in chosen}
+    agree = [gold[i] == int(scores[i][1] > scores[i][0]) for i in gold if gold[i] is not None
+             and scores[i][0] != scores[i][1]]
+    metrics.update({"gold/used_round": len(chosen), "silver_gold_agreement": _mean([float(a) for a in agree])})
+    return gold
+
+
+def _update_discriminator(live: Round, r: int, prompts, texts, gold, state: State, round_dir: Path,
+                          metrics: dict) -> str | None:
+    """Accuracy on the gold pairs before training on them; then train, save and swap the served weights."""
+    pairs = [{"prompt": prompts[i], "chosen": texts[i][label], "rejected": texts[i][1 - label], "round": r}
+             for i, label in gold.items() if label is not None]
+    if pairs:
+        with open(live.run_dir / GOLD_PAIRS, "a") as handle:
+            handle.writelines(json.dumps(p) + "\n" for p in pairs)
+    if state.discriminator is None or not pairs:
+        live.gold_pairs += pairs
+        return state.discriminator
+    from rayalign.scoring.discriminator import Discriminator
+
+    model = Discriminator.load(state.discriminator)
+    metrics["disc/accuracy_new_gold"] = model.accuracy(pairs)
+    metrics["disc/accuracy_gold_so_far"] = model.accuracy(live.gold_pairs + pairs)
+    live.gold_pairs += pairs
+    model.update(pairs)
+    saved = str(model.save(round_dir / "discriminator"))
+    live.service.swap(saved)
+    return saved
+
+
+def _pair_rows(r: int, prompts, prompt_ids, outputs, scores, labels, gold) -> list[dict]:
+    from rayalign.pipelines.pairs import Candidate, pair_row
+
+    rows = []
+    for i, label in enumerate(labels):
+        if label is None or outputs[i][0].token_ids == outputs[i][1].token_ids:
+            continue
+        candidates = [Candidate.sampled(c) for c in outputs[i]]
+        for candidate, score in zip(candidates, scores[i]):
+            candidate.score = score
+        rows.append(pair_row(prompts[i], prompt_ids[i], candidates[label], candidates[1 - label], round=r,
+                             label="gold" if i in gold else "silver", prompt_index=i))
+    return rows
+
+
+def _pair_columns() -> dict:
+    import pyarrow as pa
+
+    return {"round": pa.int64(), "label": pa.string(), "prompt_index": pa.int64()}
+
+
+def _train(live: Round, r: int, rows: list[dict], policy: str, round_dir: Path, metrics: dict):
+    """DPO on the round's pairs from the current policy; (new policy, rows carried to the next round)."""
+    from rayalign.pipelines.pairs import write_pairs
+    from rayalign.train.driver import run_training
+
+    cfg = live.cfg
+    if len(rows) < cfg.train.batch_size:
+        return policy, rows
+    path = write_pairs(rows, round_dir / "pairs.parquet", _pair_columns())
+    round_cfg = dataclasses.replace(
+        cfg, output_dir=str(round_dir), name="train",
+        model=dataclasses.replace(cfg.model, name=policy, reference=cfg.model.reference or cfg.model.name),
+        data=dataclasses.replace(cfg.data, path=str(path), format="token_ids"),
+        train=dataclasses.replace(cfg.train, save_optimizer=False))  # the round, not the step, is what resumes
+    summary = run_training(round_cfg)
+    metrics.update({"train/loss": summary["final_metrics"].get("loss"), "train/steps": summary["steps"],
+                    "train/tokens_per_s": summary["tokens_per_s_median"]})
+    return summary["checkpoint"], []
+
+
+def run_d2po(cfg: config_lib.Config) -> dict:
+    """Rounds of sample -> label -> train (resuming after the last finished round), then the evaluation."""
+    from rayalign.monitoring import record_d2po_round
+    from rayalign.pipelines.evaluate import evaluate_run
+    from rayalign.tracking import Tracker
+
+    if cfg.d2po.relabels < 1 or cfg.d2po.window < 1 or cfg.d2po.prompts_per_round < 1:
+        raise ConfigError("d2po.window, d2po.relabels and d2po.prompts_per_round must be >= 1")
+    run_dir = cfg.run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_lib.save(cfg, run_dir / "config.yaml")
+    state = State.load(run_dir, cfg)
+    if state.rounds_done == 0 and state.discriminator is None:
+        state.discriminator = _initial_discriminator(cfg, run_dir)
+    last = min(cfg.d2po.rounds, cfg.d2po.stop_after_round or cfg.d2po.rounds)
+    tracker = Tracker(run_dir, cfg.tracking, cfg.name, config_lib.flatten(config_lib.to_dict(cfg)), "d2po")
+    tracker.truncate_after(state.rounds_done)
+    if state.rounds_done < last:
+        live = Round(cfg, run_dir, state)
+        try:
+            for r in range(state.rounds_done + 1, last + 1):
+                state, metrics = run_round(live, r, state)
+                tracker.log({k: v for k, v in metrics.items() if v is not None}, step=r)
+                record_d2po_round(metrics, run=cfg.name)
+                state.save(run_dir)
+                _drop_old_weights(run_dir, state)
+                print(f"rayalign: d2po round {r}/{cfg.d2po.rounds}: " + ", ".join(
+                    f"{k} {v:.3g}" for k, v in metrics.items() if isinstance(v, float | int)), flush=True)
+        finally:
+            live.close()
+    tracker.finish()
+    rounds = _round_rows(run_dir)
+    summary = {"pipeline": "d2po", "mode": cfg.d2po.mode, "rounds_done": state.rounds_done, "gold_used":
+               state.gold_used, "rounds": rounds, "train": _train_totals(state, rounds)}
+    if state.rounds_done == cfg.d2po.rounds:
+        summary.update(evaluate_run(cfg, run_dir, state.policy))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _drop_old_weights(run_dir: Path, state: State) -> None:
+    """Once a round's state is saved, earlier policy and discriminator weights are never read again."""
+    keep = {Path(state.policy).resolve(), Path(state.discriminator or run_dir).resolve()}
+    for round_dir in sorted((run_dir / "rounds").glob("round_*"))[:-1]:
+        for weights in [*(round_dir / "train" / "checkpoints").glob("step_*"), round_dir / "discriminator"]:
+            if weights.is_dir() and weights.resolve() not in keep:
+                shutil.rmtree(weights)
+
+
+def _round_rows(run_dir: Path) -> list[dict]:
+    from rayalign.tracking import read_metrics
+
+    return read_metrics(run_dir)
+
+
+def _train_totals(state: State, rounds: list[dict]) -> dict:
+    import statistics
+
+    speeds = [row["train/tokens_per_s"] for row in rounds if row.get("train/tokens_per_s")]
+    losses = [row["train/loss"] for row in rounds if row.get("train/loss") is not None]
+    return {"checkpoint": state.policy, "steps": int(sum(row.get("train/steps", 0) for row in rounds)),
+            "wall_time_s": round(sum(row.get("round_s", 0.0) for row in rounds), 1),
+            "tokens_per_s_median": statistics.median(speeds) if speeds else None,
+            "final_metrics": {"loss": losses[-1]} if losses else {}, "status": "ok"}

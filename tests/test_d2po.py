@@ -1,0 +1,135 @@
+"""D2PO: relabel selection and labels by hand; the pipeline on a tiny model on a real local Ray cluster
+(budget, gold over silver, stop and resume equal to an uninterrupted run); weights reaching every sampler."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from rayalign import config
+from rayalign.pipelines.d2po import select_for_gold, silver_labels
+from rayalign.tasks.registry import TASKS, make_task, register_task
+
+
+def test_conf_sends_the_smallest_gaps_of_each_window_and_rand_is_seeded():
+    gaps = [0.5, 0.1, 0.9, 0.3, 0.2, 0.05, 0.7]  # windows of 3: [0.5, 0.1, 0.9], [0.3, 0.2, 0.05], [0.7]
+    assert select_for_gold(gaps, 3, 2, "conf", 10, random.Random(0)) == [1, 0, 5, 4, 6]
+    assert select_for_gold(gaps, 3, 2, "conf", 3, random.Random(0)) == [1, 0, 5]  # the budget runs out
+    assert select_for_gold(gaps, 3, 2, "conf", 0, random.Random(0)) == []
+    rand = select_for_gold(gaps, 3, 1, "rand", 10, random.Random(7))
+    assert rand == select_for_gold(gaps, 3, 1, "rand", 10, random.Random(7))
+    assert [i // 3 for i in rand] == [0, 1, 2]  # one from each window
+
+
+def test_gold_labels_override_silver_and_ties_give_no_pair():
+    scores = [(0.1, 0.9), (0.8, 0.2), (0.5, 0.5), (0.3, 0.4)]
+    # silver: 1, 0, tie, 1; gold overrides pair 0 (sample 0 better) and pair 3 with a gold tie
+    assert silver_labels(scores, {0: 0, 3: None}) == [0, 0, None, None]
+
+
+@pytest.fixture(scope="module")
+def longest_task():
+    """A learnable task for a random tiny model: the gold reward is the response's length."""
+    prompts = [f"Write something, number {i}." for i in range(200)]
+    yield register_task(make_task("d2po_longest", prompts, lambda prompt, response: float(len(response))))
+    TASKS.pop("d2po_longest")
+
+
+TINY = ["model.name=tiny-llama", "pipeline=d2po", "d2po.task=d2po_longest", "d2po.rounds=2",
+        "d2po.prompts_per_round=8", "d2po.window=4", "d2po.relabels=1", "d2po.gold_budget=3",
+        "d2po.disc_max_length=32", "d2po.disc_epochs=2", "sampling.max_new_tokens=6", "sampling.cpus_per_actor=0.5",
+        "train.cpus_per_worker=1", "train.batch_size=4", "train.micro_batch_size=4", "train.lr=1e-3",
+        "train.warmup_ratio=0", "train.lr_schedule=constant", "data.max_length=128", "eval.enabled=false",
+        "tracking.wandb=disabled"]
+
+
+def _run(root, name: str, *extra):
+    import socket
+
+    from rayalign.pipelines import run_pipeline
+
+    with socket.socket() as probe:  # a free port for Serve's HTTP proxy
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return run_pipeline(config.load(None, TINY + [f"output_dir={root}", f"name={name}", f"d2po.http_port={port}",
+                                                  *extra]))
+
+
+def _calls(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "gold_calls.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, ray_local, longest_task):
+    from ray import serve
+
+    root = tmp_path_factory.mktemp("d2po")
+    whole = _run(root, "whole")
+    stopped = _run(root, "resumed", "d2po.stop_after_round=1")
+    resumed = _run(root, "resumed")
+    yield root, whole, stopped, resumed
+    serve.shutdown()  # the runs leave Serve up (as on a shared cluster); later tests start their own
+
+
+def test_budget_is_never_exceeded_and_every_gold_call_is_logged_with_its_round(runs):
+    root, whole, stopped, resumed = runs
+    calls = _calls(root / "whole")
+    # 8 pairs in windows of 4, 1 relabel each: 2 in round 1, then the budget (3) leaves 1 for round 2
+    assert [c["round"] for c in calls] == [1, 1, 2] and [c["used"] for c in calls] == [1, 2, 3]
+    assert whole["gold_used"] == 3 and [r["gold/used"] for r in whole["rounds"]] == [2, 3]
+    assert stopped["rounds_done"] == 1 and stopped["gold_used"] == 2
+    assert _calls(root / "resumed") == calls and resumed["gold_used"] == 3
+
+
+def test_gold_labels_override_silver_in_the_trained_pairs(runs):
+    import pyarrow.parquet as pq
+
+    root, *_ = runs
+    rows = pq.read_table(root / "whole" / "rounds" / "round_001" / "pairs.parquet").to_pylist()
+    gold_rows = [row for row in rows if row["label"] == "gold"]
+    gold_calls = {c["pair"]: c for c in _calls(root / "whole") if c["round"] == 1 and c["label"] is not None}
+    assert len(gold_rows) == len(gold_calls) >= 1
+    for row in gold_rows:  # the gold-better (longer) response is chosen, whatever the discriminator scored
+        gold = gold_calls[row["prompt_index"]]["gold"]
+        assert (float(len(row["chosen"])), float(len(row["rejected"]))) == (max(gold), min(gold))
+
+
+def test_a_stopped_run_resumes_at_its_round_and_ends_like_an_uninterrupted_one(runs):
+    from rayalign.sampling.hf import read_checkpoint
+
+    root, whole, _, resumed = runs
+    assert [r["step"] for r in resumed["rounds"]] == [1, 2]
+    for key in ("policy/gold_reward", "train/loss", "disc/accuracy_new_gold"):
+        assert [r.get(key) for r in resumed["rounds"]] == pytest.approx([r.get(key) for r in whole["rounds"]]), key
+    a, b = read_checkpoint(whole["train"]["checkpoint"]), read_checkpoint(resumed["train"]["checkpoint"])
+    for name, value in a.items():
+        torch.testing.assert_close(b[name], value, atol=1e-5, rtol=1e-4)
+    state = json.loads((root / "resumed" / "d2po_state.json").read_text())
+    assert state["rounds_done"] == 2 and state["gold_used"] == 3
+
+
+def test_after_update_weights_every_actor_samples_what_the_trainers_checkpoint_does(runs):
+    from rayalign.sampling.base import SamplingParams
+    from rayalign.sampling.hf import HFSampler, read_checkpoint
+    from rayalign.sampling.pool import SamplerPool
+
+    _, whole, _, _ = runs
+    checkpoint = whole["train"]["checkpoint"]
+    trained = HFSampler(checkpoint, batch_size=4)
+    prompts = [trained.tokenizer.encode(f"Tell me about {i}.") for i in range(6)]
+    greedy = SamplingParams(temperature=0, max_new_tokens=6)
+    expected = trained.generate(prompts, greedy)
+    served: set[int] = set()
+    with SamplerPool(model="tiny-llama", num_actors=2, num_cpus=0.5, chunk_size=1, batch_size=4) as pool:
+        before = pool.generate(prompts, greedy)
+        pool.update_weights(read_checkpoint(checkpoint))  # the state dict, through the object store
+        after = pool.generate(prompts, greedy, on_chunk=lambda chunk, actor: served.add(actor))
+    assert served == {0, 1}
+    assert [row[0].token_ids for row in after] == [row[0].token_ids for row in expected]
+    # the same tokens, and the trained model's log-probs of them (not the starting model's)
+    for new, old, want in zip(after, before, expected):
+        assert new[0].logprobs == pytest.approx(want[0].logprobs, abs=1e-4)
+    assert any(new[0].logprobs != pytest.approx(old[0].logprobs, abs=1e-3) for new, old in zip(after, before))
