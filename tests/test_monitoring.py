@@ -40,7 +40,7 @@ def test_import_is_cheap_and_records_nothing_without_ray():
 def test_metric_names_are_prometheus_names_with_the_prefix():
     for name in monitoring.METRICS:
         full = monitoring.PREFIX + name
-        assert re.fullmatch(r"rayalign_[a-z_]+", full), full
+        assert re.fullmatch(r"rayalign_[a-z][a-z0-9_]*", full), full
         assert monitoring.METRICS[name][0] in ("counter", "gauge", "histogram")
 
 
@@ -54,7 +54,8 @@ def test_announce_prints_the_dashboard_when_there_is_one(capsys):
 EXPECTED = ("rayalign_samples_generated", "rayalign_sampler_tokens", "rayalign_sampler_tokens_per_s",
             "rayalign_scoring_requests", "rayalign_scoring_latency_s_bucket", "rayalign_pairs_written",
             "rayalign_train_steps", "rayalign_train_loss", "rayalign_train_reward_accuracy",
-            "rayalign_train_reward_margin", "rayalign_train_tokens_per_s")
+            "rayalign_train_reward_margin", "rayalign_train_tokens_per_s", "rayalign_d2po_rounds",
+            "rayalign_d2po_gold_used", "rayalign_d2po_discriminator_accuracy")
 
 
 def _names(text: str, run: str) -> set[str]:
@@ -83,6 +84,8 @@ def test_metrics_reach_the_nodes_prometheus_endpoint(ray_local):
             m.record_pairs(3, run="mon-test")
             m.record_train_step({"loss": 0.69, "rewards/accuracies": 0.5, "rewards/margins": 0.01,
                                  "tokens_per_s": 900.0}, run="mon-test")
+            m.record_d2po_round({"gold/used": 4, "disc/accuracy_new_gold": 0.75, "silver_gold_agreement": 0.5,
+                                 "policy/gold_reward": 1.2, "sampler/tokens_per_s": 300.0}, run="mon-test")
             return sorted(m._objects)
 
     actor = Pipeline.remote()  # alive while we read: a gauge goes away with its process
