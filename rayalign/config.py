@@ -176,6 +176,9 @@ class SamplingConfig:
     threads: Optional[int] = None
     """Torch threads of each hf actor; null: its CPU reservation (at least 1). More than it reserves suits pipelines
     whose phases take turns on the same cores (D2PO)."""
+    vllm_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Keyword arguments for vllm.LLM (vllm engine), e.g. {gpu_memory_utilization: 0.3, enforce_eager: true,
+    max_model_len: 1024}: a sampler that shares its GPU with the trainer must leave it memory."""
 
 
 @dataclass(config=_STRICT)

@@ -57,3 +57,20 @@ def test_sdpo_job_trains_two_stages_on_the_inco_pairs_easy_first(tmp_path, ray_l
     assert all(math.isfinite(value) for value in stages[0]["gamma_ref_next_chunk"].values())
     assert stages[1]["gamma_ref_next_chunk"] == {"before": None, "after": None}  # no chunk after the last
     assert (tmp_path / "sdpo" / "report.json").is_file()
+
+
+def test_d2po_job_runs_rounds_on_smollm2_within_its_budget(tmp_path, ray_local, monkeypatch):
+    """jobs/d2po.yaml on SmolLM2 and minilm, cut to 2 rounds: every round labels, trains and syncs weights."""
+    import json
+
+    from rayalign.pipelines import run_pipeline
+
+    monkeypatch.chdir(REPO)
+    summary = run_pipeline(config.load(REPO / "jobs" / "d2po.yaml",
+                                       [f"output_dir={tmp_path}", "d2po.rounds=2", "eval.num_prompts=8"]))
+    rounds = summary["rounds"]
+    assert [r["step"] for r in rounds] == [1, 2] and summary["gold_used"] == 6 <= 24
+    assert all(r["train/steps"] >= 1 and r["pairs"] >= 4 for r in rounds)
+    calls = [json.loads(line) for line in (tmp_path / "d2po" / "gold_calls.jsonl").read_text().splitlines()]
+    assert [c["round"] for c in calls] == [1, 1, 1, 2, 2, 2]
+    assert summary["eval"]["win_rate"]["prompts"] == 8

@@ -67,6 +67,10 @@ class VLLMSampler:
 
     def __init__(self, model_name: str, dtype: str = "auto", seed: int = 0, **llm_kwargs):
         _require_vllm_and_cuda()
+        import os
+
+        # vLLM's workers must not fork a process that has touched CUDA (a Ray actor has): spawn them
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         from vllm import LLM
 
         from rayalign.models import load_tokenizer, resolve_model

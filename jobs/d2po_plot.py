@@ -1,0 +1,71 @@
+"""Plot a D2PO sweep: the policy's gold reward per round against the gold labels used, one line per mode.
+
+    python jobs/d2po_plot.py runs/d2po_modes [--out runs/d2po_modes/d2po_budget.png]
+
+Reads every trial's `config.yaml` and `metrics.jsonl` (one row per round: `gold/used`, `policy/gold_reward`,
+the mean gold reward of that round's samples from the policy trained so far) and averages the seeds of a mode
+round by round. Prints the table the plot shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import yaml
+
+
+def trial_curves(sweep_dir: Path) -> dict[str, list[list[dict]]]:
+    """mode -> per trial, its rounds (the metrics rows)."""
+    curves: dict[str, list[list[dict]]] = {}
+    for trial in sorted((sweep_dir / "trials").iterdir()):
+        metrics = trial / "metrics.jsonl"
+        if not metrics.is_file():
+            continue
+        mode = yaml.safe_load((trial / "config.yaml").read_text())["d2po"]["mode"]
+        curves.setdefault(mode, []).append([json.loads(line) for line in metrics.read_text().splitlines()])
+    return curves
+
+
+def mean_curve(trials: list[list[dict]]) -> list[tuple[float, float, float]]:
+    """Per round: mean gold labels used before it, mean and sd over seeds of the policy's gold reward."""
+    rounds = min(len(t) for t in trials)
+    rows = []
+    for r in range(rounds):
+        used_before = [t[r - 1]["gold/used"] if r else 0 for t in trials]
+        rewards = [t[r]["policy/gold_reward"] for t in trials]
+        rows.append((statistics.mean(used_before), statistics.mean(rewards),
+                     statistics.stdev(rewards) if len(rewards) > 1 else 0.0))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for mode, trials in sorted(trial_curves(args.sweep_dir).items()):
+        rows = mean_curve(trials)
+        print(f"{mode} ({len(trials)} seeds): " + "; ".join(f"round {i + 1}: {u:.0f} labels, reward {m:.2f} ± {s:.2f}"
+                                                           for i, (u, m, s) in enumerate(rows)))
+        ax.errorbar([u for u, _, _ in rows], [m for _, m, _ in rows], yerr=[s for _, _, s in rows], marker="o",
+                    capsize=3, label=f"{mode} ({len(trials)} seeds)")
+    ax.set_xlabel("gold labels used before the round")
+    ax.set_ylabel("policy's mean gold reward on the round's samples")
+    ax.legend()
+    fig.tight_layout()
+    out = args.out or args.sweep_dir / "d2po_budget.png"
+    fig.savefig(out, dpi=120)
+    print(f"plot: {out}")
+
+
+if __name__ == "__main__":
+    main()
