@@ -109,16 +109,15 @@ def cmd_eval(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from rayalign.compare import compare
+    from rayalign.compare import compare, reported_pairs
     from rayalign.stats import describe
 
     result = compare(args.runs, args.out, args.label or None)
     for label, group in result["groups"].items():
         print(f"{label}: runs {', '.join(group['runs'])}")
-    for pair in result["pairs"]:
-        if pair["column"] == "start" or (pair["row"] < pair["column"] and pair["row"] != "start"):
-            print(f"{pair['row']} vs {pair['column']}: {describe(pair)}")
-    print(f"compare: {args.out}/compare.json and compare.png")
+    for pair in reported_pairs(result):
+        print(f"{pair['row']} vs {pair['column']}: {describe(pair)}")
+    print(f"compare: {args.out}/compare.json, compare.md and compare.png")
     return 0
 
 

@@ -10,7 +10,7 @@ are all its runs' samples of that prompt, so a method is compared with the start
 with the other methods over every seed at once; each run's own figures stay beside it.
 
 Writes `compare.json` (every entry and group with its reward statistics, the figures of every
-ordered pair), `compare.png` (reward distributions; the matrix of win rates of row over column
+ordered pair), `compare.md` (the same as Markdown tables, for an experiment's write-up), `compare.png` (reward distributions; the matrix of win rates of row over column
 with their intervals) and `samples.jsonl` (every response with its reward).
 """
 
@@ -101,9 +101,31 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path, labels: list[str] |
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "compare.md").write_text(markdown(result))
     write_samples(out / "samples.jsonl", prompts.prompts, samples, rewards)
     plot_compare(out / "compare.png", table, result["pairs"], e.task)
     return result
+
+
+def reported_pairs(result: dict) -> list[dict]:
+    """Each model against the starting model, then every other pair once (row before column by name)."""
+    return [pair for pair in result["pairs"]
+            if pair["column"] == START or (pair["row"] < pair["column"] and pair["row"] != START)]
+
+
+def markdown(result: dict) -> str:
+    """compare.json as Markdown: each model's (or group's) reward, then the reported pairs with intervals."""
+    models = result["groups"] or {e["label"]: e for e in result["entries"]}
+    lines = ["| model | runs | responses | gold reward (± s.e.) |", "| --- | --- | --- | --- |"]
+    lines += [f"| {label} | {len(m.get('runs', [label]))} | {m['responses']} | "
+              f"{m['mean_reward']:.3f} ± {m['reward_stderr']:.3f} |" for label, m in models.items()]
+    lines += ["", "| model | vs | win rate [95% bootstrap] | Wilson | reward difference [95%] | prompts | "
+              "prompts needed |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {p['row']} | {p['column']} | {p['win_rate']:.3f} [{p['ci_low']:.3f}, {p['ci_high']:.3f}] | "
+              f"[{p['wilson_low']:.3f}, {p['wilson_high']:.3f}] | {p['reward_diff']:+.3f} "
+              f"[{p['reward_diff_low']:+.3f}, {p['reward_diff_high']:+.3f}] | {p['prompts']} | "
+              f"{p['prompts_needed']} |" for p in reported_pairs(result)]
+    return "\n".join(lines) + "\n"
 
 
 def _group_runs(entries: list[dict]) -> dict[str, list[str]]:

@@ -49,6 +49,9 @@ def test_compare_pools_the_runs_of_a_label_and_compares_every_pair(two_runs, cap
     assert result["groups"]["dpo"]["responses"] == 2 * 6 * 2
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "dpo vs start: win rate" in capsys.readouterr().out
+    row = f"| dpo | start | {pair['win_rate']:.3f} [{pair['ci_low']:.3f}, {pair['ci_high']:.3f}] |"
+    table = (out / "compare.md").read_text()
+    assert row in table and "| start | dpo |" not in table  # each pair once, against the start model first
     # a second compare samples nothing: every model's samples come from the cache
     again = cli.main(["compare", str(two_runs / "seed0"), str(two_runs / "seed1"), "--out", str(two_runs / "cmp2")])
     assert again == 0
