@@ -10,8 +10,9 @@ are all its runs' samples of that prompt, so a method is compared with the start
 with the other methods over every seed at once; each run's own figures stay beside it.
 
 Writes `compare.json` (every entry and group with its reward statistics, the figures of every
-ordered pair), `compare.md` (the same as Markdown tables, for an experiment's write-up), `compare.png` (reward distributions; the matrix of win rates of row over column
-with their intervals) and `samples.jsonl` (every response with its reward).
+ordered pair), `compare.md` (the same as Markdown tables, for an experiment's write-up),
+`compare.png` (reward distributions; the matrix of win rates of row over column with their
+intervals) and `samples.jsonl` (every response with its reward).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import yaml
 
 from rayalign import config as config_lib
 from rayalign.errors import RayAlignError
+from rayalign.files import atomic_write_text
 
 START = "start"
 
@@ -100,8 +102,8 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path, labels: list[str] |
               "pairs": _pairs(table), "run_pairs": _pairs(rewards) if groups else []}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "compare.md").write_text(markdown(result))
+    atomic_write_text(out / "compare.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / "compare.md", markdown(result))
     write_samples(out / "samples.jsonl", prompts.prompts, samples, rewards)
     plot_compare(out / "compare.png", table, result["pairs"], e.task)
     return result
