@@ -74,6 +74,7 @@ def runs(tmp_path_factory, ray_local, longest_task):
     serve.shutdown()  # the runs leave Serve up (as on a shared cluster); later tests start their own
 
 
+@pytest.mark.slow  # three D2PO runs on Ray (Serve, samplers, Train): about 3 minutes together
 def test_budget_is_never_exceeded_and_every_gold_call_is_logged_with_its_round(runs):
     root, whole, stopped, resumed = runs
     calls = _calls(root / "whole")
@@ -84,6 +85,7 @@ def test_budget_is_never_exceeded_and_every_gold_call_is_logged_with_its_round(r
     assert _calls(root / "resumed") == calls and resumed["gold_used"] == 3
 
 
+@pytest.mark.slow  # three D2PO runs on Ray (Serve, samplers, Train): about 3 minutes together
 def test_gold_labels_override_silver_in_the_trained_pairs(runs):
     import pyarrow.parquet as pq
 
@@ -97,6 +99,7 @@ def test_gold_labels_override_silver_in_the_trained_pairs(runs):
         assert (float(len(row["chosen"])), float(len(row["rejected"]))) == (max(gold), min(gold))
 
 
+@pytest.mark.slow  # three D2PO runs on Ray (Serve, samplers, Train): about 3 minutes together
 def test_a_stopped_run_resumes_at_its_round_and_ends_like_an_uninterrupted_one(runs):
     from rayalign.sampling.hf import read_checkpoint
 
@@ -111,6 +114,7 @@ def test_a_stopped_run_resumes_at_its_round_and_ends_like_an_uninterrupted_one(r
     assert state["rounds_done"] == 2 and state["gold_used"] == 3
 
 
+@pytest.mark.slow  # three D2PO runs on Ray (Serve, samplers, Train): about 3 minutes together
 def test_after_update_weights_every_actor_samples_what_the_trainers_checkpoint_does(runs):
     from rayalign.sampling.base import SamplingParams
     from rayalign.sampling.hf import HFSampler, read_checkpoint
