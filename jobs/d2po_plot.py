@@ -10,11 +10,12 @@ round by round. Prints the table the plot shows.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
 import yaml
+
+from rayalign.files import read_jsonl
 
 
 def trial_curves(sweep_dir: Path) -> dict[str, list[list[dict]]]:
@@ -25,7 +26,7 @@ def trial_curves(sweep_dir: Path) -> dict[str, list[list[dict]]]:
         if not metrics.is_file():
             continue
         mode = yaml.safe_load((trial / "config.yaml").read_text())["d2po"]["mode"]
-        curves.setdefault(mode, []).append([json.loads(line) for line in metrics.read_text().splitlines()])
+        curves.setdefault(mode, []).append(read_jsonl(metrics))
     return curves
 
 

@@ -1,4 +1,4 @@
-"""Writing a file so that a reader never sees half of it.
+"""Writing a file so that a reader never sees half of it; JSON-lines logs read and cut back.
 
 Every file that a later step or a rerun takes as complete once it exists (a parquet shard, a
 cache entry) is written here: into a temp file of its own beside the target (so two writers
@@ -7,6 +7,7 @@ never share one), then renamed over it. A crash leaves the target absent or whol
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -37,3 +38,20 @@ def _umask() -> int:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The rows of a JSON-lines log rayalign wrote (metrics, gold calls); none when it does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_jsonl(path: str | Path, key: str, last: int) -> None:
+    """Keep the rows whose `key` (a step, a round) is at most `last`: a resumed run redoes the rest and logs
+    them again. Rewritten atomically, so a crash here loses no finished row."""
+    path = Path(path)
+    if path.is_file():
+        kept = [row for row in read_jsonl(path) if row[key] <= last]
+        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))

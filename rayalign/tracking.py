@@ -41,10 +41,9 @@ class Tracker:
 
     def truncate_after(self, step: int) -> None:
         """Drop rows logged after `step`: a resumed run redoes those steps and logs them again."""
-        if self.path.is_file():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+        from rayalign.files import truncate_jsonl
+
+        truncate_jsonl(self.path, "step", step)
 
     def log(self, metrics: dict, step: int) -> None:
         row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
@@ -75,7 +74,6 @@ def _run_id(run_dir: Path, job_type: str) -> str:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from rayalign.files import read_jsonl
+
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from rayalign import config
+from rayalign.files import read_jsonl
 from rayalign.pipelines.d2po import select_for_gold, silver_labels
 from rayalign.tasks.registry import TASKS, make_task, register_task
 
@@ -59,7 +60,7 @@ def _run(root, name: str, *extra):
 
 
 def _calls(run_dir) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "gold_calls.jsonl").read_text().splitlines()]
+    return read_jsonl(run_dir / "gold_calls.jsonl")
 
 
 @pytest.fixture(scope="module")

@@ -136,9 +136,8 @@ def test_client_errors_are_one_line(client, server, monkeypatch):
 def test_d2po_judge_labels_through_this_endpoint_and_never_past_its_budget(server, monkeypatch, tmp_path):
     """D2PO's `judge` labeller asks an LLM through `LLMClient`: each answer is a label (A, B, or no preference
     for anything else), every call is logged and counted, and a call past the budget is refused."""
-    import json
-
     from rayalign.config import D2POConfig
+    from rayalign.files import read_jsonl
     from rayalign.pipelines.d2po import GoldLabeller
 
     monkeypatch.setenv("RAYALIGN_LLM_BASE_URL", server)
@@ -146,7 +145,7 @@ def test_d2po_judge_labels_through_this_endpoint_and_never_past_its_budget(serve
     labeller = GoldLabeller(D2POConfig(labeller="judge", gold_budget=2), task=None, used=0, log=log)
     labels = [labeller.label(1, i, "Name a colour.", "Blue.", "A fish.") for i in range(2)]
     assert all(label in (0, 1, None) for label in labels) and labeller.left == 0
-    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    entries = read_jsonl(log)
     assert [(e["round"], e["pair"], e["labeller"], e["used"]) for e in entries] == [(1, 0, "judge", 1),
                                                                                       (1, 1, "judge", 2)]
     with pytest.raises(RuntimeError, match="budget exhausted"):

@@ -61,8 +61,7 @@ def test_sdpo_job_trains_two_stages_on_the_inco_pairs_easy_first(tmp_path, ray_l
 
 def test_d2po_job_runs_rounds_on_smollm2_within_its_budget(tmp_path, ray_local, monkeypatch):
     """jobs/d2po.yaml on SmolLM2 and minilm, cut to 2 rounds: every round labels, trains and syncs weights."""
-    import json
-
+    from rayalign.files import read_jsonl
     from rayalign.pipelines import run_pipeline
 
     monkeypatch.chdir(REPO)
@@ -71,6 +70,6 @@ def test_d2po_job_runs_rounds_on_smollm2_within_its_budget(tmp_path, ray_local, 
     rounds = summary["rounds"]
     assert [r["step"] for r in rounds] == [1, 2] and summary["gold_used"] == 6 <= 24
     assert all(r["train/steps"] >= 1 and r["pairs"] >= 4 for r in rounds)
-    calls = [json.loads(line) for line in (tmp_path / "d2po" / "gold_calls.jsonl").read_text().splitlines()]
+    calls = read_jsonl(tmp_path / "d2po" / "gold_calls.jsonl")
     assert [c["round"] for c in calls] == [1, 1, 1, 2, 2, 2]
     assert summary["eval"]["win_rate"]["prompts"] == 8

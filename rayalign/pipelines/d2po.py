@@ -45,6 +45,7 @@ from pathlib import Path
 
 from rayalign import config as config_lib
 from rayalign.errors import ConfigError
+from rayalign.files import atomic_write_text, read_jsonl, truncate_jsonl
 
 STATE_FILE, GOLD_LOG, GOLD_PAIRS = "d2po_state.json", "gold_calls.jsonl", "gold_pairs.jsonl"
 
@@ -121,8 +122,6 @@ class State:
     carry: list[dict]
 
     def save(self, run_dir: Path) -> None:
-        from rayalign.files import atomic_write_text
-
         atomic_write_text(run_dir / STATE_FILE, json.dumps(dataclasses.asdict(self)))
 
     @classmethod
@@ -131,14 +130,6 @@ class State:
         if path.is_file():
             return cls(**json.loads(path.read_text()))
         return cls(0, cfg.model.name, None, 0, [])
-
-
-def _drop_unfinished(log: Path, rounds_done: int) -> None:
-    """Entries (gold calls, gold pairs) of a round that did not finish are redone with it: drop them, so none
-    is counted twice."""
-    if log.is_file():
-        kept = [line for line in log.read_text().splitlines() if json.loads(line)["round"] <= rounds_done]
-        log.write_text("".join(line + "\n" for line in kept))
 
 
 def _initial_discriminator(cfg: config_lib.Config, run_dir: Path) -> str | None:
@@ -170,8 +161,8 @@ class Round:
         self.prompts = self.task.prompts("train", d.rounds * d.prompts_per_round, d.seed)
         self.prompt_ids = [encode_prompt([{"role": "user", "content": p}], tokenizer, cfg.data.chat_template)
                            for p in self.prompts]
-        for log in (GOLD_LOG, GOLD_PAIRS):
-            _drop_unfinished(run_dir / log, state.rounds_done)
+        for log in (GOLD_LOG, GOLD_PAIRS):  # a round that did not finish is redone: count none of its entries twice
+            truncate_jsonl(run_dir / log, "round", state.rounds_done)
         self.labeller = GoldLabeller(d, self.task, state.gold_used, run_dir / GOLD_LOG)
         self.gold_pairs = self._gold_pairs_so_far()
         self.pool = pool_from_config(state.policy, cfg.sampling)
@@ -185,8 +176,7 @@ class Round:
 
     def _gold_pairs_so_far(self) -> list[dict]:
         """Gold-labelled pairs of the finished rounds ({prompt, chosen, rejected}), for the accuracy metric."""
-        path = self.run_dir / GOLD_PAIRS
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+        return read_jsonl(self.run_dir / GOLD_PAIRS)
 
     def close(self) -> None:
         self.pool.shutdown()
