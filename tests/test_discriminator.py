@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+import torch
 
 from rayalign.errors import RayAlignError
 from rayalign.scoring.discriminator import Discriminator, minilm_path
@@ -84,15 +85,29 @@ def test_score_checks_lengths(trained):
 def test_minilm_backbone_mean_pooling_and_round_trip(tmp_path):
     assert (minilm_path() / "config.json").is_file()
     model = Discriminator(backbone="minilm", max_length=48, batch_size=8, seed=0)
-    assert model.pooling == "mean"
+    assert model.pooling == "response_mean"
     pairs = word_pairs("train", 8, seed=0)
     before = model.score([p["prompt"] for p in pairs], [p["chosen"] for p in pairs])
     model.update(pairs, epochs=1)
     after = model.score([p["prompt"] for p in pairs], [p["chosen"] for p in pairs])
     assert before != pytest.approx(after, abs=1e-4)
     loaded = Discriminator.load(model.save(tmp_path / "minilm"))
-    assert loaded.pooling == "mean"
+    assert loaded.pooling == "response_mean"
     assert loaded.score([p["prompt"] for p in pairs], [p["chosen"] for p in pairs]) == pytest.approx(after, abs=1e-5)
+
+
+def test_minilm_pools_the_response_tokens_only():
+    model = Discriminator(backbone="minilm", max_length=48, seed=0)
+    prompt, response = "Name a fruit that is yellow.", "A banana."
+    batch = model._encode([prompt], [response])
+    with torch.no_grad():
+        hidden = model.backbone(**batch).last_hidden_state[0]
+        response_rows = batch["token_type_ids"][0].bool()  # the response and its closing [SEP]
+        expected = model.head(hidden[response_rows].mean(0)).item()
+        prompt_too = model.head(hidden.mean(0)).item()
+    assert response_rows.sum() == len(model.tokenizer(response, add_special_tokens=False)["input_ids"]) + 1
+    assert model.score([prompt], [response]) == pytest.approx([expected], abs=1e-5)
+    assert abs(expected - prompt_too) > 1e-4
 
 
 def test_truncation_keeps_the_response_start_and_the_prompt_end(trained):

