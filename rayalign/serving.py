@@ -1,6 +1,27 @@
-"""What every `rayalign serve ...` does once its Ray Serve app runs: wait, then shut Serve down."""
+"""What every Ray Serve app of rayalign shares: starting Serve, and (`rayalign serve ...`) waiting until stopped."""
 
 from __future__ import annotations
+
+
+def start_serve(host: str, port: int, logging_config: dict | None = None) -> None:
+    """Start Ray (if needed) and Serve's HTTP proxy on host:port (a no-op if Serve runs).
+
+    Serve's controller is a detached, cluster-wide actor. Started from inside a Ray Tune trial it would be
+    captured into the trial's placement group, which cannot hold it ("Cannot schedule ServeController with
+    the placement group"), so it starts from a task that opts out of any placement group.
+    """
+    import ray
+    from ray import serve
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    if not ray.is_initialized():
+        ray.init(logging_level="WARNING")
+
+    def start() -> None:
+        serve.start(http_options={"host": host, "port": port}, logging_config=logging_config)
+
+    outside = PlacementGroupSchedulingStrategy(placement_group=None)
+    ray.get(ray.remote(start).options(num_cpus=0, scheduling_strategy=outside).remote())
 
 
 def block_until_stopped(message: str) -> int:

@@ -163,6 +163,34 @@ def test_serve_scores_over_http_and_handle(trained, ray_local, tmp_path):
         serve.shutdown()
 
 
+def test_service_starts_inside_a_tune_trials_placement_group(trained, ray_local, tmp_path):
+    """A D2PO job in a sweep creates its service inside a trial: a one-bundle placement group whose tasks
+    capture their children. Serve's controller must still start (outside it) and the service score."""
+    from ray import serve
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    model, held_out, _, _ = trained
+    checkpoint = str(model.save(tmp_path / "disc"))
+    port = _free_port()
+
+    def trial() -> list[float]:
+        from rayalign.scoring.serve import DiscriminatorService
+
+        service = DiscriminatorService(checkpoint, name="discriminator_trial", route_prefix="/trial", port=port)
+        return service.score([held_out[0]["prompt"]], [held_out[0]["chosen"]])
+
+    group = placement_group([{"CPU": 0.01}])
+    ray_local.get(group.ready())
+    try:
+        strategy = PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)
+        scores = ray_local.get(ray_local.remote(trial).options(num_cpus=0.01, scheduling_strategy=strategy).remote())
+        assert scores == pytest.approx(model.score([held_out[0]["prompt"]], [held_out[0]["chosen"]]), abs=1e-4)
+    finally:
+        serve.shutdown()
+        remove_placement_group(group)
+
+
 def test_accuracy_on_held_out_gold_pairs_rises_over_rounds():
     """D2PO's use: a few gold pairs per round, incremental updates; held-out accuracy climbs."""
     model = Discriminator(backbone="tiny-llama", max_length=64, epochs=3, batch_size=8, seed=4)

@@ -152,11 +152,9 @@ def start_server(model: str, host: str = "127.0.0.1", port: int = 8000, engine: 
                  name: str = "rayalign-sampler", **app_kwargs) -> str:
     """Start Serve's HTTP proxy on host:port (127.0.0.1 unless told otherwise) and deploy the sampler;
     returns the OpenAI base URL, e.g. ``http://127.0.0.1:8000/v1``. Stop it with `serve.shutdown()`."""
-    import ray
+    from rayalign.serving import start_serve
 
-    if not ray.is_initialized():
-        ray.init()
-    serve.start(http_options={"host": host, "port": port})
+    start_serve(host, port)
     serve.run(build_app(model, engine, **app_kwargs), name=name, route_prefix="/")
     return f"http://{host}:{port}/v1"
 

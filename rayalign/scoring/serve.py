@@ -100,11 +100,9 @@ class DiscriminatorService:
 
     def __init__(self, checkpoint: str, name: str = "discriminator", route_prefix: str = "/discriminator",
                  num_cpus: float = 0.0, host: str = "127.0.0.1", port: int = 8000):
-        import ray
+        from rayalign.serving import start_serve
 
-        if not ray.is_initialized():
-            ray.init(logging_level="WARNING")
-        serve.start(http_options={"host": host, "port": port}, logging_config=QUIET)  # no-op if Serve runs
+        start_serve(host, port, logging_config=QUIET)
         self.name, self.route_prefix, self.num_cpus = name, route_prefix, num_cpus
         self.handle = serve.run(build_app(checkpoint, num_cpus), name=name, route_prefix=route_prefix)
 
@@ -123,12 +121,7 @@ class DiscriminatorService:
 def start(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, name: str = "discriminator",
           route_prefix: str = "/", num_cpus: float = 1.0):
     """Start Ray (if needed), Serve's HTTP proxy on host:port, and the app; returns its handle."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(logging_level="WARNING")
-    serve.start(http_options={"host": host, "port": port})
-    return serve.run(build_app(checkpoint, num_cpus), name=name, route_prefix=route_prefix)
+    return DiscriminatorService(checkpoint, name, route_prefix, num_cpus, host, port).handle
 
 
 def serve_forever(checkpoint: str, host: str = "127.0.0.1", port: int = 8000) -> int:
