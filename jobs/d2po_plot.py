@@ -4,7 +4,9 @@
 
 Reads every trial's `config.yaml` and `metrics.jsonl` (one row per round: `gold/used`, `policy/gold_reward`,
 the mean gold reward of that round's samples from the policy trained so far) and averages the seeds of a mode
-round by round. Prints the table the plot shows.
+round by round. Prints the table the plot shows, and per mode the discriminator's accuracy on the gold pairs
+it had not yet trained on (`disc/accuracy_new_gold` from round 2 on, weighted by that round's pairs in
+`gold_pairs.jsonl`; `frozen` gets all its gold pairs in round 1, so it has none).
 """
 
 from __future__ import annotations
@@ -25,9 +27,25 @@ def trial_curves(sweep_dir: Path) -> dict[str, list[list[dict]]]:
         metrics = trial / "metrics.jsonl"
         if not metrics.is_file():
             continue
-        mode = yaml.safe_load((trial / "config.yaml").read_text())["d2po"]["mode"]
-        curves.setdefault(mode, []).append(read_jsonl(metrics))
+        curves.setdefault(_mode(trial), []).append(read_jsonl(metrics))
     return curves
+
+
+def _mode(trial: Path) -> str:
+    return yaml.safe_load((trial / "config.yaml").read_text())["d2po"]["mode"]
+
+
+def accuracy_on_new_gold(trial: Path) -> tuple[int, int]:
+    """(pairs the discriminator ranked right, gold pairs it was asked about), each before it trained on them."""
+    per_round: dict[int, int] = {}
+    for pair in read_jsonl(trial / "gold_pairs.jsonl"):
+        per_round[pair["round"]] = per_round.get(pair["round"], 0) + 1
+    right = total = 0
+    for row in read_jsonl(trial / "metrics.jsonl"):
+        if "disc/accuracy_new_gold" in row and row["step"] > 1:  # in round 1 it has learnt nothing yet
+            right += round(row["disc/accuracy_new_gold"] * per_round[row["step"]])
+            total += per_round[row["step"]]
+    return right, total
 
 
 def mean_curve(trials: list[list[dict]]) -> list[tuple[float, float, float]]:
@@ -52,6 +70,13 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    for mode in sorted(trial_curves(args.sweep_dir)):
+        counts = [accuracy_on_new_gold(t) for t in sorted((args.sweep_dir / "trials").iterdir())
+                  if (t / "metrics.jsonl").is_file() and _mode(t) == mode]
+        right, total = sum(r for r, _ in counts), sum(n for _, n in counts)
+        if total:
+            print(f"{mode}: discriminator right on {right}/{total} new gold pairs ({right / total:.3f}), "
+                  "each measured before it trained on them")
     fig, ax = plt.subplots(figsize=(6, 4))
     for mode, trials in sorted(trial_curves(args.sweep_dir).items()):
         rows = mean_curve(trials)

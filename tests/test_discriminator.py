@@ -272,7 +272,7 @@ def test_minilm_learns_hh_rlhf_harmlessness(tmp_path):
     random.Random(0).shuffle(pairs)
     model = Discriminator(backbone="minilm", max_length=128, epochs=1, seed=0)  # as jobs/discriminator_hh.py
     model.update(pairs[320:1600])
-    assert model.accuracy(pairs[:320]) > 0.55  # measured: 0.625 (200 of 320), ~4 min on 2 quiet cores
+    assert model.accuracy(pairs[:320]) > 0.55  # measured: 0.591 (189 of 320), ~4 min on 2 quiet cores
 
 
 @pytest.mark.slow
