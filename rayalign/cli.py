@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-5 loss.name=ipo")
     train.set_defaults(func=cmd_train)
 
-    run = sub.add_parser("run", help="run a pipeline job (the config's `pipeline`: train, inco or sdpo)")
+    run = sub.add_parser("run", help="run a pipeline job (the config's `pipeline`: train, inco, sdpo or d2po)")
     run.add_argument("config", help="YAML job (see jobs/)")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. inco.ratio=0.25")
     run.set_defaults(func=cmd_run)

@@ -328,7 +328,7 @@ _SECTIONS = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig, "trai
 
 
 def describe_fields() -> list[tuple[str, Any, str]]:
-    """(dotted key, default, doc) for every field: the text of `--help-config`."""
+    """(dotted key, default, doc) for every field: the key list of `rayalign train --help`."""
     rows = []
     for name, info in Config.__pydantic_fields__.items():
         if name in _SECTIONS:
@@ -381,7 +381,7 @@ def _describe(error: ValidationError) -> str:
     key = ".".join(str(p) for p in first["loc"])
     if first["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
         close = difflib.get_close_matches(key, [row[0] for row in describe_fields()], n=1)
-        hint = f"did you mean '{close[0]}'?" if close else "see `rayalign train --help-config`"
+        hint = f"did you mean '{close[0]}'?" if close else "`rayalign train --help` lists the keys"
         return f"unknown config key '{key}': {hint}"
     return f"config key '{key}': {first['msg']} (got {first.get('input')!r})"
 
@@ -396,21 +396,25 @@ def build(tree: dict, cls: type = Config) -> Any:
         raise ConfigError(_describe(error)) from None
 
 
+def read_yaml_mapping(path: str | Path, what: str) -> dict:
+    """A YAML file of keys (a job config, a sweep); a missing file or bad YAML is one line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such {what} file")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: a {what} must be a mapping of keys")
+    return tree
+
+
 def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """Read YAML (or nothing), apply dotted overrides, validate."""
-    tree: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such config file")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: a config must be a mapping of keys")
+    tree = read_yaml_mapping(path, "config") if path is not None else {}
     tree = _merge(tree, parse_overrides(list(overrides)))
     try:
         return build(tree)

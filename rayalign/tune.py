@@ -69,9 +69,7 @@ class SweepConfig:
 
 
 def load_sweep(path: str, overrides: list[str] = ()) -> SweepConfig:
-    if not Path(path).is_file():
-        raise ConfigError(f"{path}: no such sweep file")
-    tree = config_lib._merge(yaml.safe_load(Path(path).read_text()) or {}, config_lib.parse_overrides(list(overrides)))
+    tree = config_lib._merge(config_lib.read_yaml_mapping(path, "sweep"), config_lib.parse_overrides(list(overrides)))
     try:
         sweep = config_lib.build(tree, SweepConfig)
     except ConfigError as error:
@@ -80,7 +78,7 @@ def load_sweep(path: str, overrides: list[str] = ()) -> SweepConfig:
     for key, spec in sweep.search.items():
         for part in key.split(","):
             if part not in known:
-                raise ConfigError(f"{path}: search key '{part}' is not a config key (see `rayalign train --help`)")
+                raise ConfigError(f"{path}: search key '{part}' is not a config key (`rayalign train --help` lists the keys)")
         if len(spec) != 1 or next(iter(spec)) not in ("grid", "choice", "uniform", "loguniform"):
             raise ConfigError(f"{path}: search key '{key}' needs one of grid, choice, uniform, loguniform")
         kind, values = next(iter(spec.items()))

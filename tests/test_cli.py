@@ -43,6 +43,21 @@ def test_config_mistakes_get_one_line(args, expected):
     assert expected in _one_line_error(rayalign(*args))
 
 
+def test_malformed_sweep_yaml_gets_one_line(tmp_path):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("name: s\nbase: jobs/d2po.yaml\nsearch:\n  d2po.mode: {grid: [d2po, frozen]\n")
+    line = _one_line_error(rayalign("sweep", str(sweep)))
+    assert f"{sweep} line" in line and "not valid YAML" in line
+    sweep.write_text("- a list\n")
+    assert f"{sweep}: a sweep must be a mapping of keys" in _one_line_error(rayalign("sweep", str(sweep)))
+
+
+def test_unknown_key_hint_names_a_command_that_exists():
+    line = _one_line_error(rayalign("train", "jobs/dpo_quickstart.yaml", "zzzz.qqqq=1"))
+    assert "`rayalign train --help` lists the keys" in line
+    assert rayalign("train", "--help").returncode == 0
+
+
 def test_bad_data_row_names_file_row_and_field_and_writes_nothing(tmp_path):
     rows = [json.loads(line) for line in QUICKSTART_DATA.read_text().splitlines()[:6]]
     rows[4]["rejected"] = rows[4]["chosen"]
