@@ -94,7 +94,7 @@ def test_stage_two_uses_stage_one_as_reference_and_resumes_inside_stage_two(tmp_
     m1 = finished["stages"][0]["checkpoint"]
     chunk2 = [prepared.pairs[i] for i in json.loads((run_dir / "chunks.json").read_text())["chunks"][1]]
     cached = ref_lib.load_reference(ref_lib.cache_path(cache_root() / "reference", ref_lib.model_fingerprint(m1),
-                                                       fingerprint(chunk2)))
+                                                       fingerprint(chunk2), "float32", False))
     live = response_logps(m1, chunk2, load_tokenizer("tiny-llama").pad_token_id)
     torch.testing.assert_close(torch.stack([c.sum() for c, _ in cached]), live[:, 0], atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(torch.stack([r.sum() for _, r in cached]), live[:, 1], atol=1e-4, rtol=1e-5)

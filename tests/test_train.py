@@ -92,6 +92,15 @@ def test_cached_reference_equals_live_reference(runs):
         assert [r[key] for r in live] == pytest.approx([r[key] for r in base], rel=1e-4, abs=1e-5), key
 
 
+def test_a_bf16_run_never_reads_the_fp32_reference_cache(runs):
+    """Same weights and data as the fp32 base run, so a cache keyed without the dtype would hand this run fp32
+    reference log-probs; its first loss would then miss log 2 (policy = reference) by the bf16 rounding
+    (measured: 4e-4 off with the stale cache, 3e-6 with its own)."""
+    root, _ = runs
+    _, rows = _train(root, "bf16", "model.dtype=bfloat16", "train.max_steps=1")
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=5e-5)
+
+
 def test_stopped_and_resumed_run_ends_where_an_uninterrupted_one_does(runs):
     root, done = runs
     first, rows = _train(root, "resumed", "train.stop_at_step=3")

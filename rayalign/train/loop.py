@@ -73,13 +73,17 @@ def _shard(lm, chunk_size: int, mixed_precision: bool, device):
     return model
 
 
+def numerics(cfg: config_lib.Config) -> tuple[str, bool]:
+    """(parameter dtype, bf16 mixed precision) of the models a run builds."""
+    return ("bfloat16" if cfg.model.dtype == "bfloat16" else "float32"), cfg.train.use_gpu and cfg.model.dtype == "auto"
+
+
 def build_model(name: str, cfg: config_lib.Config, device, trainable: bool):
     """(the HF model, its FSDP2-sharded ResponseLogps wrapper) on `device`.
 
     dtype auto: float32 on CPU; on GPU float32 master weights with bf16 compute (mixed precision).
     """
-    dtype = "bfloat16" if cfg.model.dtype == "bfloat16" else "float32"
-    mixed_precision = cfg.train.use_gpu and cfg.model.dtype == "auto"
+    dtype, mixed_precision = numerics(cfg)
     lm = load_causal_lm(name, dtype)
     lm.to(device)
     if not trainable:
@@ -179,7 +183,8 @@ def prepare_reference(cfg, pairs, pad_id: int, device, cache_dir: Path):
     if dist.get_rank() == 0:
         from rayalign.data import fingerprint
 
-        path = ref_lib.cache_path(cache_dir, ref_lib.model_fingerprint(resolve_model(name)), fingerprint(pairs))
+        path = ref_lib.cache_path(cache_dir, ref_lib.model_fingerprint(resolve_model(name)), fingerprint(pairs),
+                                  *numerics(cfg))
     path = _broadcast(path)
     if not _broadcast(path.is_file() if dist.get_rank() == 0 else None):
         if dist.get_rank() == 0:

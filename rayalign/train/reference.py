@@ -3,7 +3,8 @@
 The reference is frozen, so its per-token log-probs of every response are a constant of the
 dataset: computing them once (sharded over the workers) instead of at every step halves the
 forward passes of DPO training. The cache file is keyed by a hash of the reference weights,
-the tokenised data (which covers the tokenisation settings) and the log-prob code's version,
+the tokenised data (which covers the tokenisation settings), the numerics (parameter dtype,
+mixed precision) and the log-prob code's version,
 so a changed model or setting can never read a stale cache. Values are stored per token, flat
 with offsets, in safetensors: token-level losses (BMC) need them, sums are derived.
 """
@@ -37,8 +38,10 @@ def model_fingerprint(resolved: str) -> str:
     return digest.hexdigest()
 
 
-def cache_path(cache_dir: Path, model_fp: str, data_fp: str) -> Path:
-    key = hashlib.sha256(f"{model_fp}:{data_fp}".encode()).hexdigest()[:24]
+def cache_path(cache_dir: Path, model_fp: str, data_fp: str, dtype: str, mixed_precision: bool) -> Path:
+    """The cache file of these weights, data and numerics: bf16 (or bf16-autocast) log-probs differ from fp32 ones
+    by more than training tolerates, so a run never reads values computed at another precision."""
+    key = hashlib.sha256(f"{model_fp}:{data_fp}:{dtype}:{mixed_precision}".encode()).hexdigest()[:24]
     return cache_dir / f"{key}.safetensors"
 
 
