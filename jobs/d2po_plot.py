@@ -77,16 +77,19 @@ def main() -> None:
         if total:
             print(f"{mode}: discriminator right on {right}/{total} new gold pairs ({right / total:.3f}), "
                   "each measured before it trained on them")
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (by_labels, by_round) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for mode, trials in sorted(trial_curves(args.sweep_dir).items()):
         rows = mean_curve(trials)
         print(f"{mode} ({len(trials)} seeds): " + "; ".join(f"round {i + 1}: {u:.0f} labels, reward {m:.2f} ± {s:.2f}"
                                                            for i, (u, m, s) in enumerate(rows)))
-        ax.errorbar([u for u, _, _ in rows], [m for _, m, _ in rows], yerr=[s for _, _, s in rows], marker="o",
-                    capsize=3, label=f"{mode} ({len(trials)} seeds)")
-    ax.set_xlabel("gold labels used before the round")
-    ax.set_ylabel("policy's mean gold reward on the round's samples")
-    ax.legend()
+        label = f"{mode} ({len(trials)} seeds)"
+        means, sds = [m for _, m, _ in rows], [s for _, _, s in rows]
+        by_labels.errorbar([u for u, _, _ in rows], means, yerr=sds, marker="o", capsize=3, label=label)
+        by_round.errorbar(range(1, len(rows) + 1), means, yerr=sds, marker="o", capsize=3, label=label)
+    by_labels.set_xlabel("gold labels used before the round")
+    by_labels.set_ylabel("gold reward of the round's samples (± sd, seeds)")
+    by_round.set_xlabel("round (frozen spends its whole budget before round 2)")
+    by_round.legend()
     fig.tight_layout()
     out = args.out or args.sweep_dir / "d2po_budget.png"
     fig.savefig(out, dpi=120)
