@@ -20,28 +20,24 @@ import yaml
 from rayalign.files import read_jsonl
 
 
-def trial_curves(sweep_dir: Path) -> dict[str, list[list[dict]]]:
-    """mode -> per trial, its rounds (the metrics rows)."""
-    curves: dict[str, list[list[dict]]] = {}
+def trials_by_mode(sweep_dir: Path) -> dict[str, list[Path]]:
+    """mode -> the directories of its trials that logged rounds, each config read once."""
+    trials: dict[str, list[Path]] = {}
     for trial in sorted((sweep_dir / "trials").iterdir()):
-        metrics = trial / "metrics.jsonl"
-        if not metrics.is_file():
-            continue
-        curves.setdefault(_mode(trial), []).append(read_jsonl(metrics))
-    return curves
+        if (trial / "metrics.jsonl").is_file():
+            mode = yaml.safe_load((trial / "config.yaml").read_text())["d2po"]["mode"]
+            trials.setdefault(mode, []).append(trial)
+    return trials
 
 
-def _mode(trial: Path) -> str:
-    return yaml.safe_load((trial / "config.yaml").read_text())["d2po"]["mode"]
-
-
-def accuracy_on_new_gold(trial: Path) -> tuple[int, int]:
-    """(pairs the discriminator ranked right, gold pairs it was asked about), each before it trained on them."""
+def accuracy_on_new_gold(rounds: list[dict], gold_pairs: list[dict]) -> tuple[int, int]:
+    """(pairs the discriminator ranked right, gold pairs it was asked about), each before it trained on them;
+    `rounds` are a trial's metrics rows, `gold_pairs` its gold_pairs.jsonl."""
     per_round: dict[int, int] = {}
-    for pair in read_jsonl(trial / "gold_pairs.jsonl"):
+    for pair in gold_pairs:
         per_round[pair["round"]] = per_round.get(pair["round"], 0) + 1
     right = total = 0
-    for row in read_jsonl(trial / "metrics.jsonl"):
+    for row in rounds:
         if "disc/accuracy_new_gold" in row and row["step"] > 1:  # in round 1 it has learnt nothing yet
             right += round(row["disc/accuracy_new_gold"] * per_round[row["step"]])
             total += per_round[row["step"]]
@@ -70,15 +66,14 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for mode in sorted(trial_curves(args.sweep_dir)):
-        counts = [accuracy_on_new_gold(t) for t in sorted((args.sweep_dir / "trials").iterdir())
-                  if (t / "metrics.jsonl").is_file() and _mode(t) == mode]
+    fig, (by_labels, by_round) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for mode, dirs in sorted(trials_by_mode(args.sweep_dir).items()):
+        trials = [read_jsonl(d / "metrics.jsonl") for d in dirs]
+        counts = [accuracy_on_new_gold(t, read_jsonl(d / "gold_pairs.jsonl")) for t, d in zip(trials, dirs)]
         right, total = sum(r for r, _ in counts), sum(n for _, n in counts)
         if total:
             print(f"{mode}: discriminator right on {right}/{total} new gold pairs ({right / total:.3f}), "
                   "each measured before it trained on them")
-    fig, (by_labels, by_round) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for mode, trials in sorted(trial_curves(args.sweep_dir).items()):
         rows = mean_curve(trials)
         print(f"{mode} ({len(trials)} seeds): " + "; ".join(f"round {i + 1}: {u:.0f} labels, reward {m:.2f} ± {s:.2f}"
                                                            for i, (u, m, s) in enumerate(rows)))

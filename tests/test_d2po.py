@@ -140,7 +140,7 @@ def test_after_update_weights_every_actor_samples_what_the_trainers_checkpoint_d
     assert any(new[0].logprobs != pytest.approx(old[0].logprobs, abs=1e-3) for new, old in zip(after, before))
 
 
-def test_plot_script_counts_the_discriminators_right_answers_on_new_gold_pairs(tmp_path):
+def test_plot_script_counts_the_discriminators_right_answers_on_new_gold_pairs():
     """jobs/d2po_plot.py: per round, accuracy × that round's gold pairs, round 1 (untrained head) left out."""
     import importlib.util
     from pathlib import Path
@@ -148,9 +148,7 @@ def test_plot_script_counts_the_discriminators_right_answers_on_new_gold_pairs(t
     spec = importlib.util.spec_from_file_location("d2po_plot", Path(__file__).parents[1] / "jobs" / "d2po_plot.py")
     plot = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(plot)
-    rounds = [1, 1, 2, 2, 2, 2, 3, 3]
-    (tmp_path / "gold_pairs.jsonl").write_text("".join(json.dumps({"round": r}) + "\n" for r in rounds))
+    gold_pairs = [{"round": r} for r in [1, 1, 2, 2, 2, 2, 3, 3]]
     metrics = [{"step": 1, "disc/accuracy_new_gold": 0.5}, {"step": 2, "disc/accuracy_new_gold": 0.75},
                {"step": 3, "disc/accuracy_new_gold": 0.5}, {"step": 4}]  # round 4: no gold pair, no accuracy
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
-    assert plot.accuracy_on_new_gold(tmp_path) == (3 + 1, 4 + 2)
+    assert plot.accuracy_on_new_gold(metrics, gold_pairs) == (3 + 1, 4 + 2)
