@@ -57,24 +57,30 @@ class DataConfig:
     """Wrap prompts with the tokenizer's chat template (when it has one)."""
 
 
+PAPER_BETA = {"simpo": 2.0, "bmc": 0.01}
+"""β where a loss's paper departs from DPO's 0.1: SimPO (arXiv 2405.14734) trains with β 2–2.5; BMC's code with
+β 0.01 for instruction following (0.05 for math and QA). The rest (dpo, ipo, hinge, orpo, dpop, mpo) use 0.1."""
+
+
 @dataclass(config=_STRICT)
 class LossConfig:
     name: str = "dpo"
     """Loss: dpo, ipo, hinge, simpo, orpo, dpop, bmc, mpo (see rayalign.losses.LOSSES)."""
-    beta: float = 0.1
-    """Inverse temperature β of the implicit reward."""
+    beta: Optional[float] = None
+    """Inverse temperature β of the implicit reward; null: the loss's paper default (PAPER_BETA: 0.1, simpo 2.0,
+    bmc 0.01)."""
     label_smoothing: float = 0.0
     """cDPO's ε: the assumed rate of flipped labels (dpo only)."""
     ipo_length_normalised: bool = True
     """IPO on per-token log-ratios (TRL) rather than sums (OpenRLHF)."""
-    simpo_gamma: float = 0.5
-    """SimPO's target reward margin γ."""
+    simpo_gamma: float = 1.0
+    """SimPO's target reward margin γ (the SimPO authors' γ/β = 0.5 at their β = 2)."""
     orpo_lambda: float = 0.1
     """ORPO's weight λ of the odds-ratio term."""
     dpop_lambda: float = 50.0
     """DPO-Positive's penalty weight λ on the chosen log-prob falling below the reference."""
     bmc_delta: float = 2.0
-    """BMC's cap δ on the confidence weight 1/p of a varied token."""
+    """BMC's cap δ on the confidence weight 1/p of a varied token (the paper: 1.5–2 with β 0.01, 2.5–3 with β 0.05)."""
     mpo_a: float = 0.0
     """MPO mirror-map mixing a in ψ'(p) = log p − a·log(1−p): 0 negative entropy, 1 Fermi–Dirac."""
     mpo_kappa: float = 1.0
@@ -87,6 +93,10 @@ class LossConfig:
     """MPO weight λ of the preference term."""
     mpo_length_normalised: bool = False
     """MPO on the length-normalised probability p = exp(logp/|y|) instead of the sequence probability."""
+
+    def __post_init__(self):
+        if self.beta is None:  # resolved here, so config.yaml, wandb and Tune record the β that trains
+            self.beta = PAPER_BETA.get(self.name, 0.1)
 
 
 @dataclass(config=_STRICT)
@@ -260,6 +270,37 @@ class D2POConfig:
 
 
 @dataclass(config=_STRICT)
+class BMCConfig:
+    editor: Literal["task", "llm", "none"] = "task"
+    """Who makes the pseudo-winner ỹ_w from (y_w, y_l): task (the task's programmatic editor), llm (an
+    OpenAI-compatible endpoint), none (no bridging: train on the pairs as they are)."""
+    task: Optional[str] = None
+    """Task whose editor and gold reward (the no_gain gate) apply; null: inco.task for synthesised pairs, none for
+    data.path."""
+    on_rejected: Literal["keep", "drop"] = "keep"
+    """An edit that fails a gate: keep the original pair (y_w, y_l), or drop the pair."""
+    llm_base_url: Optional[str] = None
+    """llm editor endpoint (…/v1); null: RAYALIGN_LLM_BASE_URL, else rayalign's own sampler endpoint, started on the
+    cluster for llm_model (engine: sampling.engine). The API key comes from the environment only."""
+    llm_model: Optional[str] = None
+    """Model the llm editor asks for; for rayalign's own endpoint the model it serves (null: model.name)."""
+    llm_port: int = 8000
+    """Port of rayalign's own editor endpoint (127.0.0.1)."""
+    llm_cpus: float = 1.0
+    """CPUs of rayalign's own editor endpoint."""
+    llm_gpus: float = 0.0
+    """GPUs of rayalign's own editor endpoint (a bigger editor with the vllm engine)."""
+    concurrency: int = 8
+    """Requests in flight to the llm editor."""
+    max_retries: int = 3
+    """Retries of a failed request (exponential backoff, the openai client's)."""
+    max_new_tokens: int = 256
+    """Most tokens of an llm edit."""
+    temperature: float = 0.0
+    """Sampling temperature of the llm editor."""
+
+
+@dataclass(config=_STRICT)
 class EvalConfig:
     enabled: bool = True
     """Evaluate the trained policy against the starting model at the end of a pipeline."""
@@ -285,9 +326,9 @@ class EvalConfig:
 class Config:
     name: str = "run"
     """Run name: the run directory is <output_dir>/<name>."""
-    pipeline: Literal["train", "inco", "sdpo", "d2po"] = "train"
+    pipeline: Literal["train", "inco", "sdpo", "d2po", "bmc"] = "train"
     """What `rayalign run` does: train (on data.path), inco (synthesise, train, evaluate), sdpo (stages on
-    data.path) or d2po (online rounds, then evaluate)."""
+    data.path), d2po (online rounds, then evaluate) or bmc (pairs, edits, train, evaluate)."""
     output_dir: str = "runs"
     """Where run directories go."""
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -299,6 +340,7 @@ class Config:
     inco: InCoConfig = dataclasses.field(default_factory=InCoConfig)
     sdpo: SDPOConfig = dataclasses.field(default_factory=SDPOConfig)
     d2po: D2POConfig = dataclasses.field(default_factory=D2POConfig)
+    bmc: BMCConfig = dataclasses.field(default_factory=BMCConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
     @property
@@ -324,7 +366,7 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig, "train": TrainConfig,
              "tracking": TrackingConfig, "sampling": SamplingConfig, "inco": InCoConfig, "sdpo": SDPOConfig,
-             "d2po": D2POConfig, "eval": EvalConfig}
+             "d2po": D2POConfig, "bmc": BMCConfig, "eval": EvalConfig}
 
 
 def describe_fields() -> list[tuple[str, Any, str]]:

@@ -69,15 +69,14 @@ def role_params(e: EvalConfig, role: str):
 
 def _samples_cache_path(model: str, prompt_ids: list[list[int]], params, sampling: SamplingConfig) -> Path:
     """Keyed by the model's weights, the prompt ids and everything that decides what a seed samples."""
-    import hashlib
-
+    from rayalign.files import cache_key
     from rayalign.models import cache_root, resolve_model
     from rayalign.train.reference import model_fingerprint
 
-    key = json.dumps({"version": SAMPLES_CACHE_VERSION, "model": model_fingerprint(resolve_model(model)),
-                      "prompt_ids": prompt_ids, "params": dataclasses.asdict(params), "engine": sampling.engine,
-                      "chunk_size": sampling.chunk_size, "batch_size": sampling.batch_size}, sort_keys=True)
-    return cache_root() / "eval_samples" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+    key = {"version": SAMPLES_CACHE_VERSION, "model": model_fingerprint(resolve_model(model)),
+           "prompt_ids": prompt_ids, "params": dataclasses.asdict(params), "engine": sampling.engine,
+           "chunk_size": sampling.chunk_size, "batch_size": sampling.batch_size}
+    return cache_root() / "eval_samples" / f"{cache_key(key)}.json"
 
 
 def sample_model(model: str, prompt_ids: list[list[int]], params, sampling: SamplingConfig,

@@ -7,11 +7,19 @@ never share one), then renamed over it. A crash leaves the target absent or whol
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+
+def cache_key(payload) -> str:
+    """24 hex digits of sha256 over `payload` as canonical JSON: the name of a cache entry. Everything that
+    changes the cached value (weights, ids, settings, numerics) must be in the payload."""
+    text = payload if isinstance(payload, str) else json.dumps(payload, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:

@@ -66,7 +66,7 @@ class LLMClient:
             return method(**kwargs)
         except self._openai.APIConnectionError as error:
             raise RayAlignError(f"could not reach the LLM endpoint {self.base_url} ({error}); is the server "
-                                "running, and is RAYALIGN_LLM_BASE_URL right?") from None
+                                "running, and is its URL (RAYALIGN_LLM_BASE_URL, bmc.llm_base_url) right?") from None
         except self._openai.APIStatusError as error:
             raise RayAlignError(f"the LLM endpoint {self.base_url} answered {error.status_code}: "
                                 f"{_short(error)}") from None

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayalign.config import DataConfig
-from rayalign.data import (collate_pairs, encode_prompt, encode_response, fingerprint, iter_rows, normalise,
+from rayalign.data import (attach_marks, collate_pairs, encode_prompt, encode_response, fingerprint, iter_rows, normalise,
                            prepare_data)
 from rayalign.data.tokenize import TokenizedPair
 from rayalign.errors import DataError
@@ -231,8 +231,8 @@ def test_truncation_cuts_prompt_left_and_response_right(tmp_path, tokenizer):
 
 def test_collate_masks_exactly_the_responses(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "m.jsonl", STANDARD_ROWS[:2])
-    prepared = prepare_data(DataConfig(path=str(path)), tokenizer,
-                            mark_fn=lambda c, r: ([i % 2 == 0 for i in range(len(c))], [True] * len(r)))
+    prepared = prepare_data(DataConfig(path=str(path)), tokenizer)
+    attach_marks(prepared.pairs, lambda c, r: ([i % 2 == 0 for i in range(len(c))], [True] * len(r)))
     batch = collate_pairs(prepared.pairs, pad_id=tokenizer.pad_token_id)
     texts = [row["chosen"] for row in STANDARD_ROWS[:2]] + [row["rejected"] for row in STANDARD_ROWS[:2]]
     sequences = [pair.prompt_ids + pair.chosen_ids for pair in prepared.pairs]

@@ -1,4 +1,4 @@
-"""From a DataConfig to tokenised pairs: read, normalise, tokenise, mark, count.
+"""From a DataConfig to tokenised pairs: read, normalise, tokenise, count; and BMC's marks on them.
 
 Bad rows are either fatal (``on_bad_row=error``: the first one is raised, as one line) or dropped
 and counted by reason (``skip``), so a user sees at a glance why their data shrank.
@@ -11,7 +11,7 @@ import sys
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable
 
 from rayalign.config import DataConfig
 from rayalign.data.bad_rows import BadRow
@@ -29,17 +29,19 @@ class PreparedData:
 
     pairs: list[TokenizedPair]
     stats: dict = field(default_factory=lambda: new_stats())
+    texts: list[tuple[str, str, str]] = field(default_factory=list)
+    """(prompt, chosen, rejected) as text, parallel to `pairs`, when asked for (BMC's editors read text)."""
 
 
 def new_stats() -> dict:
     return {"rows_read": 0, "rows_used": 0, "bad_rows": {}, "truncated_prompts": 0, "truncated_responses": 0}
 
 
-def prepare_data(cfg: DataConfig, tokenizer, mark_fn: Optional[MarkFn] = None) -> PreparedData:
+def prepare_data(cfg: DataConfig, tokenizer, keep_text: bool = False) -> PreparedData:
     """Read `cfg.path` and return tokenised pairs; stops reading once `cfg.limit` good rows are in.
 
-    `mark_fn(chosen_ids, rejected_ids) -> (chosen_marks, rejected_marks)` runs on the truncated
-    ids (BMC marks the tokens its edit changed), so the marks always align with what is trained.
+    `keep_text` also keeps each pair's texts: a conversation's messages joined by blank lines, and for rows
+    of token ids their text columns (pipelines write them), else the decoded ids.
     """
     if not cfg.path:
         raise DataError("data.path", None, None, "no data given; set data.path to a file or a datasets name")
@@ -50,28 +52,37 @@ def prepare_data(cfg: DataConfig, tokenizer, mark_fn: Optional[MarkFn] = None) -
             break
         prepared.stats["rows_read"] += 1
         try:
-            pair, truncation = _prepare_row(cfg, tokenizer, row, raw)
+            pair, truncation, texts = _prepare_row(cfg, tokenizer, row, raw)
         except BadRow as bad:
             if cfg.on_bad_row == "error":
                 raise
             bad_rows[bad.reason] += 1
             continue
         _count_truncation(prepared.stats, truncation)
-        if mark_fn is not None:
-            _attach_marks(pair, mark_fn)
         prepared.pairs.append(pair)
+        if keep_text:
+            prepared.texts.append(texts())
     prepared.stats["rows_used"] = len(prepared.pairs)
     prepared.stats["bad_rows"] = dict(sorted(bad_rows.items()))
     return prepared
 
 
-def _prepare_row(cfg: DataConfig, tokenizer, row: int, raw) -> tuple[TokenizedPair, Truncation]:
+def _prepare_row(cfg: DataConfig, tokenizer, row: int, raw):
+    """(pair, truncation, a function giving the row's texts: only called when they are wanted)."""
     if isinstance(raw, DataError):
         raise raw
     if cfg.format == "token_ids" or (cfg.format == "auto" and "chosen_ids" in raw):
-        return pair_from_ids(raw, row, cfg.path, cfg, len(tokenizer))
+        pair, truncation = pair_from_ids(raw, row, cfg.path, cfg, len(tokenizer))
+
+        def texts():
+            return tuple(raw[key] if isinstance(raw.get(key), str) else
+                         tokenizer.decode(getattr(pair, f"{key}_ids"), skip_special_tokens=True)
+                         for key in ("prompt", "chosen", "rejected"))
+        return pair, truncation, texts
     example = normalise(raw, row, cfg.path, cfg.format)
-    return tokenize_example(example, tokenizer, cfg)
+    pair, truncation = tokenize_example(example, tokenizer, cfg)
+    prompt = "\n\n".join(message["content"] for message in example.prompt)
+    return pair, truncation, lambda: (prompt, example.chosen, example.rejected)
 
 
 def _count_truncation(stats: dict, truncation: Truncation) -> None:
@@ -79,14 +90,19 @@ def _count_truncation(stats: dict, truncation: Truncation) -> None:
     stats["truncated_responses"] += truncation.responses_cut
 
 
-def _attach_marks(pair: TokenizedPair, mark_fn: MarkFn) -> None:
-    chosen_marks, rejected_marks = mark_fn(pair.chosen_ids, pair.rejected_ids)
-    if len(chosen_marks) != len(pair.chosen_ids) or len(rejected_marks) != len(pair.rejected_ids):
-        raise ValueError("mark_fn must return one mark per response token "
-                         f"(got {len(chosen_marks)}/{len(rejected_marks)} for "
-                         f"{len(pair.chosen_ids)}/{len(pair.rejected_ids)} tokens)")
-    pair.chosen_marks = [bool(mark) for mark in chosen_marks]
-    pair.rejected_marks = [bool(mark) for mark in rejected_marks]
+def attach_marks(pairs: list[TokenizedPair], mark_fn: MarkFn) -> None:
+    """Set each pair's marks to `mark_fn(chosen_ids, rejected_ids) -> (chosen_marks, rejected_marks)`.
+
+    Runs on the ids as they train (after truncation), so the marks always align with the labels.
+    """
+    for pair in pairs:
+        chosen_marks, rejected_marks = mark_fn(pair.chosen_ids, pair.rejected_ids)
+        if len(chosen_marks) != len(pair.chosen_ids) or len(rejected_marks) != len(pair.rejected_ids):
+            raise ValueError("mark_fn must return one mark per response token "
+                             f"(got {len(chosen_marks)}/{len(rejected_marks)} for "
+                             f"{len(pair.chosen_ids)}/{len(pair.rejected_ids)} tokens)")
+        pair.chosen_marks = [bool(mark) for mark in chosen_marks]
+        pair.rejected_marks = [bool(mark) for mark in rejected_marks]
 
 
 def fingerprint(pairs: list[TokenizedPair]) -> str:

@@ -107,11 +107,12 @@ def _dpop(x: LossInputs, cfg: LossConfig) -> LossOutput:
 
 
 def _bmc(x: LossInputs, cfg: LossConfig) -> LossOutput:
+    marked = (x.chosen_marks & x.chosen_mask).sum(-1) + (x.rejected_marks & x.rejected_mask).sum(-1)
     return _output(bmc.bmc_loss(
         x.policy_chosen_token_logps, x.policy_rejected_token_logps,
         x.reference_chosen_token_logps, x.reference_rejected_token_logps,
         x.chosen_mask, x.rejected_mask, x.chosen_marks, x.rejected_marks,
-        beta=cfg.beta, delta=cfg.bmc_delta))
+        beta=cfg.beta, delta=cfg.bmc_delta), marked_tokens=marked.float().mean())
 
 
 def _mpo(x: LossInputs, cfg: LossConfig) -> LossOutput:

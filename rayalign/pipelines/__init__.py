@@ -21,6 +21,10 @@ def run_pipeline(cfg: config_lib.Config) -> dict:
         from rayalign.pipelines.d2po import run_d2po
 
         return run_d2po(cfg)
+    if cfg.pipeline == "bmc":
+        from rayalign.pipelines.bmc import run_bmc
+
+        return run_bmc(cfg)
     if cfg.pipeline == "inco":
         from rayalign.pipelines.inco import run_inco
 

@@ -11,7 +11,7 @@ from rayalign import config as config_lib
 
 def eval_config(cfg: config_lib.Config) -> config_lib.EvalConfig:
     """The run's evaluation settings with the task resolved (eval.task, else the pipeline's task)."""
-    pipeline_task = cfg.d2po.task if cfg.pipeline == "d2po" else cfg.inco.task
+    pipeline_task = {"d2po": cfg.d2po.task, "bmc": cfg.bmc.task}.get(cfg.pipeline) or cfg.inco.task
     return dataclasses.replace(cfg.eval, task=cfg.eval.task or pipeline_task)
 
 

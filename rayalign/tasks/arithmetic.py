@@ -186,7 +186,21 @@ def strong_response(prompt: str, rng: random.Random) -> str:
     return "\n".join(gold_steps(parse_expression(expression_of(prompt))))
 
 
+def bridge(prompt: str, chosen: str, rejected: str) -> str:
+    """BMC's edit for this task: fix the first step of `rejected` (after the restated expression) that `chosen`
+    writes differently, by taking `chosen`'s line; when every step agrees, add `chosen`'s next step where
+    `rejected` stopped early, or drop the steps `rejected` has beyond `chosen`'s last."""
+    good = [line for line in chosen.splitlines() if line.strip()]
+    lines = [line for line in rejected.splitlines() if line.strip()]
+    for i in range(1, min(len(lines), len(good))):
+        if _normalise(lines[i]) != _normalise(good[i]):
+            return "\n".join(lines[:i] + [good[i]] + lines[i + 1:])
+    if len(lines) < len(good):
+        return "\n".join(lines + [good[len(lines)]])
+    return "\n".join(lines[:len(good)])
+
+
 TASK = Task("math", random_topic, task_prompt, gold_reward, strong_response,
             description="D2PO math: nested arithmetic solved step by step; reward = -edit distance per step, "
                         "-100 per unparsable step (best 0)", held_out_share=0.15, reward_range=(None, 0.0),
-            split_keys=sub_expressions)
+            split_keys=sub_expressions, editor=bridge)

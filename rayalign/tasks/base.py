@@ -23,6 +23,8 @@ from rayalign.errors import RayAlignError
 SPLITS = ("train", "held_out")
 Reward = Callable[[str, str], float]
 Writer = Callable[[str, random.Random], str]
+Editor = Callable[[str, str, str], str]
+"""editor(prompt, chosen, rejected) -> the rejected response minimally edited toward the chosen one (BMC)."""
 
 
 def in_held_out(key: str, share: float) -> bool:
@@ -55,6 +57,8 @@ class Task:
     """Known bounds of the gold reward (None where unbounded), for plots and reports."""
     split_keys: Callable[[str], list[str]] = _whole
     """The strings whose hashes place a topic: held out when any of them is (default: the topic)."""
+    editor: Editor | None = None
+    """editor(prompt, chosen, rejected) -> a minimal edit of `rejected` that raises the gold reward (BMC's bridging)."""
     max_draws: int = field(default=20_000, repr=False)
     """Draws without a new prompt before we decide the split has no more distinct prompts."""
 

@@ -51,5 +51,21 @@ def strong_response(prompt: str, rng: random.Random) -> str:
     return "\n".join(f"• {point}" for point in points)
 
 
+_MARKER = re.compile(r"^(?:[-*•]|\d+[.)])\s+")
+
+
+def bridge(prompt: str, chosen: str, rejected: str) -> str:
+    """BMC's edit for this task: `rejected`'s own points reshaped into three bullets with `chosen`'s bullet mark:
+    its bullet lines first, then its other lines' sentences, topped up from `chosen`'s bullets when it has fewer
+    than three points. The words stay `rejected`'s; the shape becomes the one the reward asks for."""
+    lines = [line.strip() for line in rejected.splitlines() if line.strip()]
+    points = [_MARKER.sub("", line) for line in lines if _MARKER.match(line)]
+    points += [s for line in lines if not _MARKER.match(line) for s in re.split(r"(?<=[.!?])\s+", line) if s]
+    points += [_MARKER.sub("", line.strip()) for line in chosen.splitlines() if _BULLET.match(line.strip())]
+    mark = next((line.strip()[0] for line in chosen.splitlines() if _BULLET.match(line.strip())), "-")
+    return "\n".join(f"{mark} {point}" for point in points[:3])
+
+
 TASK = templated_task("bullets", TOPICS, TEMPLATES, gold_reward, strong_response,
-                      description="answer in exactly 3 bullet points (reward 0-1)", reward_range=(0.0, 1.0))
+                      description="answer in exactly 3 bullet points (reward 0-1)", reward_range=(0.0, 1.0),
+                      editor=bridge)

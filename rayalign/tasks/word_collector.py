@@ -8,6 +8,7 @@ a plain answer that uses none, both written from seeded templates.
 
 from __future__ import annotations
 
+import difflib
 import json
 import random
 import re
@@ -83,6 +84,32 @@ def gold_reward(response: str) -> float:
     return float(len(_WORD_SET.intersection(re.findall(r"[a-z]+", response.lower()))))
 
 
+def bridge(prompt: str, chosen: str, rejected: str) -> str:
+    """BMC's edit for this task: the target words `chosen` uses and `rejected` lacks, spliced into `rejected`
+    where a word diff of the two places them (after the stretch of `rejected` that stands where `chosen` has
+    the word), in `chosen`'s spelling. The rest of `rejected` stays word for word, so the edited pair differs
+    in exactly the words the reward counts, and in the order `chosen` has them."""
+    have = set(re.findall(r"[a-z]+", rejected.lower()))
+    ours, theirs = rejected.split(), chosen.split()
+    key = lambda word: re.sub(r"[^a-z]", "", word.lower())  # noqa: E731
+    matcher = difflib.SequenceMatcher(None, [key(w) for w in ours], [key(w) for w in theirs], autojunk=False)
+    after: dict[int, list[str]] = {}  # words to add after the first k words of `rejected`
+    for tag, _, i2, j1, j2 in matcher.get_opcodes():
+        for word in theirs[j1:j2] if tag != "equal" else ():
+            bare = re.sub(r"[^A-Za-z]", "", word)
+            if bare.lower() in _WORD_SET and bare.lower() not in have:
+                after.setdefault(i2, []).append(bare)
+                have.add(bare.lower())
+    pieces, words = re.findall(r"\S+|\s+", rejected), 0
+    out = [" ".join(after[0]) + (" " if pieces else "")] if 0 in after else []
+    for piece in pieces:  # `rejected`'s own whitespace is kept, so only the added words differ
+        out.append(piece)
+        if not piece.isspace():
+            words += 1
+            out += [" " + word for word in after.get(words, ())]
+    return "".join(out)
+
+
 def make_pairs(n: int, seed: int = 0) -> list[dict]:
     """n TRL-standard preference rows (prompt, chosen, rejected), seeded."""
     rng = random.Random(seed)
@@ -132,7 +159,7 @@ def _task():
 
     return templated_task("word_collector", TOPICS, PROMPTS + MORE_PROMPTS, lambda prompt, response: gold_reward(response),
                           strong_response, description="D2PO word collector: +1 per target word used (0-30)",
-                          reward_range=(0.0, 30.0))
+                          reward_range=(0.0, 30.0), editor=bridge)
 
 
 TASK = _task()

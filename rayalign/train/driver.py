@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rayalign import config as config_lib
 from rayalign import monitoring
-from rayalign.data import PreparedData, prepare_data
+from rayalign.data import PreparedData, attach_marks, prepare_data
 from rayalign.errors import ConfigError, TrainingError
 from rayalign.losses import get_loss
 from rayalign.models import cache_root, load_tokenizer, resolve_model
@@ -31,14 +31,17 @@ def check_batch_arithmetic(cfg: config_lib.Config) -> int:
     return t.batch_size // per_step
 
 
-def _mark_fn(cfg: config_lib.Config, tokenizer):
-    """BMC needs its 'varied token' marks from the data; other losses need none."""
+def mark_varied_tokens(cfg: config_lib.Config, tokenizer, prepared: PreparedData) -> None:
+    """Give every pair BMC's varied-token marks when the loss needs them, whatever made the pairs.
+
+    The one place marks are made: every pipeline trains through `run_training`, so none can drop them.
+    """
     if not get_loss(cfg.loss.name).needs_token_logps:
-        return None
+        return
     from rayalign.losses.bmc import stopword_token_ids, varied_token_marks
 
     stopwords = stopword_token_ids(tokenizer)
-    return lambda chosen, rejected: varied_token_marks(chosen, rejected, stopwords)
+    attach_marks(prepared.pairs, lambda chosen, rejected: varied_token_marks(chosen, rejected, stopwords))
 
 
 def existing_checkpoints(run_dir: Path) -> list[Path]:
@@ -84,7 +87,8 @@ def run_training(cfg: config_lib.Config, prepared: PreparedData | None = None) -
     tokenizer = load_tokenizer(cfg.model.name)
     resolve_model(cfg.model.reference or cfg.model.name)  # provision once, before workers race
     if prepared is None:
-        prepared = prepare_data(cfg.data, tokenizer, _mark_fn(cfg, tokenizer))
+        prepared = prepare_data(cfg.data, tokenizer)
+    mark_varied_tokens(cfg, tokenizer, prepared)
     if len(prepared.pairs) < cfg.train.batch_size:
         raise ConfigError(f"{cfg.data.path}: {len(prepared.pairs)} usable pairs, fewer than "
                           f"train.batch_size ({cfg.train.batch_size}); lower it or add data")

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from rayalign.data import collate_pairs
-from rayalign.files import atomic_write
+from rayalign.files import atomic_write, cache_key
 
 CACHE_VERSION = "1"
 
@@ -41,8 +41,7 @@ def model_fingerprint(resolved: str) -> str:
 def cache_path(cache_dir: Path, model_fp: str, data_fp: str, dtype: str, mixed_precision: bool) -> Path:
     """The cache file of these weights, data and numerics: bf16 (or bf16-autocast) log-probs differ from fp32 ones
     by more than training tolerates, so a run never reads values computed at another precision."""
-    key = hashlib.sha256(f"{model_fp}:{data_fp}:{dtype}:{mixed_precision}".encode()).hexdigest()[:24]
-    return cache_dir / f"{key}.safetensors"
+    return cache_dir / f"{cache_key(f'{model_fp}:{data_fp}:{dtype}:{mixed_precision}')}.safetensors"
 
 
 def _pack(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
