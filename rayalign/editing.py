@@ -69,7 +69,7 @@ class LLMEditor:
                  temperature: float = 0.0):
         self.client, self.cache_dir, self.concurrency = client, cache_dir, concurrency
         self.params = {"max_tokens": max_tokens, "temperature": temperature, "seed": 0}
-        self.requests = 0  # sent to the endpoint (cache misses), for the summary
+        self.requests = self.cached = 0  # answers asked of the endpoint, and taken from the cache
 
     def edit(self, items: list[Item]) -> list[str | None]:
         with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:
@@ -81,6 +81,7 @@ class LLMEditor:
         key = cache_key({"model": self.client.model, "messages": messages, "params": self.params})
         path = None if self.cache_dir is None else self.cache_dir / f"{key}.json"
         if path is not None and path.is_file():
+            self.cached += 1
             return json.loads(path.read_text())["answer"]
         self.requests += 1
         answer = self.client.chat(messages, **self.params)

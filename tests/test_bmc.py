@@ -234,7 +234,7 @@ def test_llm_editor_edits_caches_and_names_a_dead_endpoint(tmp_path, ray_local):
 
     dead = f"http://127.0.0.1:{_free_port()}/v1"  # nothing listens there now
     again = LLMEditor(LLMClient(base_url=dead, model="tiny-llama", max_retries=0), tmp_path, max_tokens=8)
-    assert again.edit(ITEMS) == edits and again.requests == 0, "the cached edits were asked for again"
+    assert again.edit(ITEMS) == edits and (again.requests, again.cached) == (0, 2), "cached edits asked for again"
     uncached = LLMEditor(LLMClient(base_url=dead, model="tiny-llama", max_retries=0), None, max_tokens=8)
     with pytest.raises(RayAlignError, match=rf"could not reach the LLM endpoint {dead}.*bmc.llm_base_url") as error:
         uncached.edit(ITEMS[:1])
@@ -281,3 +281,20 @@ def test_task_editor_on_a_users_file_needs_the_task(tmp_path):
                              f"output_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="set bmc.task, or use bmc.editor=llm"):
         run_bmc(cfg)
+
+
+def test_llm_editor_pipeline_starts_its_own_endpoint_and_counts_every_outcome(tmp_path, ray_local, monkeypatch):
+    """bmc.editor=llm with no URL: the pipeline serves the policy as the editor on 127.0.0.1, asks it once per pair,
+    gates and counts every answer, trains, and takes the endpoint down again."""
+    from ray import serve
+
+    from rayalign.pipelines.bmc import run_bmc
+
+    monkeypatch.delenv("RAYALIGN_LLM_BASE_URL", raising=False)
+    cfg = config.load(None, TINY_INCO + ["pipeline=bmc", f"output_dir={tmp_path}", "name=llm", "bmc.editor=llm",
+                                         f"bmc.llm_port={_free_port()}", "bmc.max_new_tokens=8",
+                                         "train.max_steps=1"])
+    counts = run_bmc(cfg)["bridging"]
+    assert counts["llm_requests"] + counts["llm_cached"] == counts["pairs_in"] > 0  # cached by an earlier test run
+    assert sum(counts["outcomes"].values()) == counts["pairs_out"] == counts["pairs_in"]  # on_rejected=keep
+    assert "llm-editor" not in serve.status().applications

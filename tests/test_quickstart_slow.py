@@ -73,3 +73,21 @@ def test_d2po_job_runs_rounds_on_smollm2_within_its_budget(tmp_path, ray_local, 
     calls = read_jsonl(tmp_path / "d2po" / "gold_calls.jsonl")
     assert [c["round"] for c in calls] == [1, 1, 1, 2, 2, 2]
     assert summary["eval"]["win_rate"]["prompts"] == 8
+
+
+def test_bmc_job_bridges_smollm2_pairs_into_few_marked_tokens(tmp_path, ray_local, monkeypatch):
+    """jobs/bmc.yaml on the main job's SmolLM2 pairs, one epoch: accepted edits differ from the loser in a few
+    tokens (the paper's point), every edit passed the gates, and the BMC loss trained on their marks."""
+    from rayalign.pipelines import run_pipeline
+    from rayalign.tracking import read_metrics
+
+    monkeypatch.chdir(REPO)
+    summary = run_pipeline(config.load(REPO / "jobs" / "bmc.yaml", [
+        f"output_dir={tmp_path}", "data.path=jobs/data/word_collector_pairs.jsonl", "bmc.task=word_collector",
+        "train.epochs=1", "eval.num_prompts=8"]))
+    counts = summary["bridging"]
+    assert counts["pairs_in"] == counts["pairs_out"] == 86 and counts["accepted"] >= 20
+    marked = counts["marked_tokens_per_pair"]
+    assert marked["edited_after"] < marked["edited_before"] / 5 and marked["after"] < marked["before"]
+    assert summary["train"]["status"] == "ok" and min(r["marked_tokens"] for r in read_metrics(tmp_path / "bmc")) > 0
+    assert summary["eval"]["win_rate"]["prompts"] == 8

@@ -11,7 +11,7 @@ import sys
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 from rayalign.config import DataConfig
 from rayalign.data.bad_rows import BadRow

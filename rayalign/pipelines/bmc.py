@@ -72,7 +72,7 @@ def _llm_editor(cfg: config_lib.Config):
         model, app = model or cfg.model.name, f"{cfg.name}-editor"
         url = start_server(model, port=b.llm_port, engine=cfg.sampling.engine, name=app,
                            num_cpus=b.llm_cpus, num_gpus=b.llm_gpus)
-        stop = lambda: serve.delete(app)  # noqa: E731
+        stop = lambda: serve.delete(app)
     client = LLMClient(base_url=url, model=model, max_retries=b.max_retries)
     editor = LLMEditor(client, cache_root() / "edits", b.concurrency, b.max_new_tokens, b.temperature)
     return editor, stop
@@ -99,7 +99,7 @@ def bridge(cfg: config_lib.Config, prepared, tokenizer, editor, task) -> tuple[l
     from rayalign.losses.bmc import stopword_token_ids, varied_token_marks
 
     stopwords = stopword_token_ids(tokenizer)
-    marks_of = lambda c, r: varied_token_marks(c, r, stopwords)  # noqa: E731
+    marks_of = lambda c, r: varied_token_marks(c, r, stopwords)
     edits = editor.edit(prepared.texts) if editor is not None else [None] * len(prepared.pairs)
     rows, status = [], Counter()
     for pair, (prompt, chosen, rejected), edit in zip(prepared.pairs, prepared.texts, edits):
@@ -124,10 +124,10 @@ def bridge(cfg: config_lib.Config, prepared, tokenizer, editor, task) -> tuple[l
 
 def _counts(cfg, prepared, rows: list[dict], status: Counter, editor) -> dict:
     accepted = [row for row in rows if row["edit_status"] == "accepted"]
-    mean = lambda values: round(statistics.fmean(values), 2) if values else None  # noqa: E731
+    mean = lambda values: round(statistics.fmean(values), 2) if values else None
     return {"editor": cfg.bmc.editor, "pairs_in": len(prepared.pairs), "pairs_out": len(rows),
             "accepted": len(accepted), "outcomes": dict(sorted(status.items())), "on_rejected": cfg.bmc.on_rejected,
-            "llm_requests": getattr(editor, "requests", 0),
+            "llm_requests": getattr(editor, "requests", 0), "llm_cached": getattr(editor, "cached", 0),
             "marked_tokens_per_pair": {"before": mean([r["marked_before"] for r in rows]),
                                        "after": mean([r["marked_after"] for r in rows]),
                                        "edited_before": mean([r["marked_before"] for r in accepted]),

@@ -91,7 +91,7 @@ def bridge(prompt: str, chosen: str, rejected: str) -> str:
     in exactly the words the reward counts, and in the order `chosen` has them."""
     have = set(re.findall(r"[a-z]+", rejected.lower()))
     ours, theirs = rejected.split(), chosen.split()
-    key = lambda word: re.sub(r"[^a-z]", "", word.lower())  # noqa: E731
+    key = lambda word: re.sub(r"[^a-z]", "", word.lower())
     matcher = difflib.SequenceMatcher(None, [key(w) for w in ours], [key(w) for w in theirs], autojunk=False)
     after: dict[int, list[str]] = {}  # words to add after the first k words of `rejected`
     for tag, _, i2, j1, j2 in matcher.get_opcodes():
