@@ -10,8 +10,8 @@ import hashlib
 import sys
 from array import array
 from collections import Counter
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from rayalign.config import DataConfig
 from rayalign.data.bad_rows import BadRow
