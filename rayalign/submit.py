@@ -146,11 +146,35 @@ def runtime_env(working_dir: Path, env: dict[str, str], pip: list[str], image_ur
 
 
 def entrypoint_resources(num_cpus: float | None, num_gpus: float | None) -> dict:
-    """Reserved for the entrypoint, the driver (it reads and tokenises data): 1 CPU unless told.
+    """Reserved for the entrypoint, the driver: nothing unless told. It mostly waits on its workers, and a CPU it
+    held would be one the trainer could not have (on a 2-CPU head a 1-CPU entrypoint and 2-CPU trainer never
+    start). The trainer's workers ask for their own (from train.*)."""
+    return {"entrypoint_num_cpus": num_cpus or 0, "entrypoint_num_gpus": num_gpus or 0}
 
-    The trainer's workers ask for their own (from train.*); reserving those here would hold them twice.
-    """
-    return {"entrypoint_num_cpus": 1 if num_cpus is None else num_cpus, "entrypoint_num_gpus": num_gpus or 0}
+
+def cluster_nodes(url: str) -> list[dict[str, float]] | None:
+    """{"CPU", "GPU"} of each alive node, through the dashboard's state API; None when it does not answer."""
+    from ray.util.state import list_nodes
+    from ray.util.state.exception import RayStateApiException
+
+    try:
+        rows = list_nodes(address=url, limit=10_000, raise_on_missing_output=False)
+    except (RayStateApiException, OSError, ValueError):  # an older or locked-down dashboard: the job goes unchecked
+        return None
+    return [{"CPU": float(r.resources_total.get("CPU", 0)), "GPU": float(r.resources_total.get("GPU", 0))}
+            for r in rows if r.state == "ALIVE"]
+
+
+def check_cluster_fits(cfg, url: str, entrypoint_cpus: float) -> None:
+    """One line, before submitting, when the cluster can never run the job's trainer or samplers."""
+    from rayalign.cluster_fit import check_fit, job_demands
+
+    nodes = cluster_nodes(url)
+    if nodes is None:
+        print(f"note: could not list the nodes of {url}; the job's resources are not checked")
+        return
+    for demand in job_demands(cfg):
+        check_fit(demand, nodes, reserved_cpus=entrypoint_cpus)
 
 
 def trainer_resources(cfg) -> str:
@@ -262,6 +286,8 @@ def cmd_submit(args) -> int:
     client, url = connect(args.address)
     job_id = args.submission_id or submission_id(cfg.name if cfg else Path(config_rel).stem)
     resources = entrypoint_resources(args.num_cpus, args.num_gpus)
+    if cfg is not None:
+        check_cluster_fits(cfg, url, resources["entrypoint_num_cpus"])
     command = entrypoint(args.command, config_rel, list(args.overrides))
     try:
         job_id = client.submit_job(entrypoint=command, submission_id=job_id, runtime_env=renv,
@@ -365,7 +391,7 @@ def add_parsers(sub) -> None:
     submit.add_argument("--address", help=address_help)
     submit.add_argument("--command", choices=COMMANDS, default="train", help="the rayalign command to run")
     submit.add_argument("--wait", action="store_true", help="follow the logs; exit with the job's status")
-    submit.add_argument("--num-cpus", type=float, help="CPUs reserved for the entrypoint (default 1)")
+    submit.add_argument("--num-cpus", type=float, help="CPUs reserved for the entrypoint (default 0)")
     submit.add_argument("--num-gpus", type=float, help="GPUs reserved for the entrypoint (default 0: the "
                         "trainer's workers ask for their own, from train.use_gpu and train.num_workers)")
     submit.add_argument("--env-var", action="append", metavar="NAME",

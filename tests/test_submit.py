@@ -90,7 +90,7 @@ def test_runtime_env_ships_the_project_without_runs_and_adds_what_the_user_confi
     assert renv["pip"] == ["numpy", "requests"]
     assert renv["env_vars"] == {"A": "1", "PYTHONUNBUFFERED": "1", "WANDB_API_KEY": SECRET}
     assert runtime_env(REPO, {}, [], "my/image:1", None)["image_uri"] == "my/image:1"
-    assert entrypoint_resources(None, None) == {"entrypoint_num_cpus": 1, "entrypoint_num_gpus": 0}
+    assert entrypoint_resources(None, None) == {"entrypoint_num_cpus": 0, "entrypoint_num_gpus": 0}
 
 
 def test_options_may_sit_between_the_config_and_its_overrides():
@@ -184,6 +184,19 @@ def _assert_secrets_hidden(job, cluster, extra_texts=()):
         seen.extend(rayalign(*args, "--address", cluster["RAY_ADDRESS"], WANDB_API_KEY=SECRET)[1:])
     for text in seen:
         assert SECRET not in text and OTHER_SECRET not in text
+
+
+def test_a_job_the_cluster_can_never_fit_is_refused_in_seconds_with_one_line(cluster):
+    """The two-node cluster has 2 + 1 CPUs: 2 workers of 2 CPUs never fit, though each alone would."""
+    began = time.monotonic()
+    rc, out, err = rayalign("submit", "jobs/dpo_quickstart.yaml", "train.num_workers=2", "train.cpus_per_worker=2",
+                            "--wait", "--address", cluster["RAY_ADDRESS"])
+    assert rc == 2 and time.monotonic() - began < 60, out + err
+    assert err.strip().splitlines() == [(
+        "error: the cluster can never run 2 Ray Train worker(s) of 2 CPU each: its nodes have 2 CPU, 1 CPU, room "
+        "for 1; lower train.num_workers / train.cpus_per_worker / train.use_gpu, or add nodes (a cluster that "
+        "autoscales: set RAYALIGN_NO_FIT_CHECK=1)")]
+    assert "submitted" not in out
 
 
 def test_secrets_reach_the_job_but_are_never_printed_or_logged(failed, cluster):

@@ -32,6 +32,7 @@ from ray.exceptions import RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from rayalign.cluster_fit import check_local, sampler_demand
 from rayalign.errors import ConfigError, RayAlignError
 from rayalign.sampling.base import Completion, SamplingParams, check_inputs, make_sampler
 
@@ -94,6 +95,7 @@ class SamplerPool:
             raise ConfigError("sampler pool: num_actors, chunk_size and max_in_flight must be >= 1")
         if not ray.is_initialized():
             ray.init()
+        check_local(sampler_demand(num_actors, num_cpus, num_gpus))
         if engine == "hf" and num_gpus and "device" not in engine_kwargs:
             engine_kwargs["device"] = "cuda"  # a GPU share is pointless if the model stays on the CPU
         self.engine, self.model, self.engine_kwargs = engine, model, engine_kwargs

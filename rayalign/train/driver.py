@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rayalign import config as config_lib
 from rayalign import monitoring
+from rayalign.cluster_fit import check_local, trainer_demand
 from rayalign.data import PreparedData, attach_marks, prepare_data
 from rayalign.errors import ConfigError, TrainingError
 from rayalign.losses import get_loss
@@ -99,6 +100,7 @@ def run_training(cfg: config_lib.Config, prepared: PreparedData | None = None) -
 
     if not ray.is_initialized():
         monitoring.announce(ray.init(logging_level="WARNING"))
+    check_local(trainer_demand(cfg.train))
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"config": config_lib.to_dict(cfg), "pairs": ray.put(prepared.pairs),

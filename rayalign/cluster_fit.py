@@ -1,0 +1,91 @@
+"""Can the cluster ever run what a job asks for? Checked before anything waits on Ray's scheduler.
+
+Ray waits without a word for resources that no node has (a trainer worker asking for 4 CPUs on a
+2-CPU cluster waits forever), so the trainer, the sampler pool and `rayalign submit` check first and
+stop with one line naming what does not fit, what the cluster has, and the keys to change. This is a
+"can it ever" check against the cluster's total resources, not a wait for resources in use; a cluster
+that adds nodes on demand (an autoscaler) can run more than its nodes now hold, so
+``RAYALIGN_NO_FIT_CHECK=1`` turns the check off.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from rayalign.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Demand:
+    """`count` units of one kind that must run at the same time, each on one node."""
+
+    what: str
+    count: int
+    cpus: float
+    gpus: float
+    keys: str
+    """The config keys that set it, named in the error."""
+
+
+def trainer_demand(train) -> Demand:
+    return Demand("Ray Train worker", train.num_workers, train.cpus_per_worker, 1.0 if train.use_gpu else 0.0,
+                  "train.num_workers / train.cpus_per_worker / train.use_gpu")
+
+
+def sampler_demand(num_actors: int, cpus: float, gpus: float) -> Demand:
+    return Demand("sampler actor", num_actors, cpus, gpus,
+                  "sampling.num_actors / sampling.cpus_per_actor / sampling.gpus_per_actor")
+
+
+def job_demands(cfg) -> list[Demand]:
+    """What a job's phases ask for, each phase on its own (they take turns): the trainer, and the sampler pool of
+    a pipeline that samples (synthesis, online rounds, evaluation)."""
+    demands = [trainer_demand(cfg.train)]
+    samples = cfg.pipeline in ("inco", "d2po") or (cfg.pipeline == "bmc" and not cfg.data.path)
+    if samples or (cfg.pipeline != "train" and cfg.eval.enabled):
+        s = cfg.sampling
+        demands.append(sampler_demand(s.num_actors, s.cpus_per_actor, s.gpus_per_actor))
+    return demands
+
+
+def node_resources(nodes: list[dict]) -> list[dict[str, float]]:
+    """{"CPU", "GPU"} of each alive node, from `ray.nodes()` rows ({"Alive", "Resources"})."""
+    return [{"CPU": float(n["Resources"].get("CPU", 0)), "GPU": float(n["Resources"].get("GPU", 0))}
+            for n in nodes if n.get("Alive", True)]
+
+
+def _units(node: dict[str, float], demand: Demand) -> int:
+    """How many of `demand`'s units one node holds."""
+    fits = [math.floor(node[kind] / need + 1e-9) for kind, need in (("CPU", demand.cpus), ("GPU", demand.gpus))
+            if need > 0]
+    return min(fits) if fits else demand.count
+
+
+def check_fit(demand: Demand, nodes: list[dict[str, float]], reserved_cpus: float = 0.0) -> None:
+    """A one-line ConfigError unless the nodes can hold `demand.count` units at once.
+
+    `reserved_cpus` (e.g. a submitted job's entrypoint) is taken from the largest node first.
+    """
+    if os.environ.get("RAYALIGN_NO_FIT_CHECK"):
+        return
+    nodes = sorted((dict(n) for n in nodes), key=lambda n: -n["CPU"])
+    if nodes and reserved_cpus:
+        nodes[0]["CPU"] = max(0.0, nodes[0]["CPU"] - reserved_cpus)
+    units = sum(_units(node, demand) for node in nodes)
+    if units >= demand.count:
+        return
+    each = f"{demand.cpus:g} CPU" + (f" + {demand.gpus:g} GPU" if demand.gpus else "")
+    has = ", ".join(f"{n['CPU']:g} CPU" + (f" + {n['GPU']:g} GPU" if n["GPU"] else "") for n in nodes) or "no nodes"
+    reserved = f" after {reserved_cpus:g} CPU for the entrypoint" if reserved_cpus else ""
+    raise ConfigError(f"the cluster can never run {demand.count} {demand.what}(s) of {each} each: its nodes have "
+                      f"{has}{reserved}, room for {units}; lower {demand.keys}, or add nodes (a cluster that "
+                      "autoscales: set RAYALIGN_NO_FIT_CHECK=1)")
+
+
+def check_local(demand: Demand) -> None:
+    """`check_fit` against the Ray cluster this process is connected to."""
+    import ray
+
+    check_fit(demand, node_resources(ray.nodes()))

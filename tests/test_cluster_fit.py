@@ -1,0 +1,77 @@
+"""The "can the cluster ever run it" check, by hand on node lists, and against the real local cluster."""
+
+from __future__ import annotations
+
+import pytest
+
+from rayalign import config
+from rayalign.cluster_fit import Demand, check_fit, check_local, job_demands, node_resources, sampler_demand
+from rayalign.errors import ConfigError
+
+TWO_NODES = [{"CPU": 2.0, "GPU": 0.0}, {"CPU": 1.0, "GPU": 0.0}]
+GPU_NODES = [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 1.0}]
+
+
+def demand(count, cpus, gpus=0.0):
+    return Demand("worker", count, cpus, gpus, "train.x")
+
+
+@pytest.mark.parametrize("nodes, wanted, reserved, fits", [
+    (TWO_NODES, demand(3, 1), 0, True),          # 2 + 1
+    (TWO_NODES, demand(4, 1), 0, False),
+    (TWO_NODES, demand(1, 2), 0, True),
+    (TWO_NODES, demand(2, 2), 0, False),         # 3 CPUs in all, but one node has only 1
+    (TWO_NODES, demand(1, 3), 0, False),         # no node has 3
+    (TWO_NODES, demand(2, 1), 1, True),          # the entrypoint's CPU comes off the 2-CPU node
+    (TWO_NODES, demand(1, 2), 1, False),
+    (GPU_NODES, demand(2, 4, 1), 0, True),
+    (GPU_NODES, demand(3, 1, 1), 0, False),      # GPUs, not CPUs, run out
+    (GPU_NODES, demand(4, 1, 0.5), 0, True),     # fractional GPUs share
+    ([], demand(1, 1), 0, False),
+])
+def test_check_fit_by_hand(nodes, wanted, reserved, fits):
+    if fits:
+        check_fit(wanted, nodes, reserved_cpus=reserved)
+    else:
+        with pytest.raises(ConfigError, match="lower train.x, or add nodes"):
+            check_fit(wanted, nodes, reserved_cpus=reserved)
+
+
+def test_the_message_says_what_each_needs_what_the_nodes_have_and_the_room():
+    check_fit(sampler_demand(4, 1, 0.5), GPU_NODES)  # 2 per node by their GPUs
+    with pytest.raises(ConfigError) as error:
+        check_fit(sampler_demand(5, 1, 0.5), GPU_NODES)
+    assert str(error.value) == ("the cluster can never run 5 sampler actor(s) of 1 CPU + 0.5 GPU each: its nodes have "
+                                "8 CPU + 1 GPU, 8 CPU + 1 GPU, room for 4; lower sampling.num_actors / "
+                                "sampling.cpus_per_actor / sampling.gpus_per_actor, or add nodes (a cluster that "
+                                "autoscales: set RAYALIGN_NO_FIT_CHECK=1)")
+
+
+def test_job_demands_follow_the_pipeline():
+    train = config.load(None, ["train.num_workers=2", "train.cpus_per_worker=3"])
+    assert [(d.what, d.count, d.cpus) for d in job_demands(train)] == [("Ray Train worker", 2, 3)]
+    inco = config.load(None, ["pipeline=inco", "sampling.num_actors=4", "sampling.gpus_per_actor=0.25"])
+    assert [(d.what, d.count, d.gpus) for d in job_demands(inco)] == [("Ray Train worker", 1, 0.0),
+                                                                      ("sampler actor", 4, 0.25)]
+    gpu = config.load(None, ["train.use_gpu=true"])
+    assert job_demands(gpu)[0].gpus == 1.0
+
+
+def test_training_on_the_local_cluster_refuses_what_it_can_never_place(ray_local, tmp_path):
+    """The local test cluster has 2 CPUs: a 3-CPU worker would wait forever; it fails at once instead."""
+    import ray
+
+    assert node_resources(ray.nodes()) == [{"CPU": 2.0, "GPU": 0.0}]
+    check_local(demand(2, 1))
+    from rayalign.train.driver import run_training
+    from tests.conftest import QUICKSTART_DATA
+
+    cfg = config.load(None, ["model.name=tiny-llama", f"data.path={QUICKSTART_DATA}", "train.cpus_per_worker=3",
+                             f"output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"never run 1 Ray Train worker\(s\) of 3 CPU each: its nodes have 2 CPU"):
+        run_training(cfg)
+
+
+def test_an_autoscaling_cluster_can_turn_the_check_off(monkeypatch):
+    monkeypatch.setenv("RAYALIGN_NO_FIT_CHECK", "1")
+    check_fit(demand(8, 4), TWO_NODES)
