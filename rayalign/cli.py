@@ -7,6 +7,7 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 
@@ -207,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Storage a user must fix (full, read-only, not a directory), as against a bug: one line, not a traceback.
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -214,6 +219,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except RayAlignError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.errno not in _STORAGE_ERRORS:
+            raise
+        print(f"error: cannot write {error.filename or 'a file'}: {error.strerror}; free some space or point "
+              "output_dir= (or RAYALIGN_CACHE) at a writable directory. Finished files are whole: rerun to resume",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)

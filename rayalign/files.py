@@ -1,4 +1,5 @@
-"""Writing a file so that a reader never sees half of it; JSON-lines logs read and cut back.
+"""Files: the cache root and cache keys, writing a file or directory so that a reader never sees half of
+it, and JSON-lines logs read and cut back.
 
 Every file that a later step or a rerun takes as complete once it exists (a parquet shard, a
 cache entry) is written here: into a temp file of its own beside the target (so two writers
@@ -10,9 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+
+def cache_root() -> Path:
+    """Where rayalign caches what it can recompute (models, reference log-probs, samples, edits):
+    ``$RAYALIGN_CACHE``, default ``~/.cache/rayalign``."""
+    return Path(os.environ.get("RAYALIGN_CACHE", Path.home() / ".cache" / "rayalign"))
 
 
 def cache_key(payload) -> str:
@@ -36,6 +44,24 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_dir(dest: Path, build: Callable[[Path], None]) -> Path:
+    """Build a directory in a temp dir beside `dest`, then rename it into place.
+
+    Several Ray workers may provision at once: the first rename wins, the others discard theirs.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-"))
+    try:
+        build(tmp)
+        os.rename(tmp, dest)
+    except OSError:
+        if not (dest / "config.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
 
 
 def _umask() -> int:

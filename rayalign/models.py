@@ -8,18 +8,16 @@ the user to be online, or the model in their HF cache). Embedded models need no 
   the model from its config, load the state dict and cache it once as safetensors.
 - ``tiny-llama``: a 2-layer Llama with random weights (seeded), SmolLM2's tokenizer. For tests.
 
-The cache lives in ``$RAYALIGN_CACHE`` (default ``~/.cache/rayalign``), under ``models/``.
+The cache lives in ``rayalign.files.cache_root()`` (``$RAYALIGN_CACHE``), under ``models/``.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from rayalign.errors import MissingPackageError, RayAlignError
+from rayalign.files import atomic_write_dir, cache_root
 
 SMOLLM2 = "smollm2-135m-instruct"
 TINY = "tiny-llama"
@@ -31,33 +29,11 @@ EMBEDDED = {
 }
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("RAYALIGN_CACHE", Path.home() / ".cache" / "rayalign"))
-
-
 def _package_dir(package: str, purpose: str, install: str) -> Path:
     spec = importlib.util.find_spec(package)  # locate without importing (its imports need extras)
     if spec is None or not spec.submodule_search_locations:
         raise MissingPackageError(package.replace("_", "-"), purpose, install)
     return Path(list(spec.submodule_search_locations)[0])
-
-
-def _write_atomically(dest: Path, build) -> Path:
-    """Build a model directory in a temp dir beside `dest`, then rename it into place.
-
-    Several Ray workers may provision at once: the first rename wins, the others discard theirs.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-"))
-    try:
-        build(tmp)
-        os.rename(tmp, dest)
-    except OSError:
-        if not (dest / "config.json").is_file():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
 
 
 def _build_smollm2(out: Path) -> None:
@@ -109,7 +85,7 @@ def resolve_model(name: str) -> str:
     if name in builders:
         dest = cache_root() / "models" / name
         if not (dest / "config.json").is_file():
-            _write_atomically(dest, builders[name])
+            atomic_write_dir(dest, builders[name])
         return str(dest)
     if name.startswith((".", "/", "~")):
         raise RayAlignError(f"model '{name}' looks like a path but no such directory exists")

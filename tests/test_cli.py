@@ -68,3 +68,13 @@ def test_bad_data_row_names_file_row_and_field_and_writes_nothing(tmp_path):
     line = _one_line_error(result)
     assert str(data) in line and "row 5" in line and "identical" in line
     assert not (tmp_path / "runs").exists()  # stopped before writing a run directory
+
+
+def test_an_unwritable_run_directory_is_one_line(tmp_path):
+    """A file where the run directory should go (as a full disk or a read-only mount would): one line, exit 2."""
+    blocker = tmp_path / "runs"
+    blocker.write_text("not a directory")
+    line = _one_line_error(rayalign("train", "jobs/dpo_quickstart.yaml", "model.name=tiny-llama",
+                                    f"output_dir={blocker}"))
+    assert line.startswith(f"error: cannot write {blocker}/dpo_quickstart: Not a directory; free some space")
+    assert blocker.read_text() == "not a directory"

