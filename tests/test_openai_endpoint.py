@@ -151,3 +151,27 @@ def test_d2po_judge_labels_through_this_endpoint_and_never_past_its_budget(serve
     with pytest.raises(RuntimeError, match="budget exhausted"):
         labeller.label(1, 2, "Name a colour.", "Blue.", "A fish.")
     assert len(log.read_text().splitlines()) == 2
+
+
+def _other_address() -> str | None:
+    """This machine's address on its network (not loopback), if it has one: where outsiders would connect."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing interface
+        address = probe.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    return None if address.startswith("127.") else address
+
+
+def test_the_endpoint_listens_on_loopback_only(server):
+    """Serve's proxy binds 127.0.0.1 by default: the machine's own network address gets no answer."""
+    port = int(server.rsplit(":", 1)[1].split("/")[0])
+    assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).status_code == 200
+    other = _other_address()
+    if other is None:
+        pytest.skip("this machine has no network address besides loopback to try")
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://{other}:{port}/v1/models", timeout=5)

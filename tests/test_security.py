@@ -1,0 +1,68 @@
+"""Security defaults: nothing in rayalign unpickles or runs a model's own code, and secrets stay out of runs."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from rayalign import config
+from rayalign.train.driver import run_training
+from tests.conftest import QUICKSTART_DATA, REPO
+
+UNSAFE_CALLS = {("torch", "load"), ("pickle", "load"), ("pickle", "loads"), ("cloudpickle", "load"),
+                ("cloudpickle", "loads"), ("joblib", "load"), ("dill", "load"), ("dill", "loads")}
+
+
+def _calls(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            yield node
+
+
+def test_no_module_unpickles_or_trusts_remote_code():
+    """Checkpoints, caches and models are read as safetensors and JSON only, and never with trust_remote_code=True
+    (a model directory's own Python would run): a call that does either anywhere in rayalign/ fails this."""
+    found = []
+    for path in sorted((REPO / "rayalign").rglob("*.py")):
+        for call in _calls(ast.parse(path.read_text())):
+            func = call.func
+            named = isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
+            if named and (func.value.id, func.attr) in UNSAFE_CALLS:
+                found.append(f"{path.relative_to(REPO)}:{call.lineno} {func.value.id}.{func.attr}")
+            for keyword in call.keywords:
+                if keyword.arg == "trust_remote_code" and not (
+                        isinstance(keyword.value, ast.Constant) and keyword.value.value is False):
+                    found.append(f"{path.relative_to(REPO)}:{call.lineno} trust_remote_code")
+    assert found == []
+
+
+def test_the_scan_would_see_an_unsafe_call(tmp_path):
+    tree = ast.parse("import torch\nstate = torch.load(path)\nm = f(x, trust_remote_code=True)\n")
+    calls = list(_calls(tree))
+    assert ("torch", "load") == (calls[0].func.value.id, calls[0].func.attr)
+    assert calls[1].keywords[0].arg == "trust_remote_code" and calls[1].keywords[0].value.value is True
+
+
+def test_secrets_in_the_environment_stay_out_of_the_run_directory(tmp_path, ray_local, monkeypatch):
+    """API keys the process can see (wandb's, the LLM client's) reach no file of a run: config, metrics, summary,
+    checkpoints, wandb's offline run."""
+    secret = "sk-rayalign-test-5f1c0e9a7b"
+    for name in ("WANDB_API_KEY", "RAYALIGN_LLM_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.setenv(name, secret)
+    cfg = config.load(None, ["model.name=tiny-llama", f"data.path={QUICKSTART_DATA}", "data.limit=4",
+                             "train.max_steps=1", "train.cpus_per_worker=1", "tracking.wandb=offline",
+                             f"output_dir={tmp_path}", "name=secret"])
+    run_training(cfg)
+    files = [p for p in Path(tmp_path / "secret").rglob("*") if p.is_file()]
+    assert any("wandb" in p.parts for p in files), "no wandb offline run was written"
+    leaks = [str(p) for p in files if secret.encode() in p.read_bytes()]
+    assert leaks == []
+
+
+def test_no_config_field_holds_a_key():
+    """Keys come from the environment only: the schema has no field a key could be saved in (config.yaml, wandb's
+    config and Tune's all come from it)."""
+    names = [key.split(".")[-1] for key, _, _ in config.describe_fields()]
+    assert "llm_base_url" in names and "labeller" in names  # the fields beside which a key might have gone
+    assert [name for name in names if re.search(r"api_key|secret|password|passwd|(^|_)token$", name)] == []
