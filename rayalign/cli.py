@@ -82,6 +82,13 @@ def cmd_models(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.what == "serve":
+        from rayalign.serve_bench import bench_serve, summary_lines
+
+        result = bench_serve(args.model, args.requests, args.concurrency, args.max_tokens, args.port)
+        print(json.dumps(result, indent=2))
+        print("\n".join(summary_lines(result)))
+        return 0
     from rayalign.bench import run_bench
 
     result = {"train_step": run_bench(args.model, args.steps, args.batch, args.seq_len)}
@@ -159,13 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--provision", nargs="+", metavar="NAME", help="build and cache these models now")
     models.set_defaults(func=cmd_models)
 
-    bench = sub.add_parser("bench", help="tokens/s and peak memory of a training step (chunked vs naive log-probs) and "
-                           "of the sampler (batched vs one prompt at a time)")
+    bench = sub.add_parser("bench", help="train: tokens/s and peak memory of a training step (chunked vs naive "
+                           "log-probs) and of the sampler (batched vs one prompt at a time); serve: the discriminator's "
+                           "and the sampler's HTTP endpoints under load (errors, p50/p99, req/s) and bad requests")
+    bench.add_argument("what", nargs="?", default="train", choices=["train", "serve"])
     bench.add_argument("--model", default="smollm2-135m-instruct")
     bench.add_argument("--steps", type=int, default=5)
     bench.add_argument("--batch", type=int, default=4, help="preference pairs per step")
     bench.add_argument("--seq-len", type=int, default=256, help="tokens per sequence")
     bench.add_argument("--skip-sampler", action="store_true", help="skip the sampler's batched vs one-at-a-time run")
+    bench.add_argument("--requests", type=int, default=1000, help="serve: requests per endpoint")
+    bench.add_argument("--concurrency", type=int, default=32, help="serve: requests in flight")
+    bench.add_argument("--max-tokens", type=int, default=8, help="serve: new tokens per completion")
+    bench.add_argument("--port", type=int, default=8000, help="serve: Serve's HTTP port on 127.0.0.1")
     bench.set_defaults(func=cmd_bench)
 
     evaluate = sub.add_parser("eval", help="policy vs reference on a task's held-out prompts: rewards, win rate, "

@@ -1,4 +1,5 @@
-"""What every Ray Serve app of rayalign shares: starting Serve, and (`rayalign serve ...`) waiting until stopped."""
+"""What every Ray Serve app of rayalign shares: starting Serve, a request-size limit, and (`rayalign serve ...`)
+waiting until stopped."""
 
 from __future__ import annotations
 
@@ -22,6 +23,23 @@ def start_serve(host: str, port: int, logging_config: dict | None = None) -> Non
 
     outside = PlacementGroupSchedulingStrategy(placement_group=None)
     ray.get(ray.remote(start).options(num_cpus=0, scheduling_strategy=outside).remote())
+
+
+MAX_BODY_BYTES = 1 << 20
+"""Largest request body an endpoint reads (1 MiB: thousands of prompts); a larger one is answered 413 unread."""
+
+
+def limit_body_size(app, max_bytes: int = MAX_BODY_BYTES) -> None:
+    """Answer 413 to a request whose Content-Length is over `max_bytes`, before its body is read or parsed."""
+    from fastapi.responses import JSONResponse
+
+    @app.middleware("http")
+    async def _limit(request, call_next):
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > max_bytes:
+            return JSONResponse(status_code=413, content={"detail": f"request body of {length} bytes is over this "
+                                                          f"endpoint's {max_bytes}-byte limit; send fewer or shorter texts"})
+        return await call_next(request)
 
 
 def block_until_stopped(message: str) -> int:

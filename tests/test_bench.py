@@ -68,3 +68,12 @@ def test_memory_reading():
 def test_bad_arguments_are_user_errors():
     with pytest.raises(RayAlignError, match="steps >= 1"):
         run_bench("tiny-llama", steps=0, batch=2, seq_len=64)
+
+
+def test_serve_bench_percentiles_by_hand():
+    from rayalign.serve_bench import percentile
+
+    values = [5.0, 1.0, 4.0, 2.0, 3.0]
+    assert percentile(values, 50) == 3.0 and percentile(values, 0) == 1.0 and percentile(values, 100) == 5.0
+    assert percentile(values, 99) == pytest.approx(4.96)  # rank 0.99·4 = 3.96: 4 + 0.96·(5 − 4)
+    assert percentile([7.0], 99) == 7.0

@@ -159,6 +159,8 @@ def test_serve_scores_over_http_and_handle(trained, ray_local, tmp_path):
             assert 400 <= status < 500 and message, (body, status)
         status, message = _post(port, {"prompts": ["a"], "responses": ["a", "b"]})
         assert "1 prompts but 2 responses" in message
+        status, message = _post(port, {"prompts": ["a" * (1 << 20)], "responses": ["b"]})
+        assert status == 413 and "1048576-byte limit" in message
     finally:
         serve.shutdown()
 

@@ -114,6 +114,7 @@ def test_chat_schema_and_greedy_text(client, local):
     ("/chat/completions", b'{"messages": []}', 422),
     ("/chat/completions", b'{"messages": [{"role": "wizard", "content": "hi"}]}', 422),
     ("/chat/completions", b'[1, 2]', 422),
+    ("/completions", b'{"prompt": "%s"}' % (b"a" * (1 << 20)), 413),  # over 1 MiB: refused unread
 ])
 def test_malformed_requests_get_a_4xx_with_a_message(server, path, body, status):
     response = httpx.post(server + path, content=body, headers={"content-type": "application/json"}, timeout=60)

@@ -9,7 +9,8 @@ sampled tokens (see `rayalign.sampling.hf`), not top-k alternatives. The request
 is accepted and ignored: one deployment serves one model, named in the responses.
 No `from __future__ import annotations` here: FastAPI must see the request models as real
 classes in the signatures Serve's ingress rewrites, or it takes them for query parameters.
-Malformed requests get FastAPI's 422 (pydantic's message) and sampling errors a 400, never a 500.
+Malformed requests get FastAPI's 422 (pydantic's message), sampling errors a 400 and a body over 1 MiB a 413,
+never a 500.
 By default Serve's HTTP proxy binds 127.0.0.1: a model endpoint is not for the whole network.
 """
 
@@ -24,8 +25,10 @@ from ray import serve
 
 from rayalign.errors import RayAlignError
 from rayalign.sampling.base import Completion, SamplingParams, make_sampler
+from rayalign.serving import limit_body_size
 
 app = FastAPI(title="rayalign sampler", description="OpenAI-compatible completions from a rayalign sampler")
+limit_body_size(app)
 
 
 class _Sampling(BaseModel):

@@ -5,7 +5,8 @@ Each (prompt, response) pair is one item for ``@serve.batch``, so pairs from con
 share a forward pass: D2PO's samplers call it with a few pairs at a time, from many actors.
 
 Bad input never reaches the model: FastAPI and pydantic answer 422 with a message for bad JSON,
-a missing field, a wrong type or unequal lengths, and for more than ``MAX_ITEMS`` pairs. HTTP
+a missing field, a wrong type or unequal lengths, and for more than ``MAX_ITEMS`` pairs; a body over
+1 MiB gets 413 before it is read. HTTP
 binds 127.0.0.1 unless the caller asks for another host: the endpoint has no authentication.
 """
 
@@ -17,10 +18,13 @@ from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
+from rayalign.serving import limit_body_size
+
 MAX_ITEMS = 4096
 QUIET = {"log_level": "WARNING", "enable_access_log": False}  # not a line per request in the driver's output
 
 app = FastAPI(title="rayalign discriminator")
+limit_body_size(app)
 
 
 class ScoreRequest(BaseModel):
