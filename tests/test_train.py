@@ -114,6 +114,50 @@ def test_stopped_and_resumed_run_ends_where_an_uninterrupted_one_does(runs):
     assert _losses(rows) == pytest.approx(_losses(done["base"][1]), rel=1e-5)
 
 
+def _kill_the_worker_after(run_dir, step: int) -> int:
+    """Wait until training is past the checkpoint of `step`, then SIGKILL the Ray Train worker mid-run; its pid.
+
+    The worker is found in this cluster's GCS actor table (Ray's state API would ask a dashboard, which the
+    test cluster does not run, and another cluster's may answer on its port)."""
+    import os
+    import signal
+    import time
+
+    from ray._private.state import actors
+
+    deadline = time.monotonic() + 300
+    while not (read_metrics(run_dir) and read_metrics(run_dir)[-1]["step"] >= step + 1):
+        assert time.monotonic() < deadline, "training did not get past the checkpoint"
+        time.sleep(0.05)
+    # Ray Train's controller takes a reported checkpoint when it next polls the workers (every 2 s): a worker killed
+    # before that restarts from the checkpoint before (here: from scratch).
+    time.sleep(3)
+    [pid] = [a["Pid"] for a in actors().values() if a["ActorClassName"] == "RayTrainWorker" and a["State"] == "ALIVE"]
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def test_a_killed_worker_resumes_from_its_checkpoint_and_ends_where_an_uninterrupted_run_does(runs):
+    """A worker SIGKILLed mid-run: Ray Train restarts the group (train.max_failures=1), the loop resumes from the
+    last checkpoint, and the run ends with the uninterrupted run's parameters and one metrics row per step."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root, _ = runs
+    long = ("train.max_steps=60", "train.save_every=4")
+    uninterrupted, rows = _train(root, "long", *long)
+    with ThreadPoolExecutor(1) as pool:
+        killed = pool.submit(_train, root, "killed", *long)
+        _kill_the_worker_after(root / "killed", 4)
+        resumed, resumed_rows = killed.result()
+    assert uninterrupted["resumed_from_step"] == 0
+    assert resumed["resumed_from_step"] >= 4, "the worker was not restarted from a checkpoint"
+    assert resumed["status"] == "ok" and [r["step"] for r in resumed_rows] == list(range(1, 61))
+    assert _losses(resumed_rows) == pytest.approx(_losses(rows), rel=1e-5)
+    done, again = _weights(uninterrupted), _weights(resumed)
+    for name, value in done.items():
+        torch.testing.assert_close(again[name], value, atol=1e-5, rtol=1e-4)
+
+
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path, ray_local):
     from rayalign.errors import TrainingError
 

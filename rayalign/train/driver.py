@@ -59,6 +59,7 @@ def _summary(cfg, result, prepared, began: float) -> dict:
         "status": state["status"],
         "steps": state["step"],
         "total_steps": state["total"],
+        "resumed_from_step": state.get("resumed_from", 0),
         "tokens_per_s_median": statistics.median(speeds) if speeds else None,
         "final_metrics": {k: v for k, v in last.items() if k != "step"},
         "checkpoint": checkpoint,

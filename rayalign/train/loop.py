@@ -267,6 +267,8 @@ def train_fn_per_worker(loop_config: dict) -> None:
             print(f"rayalign: wandb run {tracker.where}", flush=True)
         bar = tqdm(total=total, desc=f"train {cfg.name}", position=0)
         bar.update(start)
+        if start:
+            print(f"rayalign: resumed from the checkpoint of step {start}", flush=True)
     stop = min(total, cfg.train.stop_at_step or total)
     status, done = "ok", start
     for step in range(start, stop):
@@ -300,4 +302,5 @@ def train_fn_per_worker(loop_config: dict) -> None:
         bar.close()
         tracker.finish()
         # The driver reads how training ended from here (Ray's result holds the last checkpoint's metrics).
-        (run_dir / "train_state.json").write_text(json.dumps({"status": status, "step": done, "total": total}))
+        (run_dir / "train_state.json").write_text(json.dumps({"status": status, "step": done, "total": total,
+                                                              "resumed_from": start}))
