@@ -224,6 +224,7 @@ def _save_and_report(metrics, model, lm, tokenizer, optimizer, scheduler, step: 
 def train_fn_per_worker(loop_config: dict) -> None:
     """What each Ray Train worker runs. `loop_config`: config (dict), pairs (ObjectRef), run_dir, env."""
     import contextlib
+    import logging
     import os
 
     import ray
@@ -233,8 +234,6 @@ def train_fn_per_worker(loop_config: dict) -> None:
 
     from rayalign.monitoring import record_train_step
     from rayalign.tracking import Tracker
-
-    import logging
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per report
     os.environ.update(loop_config["env"])
