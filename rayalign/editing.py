@@ -73,21 +73,23 @@ class LLMEditor:
 
     def edit(self, items: list[Item]) -> list[str | None]:
         with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:
-            return list(pool.map(lambda item: clean_edit(self._answer(edit_messages(*item))), items))
+            answers = list(pool.map(lambda item: self._answer(edit_messages(*item)), items))
+        hits = sum(cached for _, cached in answers)
+        self.cached, self.requests = self.cached + hits, self.requests + len(answers) - hits
+        return [clean_edit(answer) for answer, _ in answers]
 
-    def _answer(self, messages: list[dict]) -> str:
+    def _answer(self, messages: list[dict]) -> tuple[str, bool]:
+        """(the answer, whether it came from the cache)."""
         from rayalign.files import atomic_write_text, cache_key
 
         key = cache_key({"model": self.client.model, "messages": messages, "params": self.params})
         path = None if self.cache_dir is None else self.cache_dir / f"{key}.json"
         if path is not None and path.is_file():
-            self.cached += 1
-            return json.loads(path.read_text())["answer"]
-        self.requests += 1
+            return json.loads(path.read_text())["answer"], True
         answer = self.client.chat(messages, **self.params)
         if path is not None:
             atomic_write_text(path, json.dumps({"model": self.client.model, "answer": answer}))
-        return answer
+        return answer, False
 
 
 def indel_distance(a: list[int], b: list[int]) -> int:

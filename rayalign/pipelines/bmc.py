@@ -100,6 +100,7 @@ def bridge(cfg: config_lib.Config, prepared, tokenizer, editor, task) -> tuple[l
 
     stopwords = stopword_token_ids(tokenizer)
     marks_of = lambda c, r: varied_token_marks(c, r, stopwords)
+    finish = lambda ids: "stop" if ids[-1:] == [tokenizer.eos_token_id] else "length"
     edits = editor.edit(prepared.texts) if editor is not None else [None] * len(prepared.pairs)
     rows, status = [], Counter()
     for pair, (prompt, chosen, rejected), edit in zip(prepared.pairs, prepared.texts, edits):
@@ -107,7 +108,9 @@ def bridge(cfg: config_lib.Config, prepared, tokenizer, editor, task) -> tuple[l
         new_chosen, new_ids, outcome = chosen, pair.chosen_ids, "not_edited"
         if editor is not None:
             ids = edit_ids(edit, pair, tokenizer, cfg.data.max_length)
-            gains = None if task is None or edit is None else task.gold_reward(prompt, edit) - task.gold_reward(prompt, rejected)
+            gains = None
+            if task is not None and edit is not None:
+                gains = task.gold_reward(prompt, edit) - task.gold_reward(prompt, rejected)
             outcome = gate(pair.chosen_ids, pair.rejected_ids, ids, gains) or "accepted"
             if outcome == "accepted":
                 new_chosen, new_ids = edit, ids
@@ -117,6 +120,7 @@ def bridge(cfg: config_lib.Config, prepared, tokenizer, editor, task) -> tuple[l
         status[outcome] += 1
         rows.append({"prompt": prompt, "chosen": new_chosen, "rejected": rejected, "original_chosen": chosen,
                      "prompt_ids": pair.prompt_ids, "chosen_ids": new_ids, "rejected_ids": pair.rejected_ids,
+                     "chosen_finish": finish(new_ids), "rejected_finish": finish(pair.rejected_ids),
                      "edit_status": outcome, "marked_before": before,
                      "marked_after": _marked(marks_of, new_ids, pair.rejected_ids)})
     return rows, _counts(cfg, prepared, rows, status, editor)
@@ -160,7 +164,6 @@ def bridged_pairs(cfg: config_lib.Config, run_dir: Path) -> tuple[Path, dict]:
     for row in rows:  # pair_row's score columns: the gold rewards where a task gives them
         row["chosen_score"] = task.gold_reward(row["prompt"], row["chosen"]) if task else float("nan")
         row["rejected_score"] = task.gold_reward(row["prompt"], row["rejected"]) if task else float("nan")
-        row["chosen_finish"] = row["rejected_finish"] = ""
     write_pairs(rows, path, extra)
     atomic_write_text(counts_path, json.dumps(counts, indent=2))  # last: its presence says the edits are done
     print(f"rayalign: {counts['accepted']} of {counts['pairs_in']} edits accepted {counts['outcomes']}; marked "
