@@ -115,13 +115,17 @@ def test_a_task_without_an_editor_is_refused_with_the_fix():
 def test_marks_on_a_hand_made_pair_align_with_the_labels_after_the_chat_template(tokenizer):
     prompt = encode_prompt([{"role": "user", "content": "Give me a tip."}], tokenizer)
     chosen = encode_response("Cook the rice slowly and add salt", tokenizer)
-    rejected = encode_response("Cook the pasta slowly", tokenizer)
+    rejected = encode_response("Cook the pasta very slowly", tokenizer)
     marks = varied_token_marks(chosen, rejected, stopword_token_ids(tokenizer))
     pair = TokenizedPair(prompt, chosen, rejected, *marks)
     batch = collate_pairs([pair], tokenizer.pad_token_id)
     words = [tokenizer.decode(batch["input_ids"][row][batch["marks"][row]]).split() for row in (0, 1)]
-    # replace "pasta" -> "rice"; insert "and add salt" ("and" is a stopword, never marked); delete nothing else
+    # replace "pasta" -> "rice"; delete "very" (a stopword: never marked); insert "and add salt" ("and" is one too)
     assert words == [["rice", "add", "salt"], ["pasta"]]
+    rejected = encode_response("Cook the pasta gently slowly", tokenizer)  # a deleted content word is marked
+    pair = TokenizedPair(prompt, chosen, rejected, *varied_token_marks(chosen, rejected, stopword_token_ids(tokenizer)))
+    batch = collate_pairs([pair], tokenizer.pad_token_id)
+    assert tokenizer.decode(batch["input_ids"][1][batch["marks"][1]]).split() == ["pasta", "gently"]
     assert not (batch["marks"] & ~batch["response_mask"]).any(), "a mark outside the response"
 
 
