@@ -4,8 +4,9 @@ waiting until stopped."""
 from __future__ import annotations
 
 
-def start_serve(host: str, port: int, logging_config: dict | None = None) -> None:
-    """Start Ray (if needed) and Serve's HTTP proxy on host:port (a no-op if Serve runs).
+def start_serve(host: str, port: int, logging_config: dict | None = None) -> int:
+    """Start Ray (if needed) and Serve's HTTP proxy on host:port; returns the port it listens on (where Serve was
+    already running, its own: one proxy serves every app of a cluster).
 
     Serve's controller is a detached, cluster-wide actor. Started from inside a Ray Tune trial it would be
     captured into the trial's placement group, which cannot hold it ("Cannot schedule ServeController with
@@ -23,6 +24,9 @@ def start_serve(host: str, port: int, logging_config: dict | None = None) -> Non
 
     outside = PlacementGroupSchedulingStrategy(placement_group=None)
     ray.get(ray.remote(start).options(num_cpus=0, scheduling_strategy=outside).remote())
+    from ray.serve.context import _get_global_client  # Serve has no public call for its HTTP options
+
+    return _get_global_client().http_config.port
 
 
 MAX_BODY_BYTES = 1 << 20

@@ -232,7 +232,7 @@ def test_llm_editor_edits_caches_and_names_a_dead_endpoint(tmp_path, ray_local):
         first = LLMEditor(LLMClient(base_url=url, model="tiny-llama", max_retries=0), tmp_path, max_tokens=8)
         edits = first.edit(ITEMS)
     finally:
-        serve.delete("editor-test")
+        serve.shutdown()  # its proxy too: later tests start Serve on ports of their own
     assert first.requests == 2 and all(isinstance(edit, str) for edit in edits)
     assert len(list(tmp_path.glob("*.json"))) == 2
 
@@ -287,6 +287,7 @@ def test_task_editor_on_a_users_file_needs_the_task(tmp_path):
         run_bmc(cfg)
 
 
+@pytest.mark.slow  # a Serve endpoint, synthesis and a training run: about a minute on 2 cores
 def test_llm_editor_pipeline_starts_its_own_endpoint_and_counts_every_outcome(tmp_path, ray_local, monkeypatch):
     """bmc.editor=llm with no URL: the pipeline serves the policy as the editor on 127.0.0.1, asks it once per pair,
     gates and counts every answer, trains, and takes the endpoint down again."""
@@ -298,7 +299,11 @@ def test_llm_editor_pipeline_starts_its_own_endpoint_and_counts_every_outcome(tm
     cfg = config.load(None, TINY_INCO + ["pipeline=bmc", f"output_dir={tmp_path}", "name=llm", "bmc.editor=llm",
                                          f"bmc.llm_port={_free_port()}", "bmc.max_new_tokens=8",
                                          "train.max_steps=1"])
-    counts = run_bmc(cfg)["bridging"]
+    serve.shutdown()  # a proxy left on another port by an earlier test would serve the editor there
+    try:
+        counts = run_bmc(cfg)["bridging"]
+        assert "llm-editor" not in serve.status().applications
+    finally:
+        serve.shutdown()
     assert counts["llm_requests"] + counts["llm_cached"] == counts["pairs_in"] > 0  # cached by an earlier test run
     assert sum(counts["outcomes"].values()) == counts["pairs_out"] == counts["pairs_in"]  # on_rejected=keep
-    assert "llm-editor" not in serve.status().applications

@@ -137,6 +137,7 @@ def _kill_the_worker_after(run_dir, step: int) -> int:
     return pid
 
 
+@pytest.mark.slow  # two 60-step runs: about 2 minutes on 2 cores
 def test_a_killed_worker_resumes_from_its_checkpoint_and_ends_where_an_uninterrupted_run_does(runs):
     """A worker SIGKILLed mid-run: Ray Train restarts the group (train.max_failures=1), the loop resumes from the
     last checkpoint, and the run ends with the uninterrupted run's parameters and one metrics row per step."""

@@ -157,7 +157,7 @@ def start_server(model: str, host: str = "127.0.0.1", port: int = 8000, engine: 
     returns the OpenAI base URL, e.g. ``http://127.0.0.1:8000/v1``. Stop it with `serve.shutdown()`."""
     from rayalign.serving import start_serve
 
-    start_serve(host, port)
+    port = start_serve(host, port)
     serve.run(build_app(model, engine, **app_kwargs), name=name, route_prefix="/")
     return f"http://{host}:{port}/v1"
 
