@@ -79,6 +79,13 @@ def stopword_token_ids(tokenizer) -> set[int]:
     return ids
 
 
+def varied_marker(tokenizer):
+    """`(chosen_ids, rejected_ids) -> (chosen_marks, rejected_marks)` with this tokenizer's stopwords: what training
+    marks and what the BMC pipeline counts."""
+    stopwords = stopword_token_ids(tokenizer)
+    return lambda chosen, rejected: varied_token_marks(chosen, rejected, stopwords)
+
+
 def bmc_weights(token_logps: Tensor, marks: Tensor, mask: Tensor, delta: float) -> Tensor:
     """Token weights w_t = 1 + m_t·min(1/p_t, δ), p_t = exp(token_logp_t); 0 where mask is False.
 

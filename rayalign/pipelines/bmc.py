@@ -96,10 +96,9 @@ def edit_ids(edit: str | None, pair, tokenizer, max_length: int) -> list[int] | 
 
 def bridge(cfg: config_lib.Config, prepared, tokenizer, editor, task) -> tuple[list[dict], dict]:
     """Edit, gate and tokenise every pair; returns the rows to train on and the counts."""
-    from rayalign.losses.bmc import stopword_token_ids, varied_token_marks
+    from rayalign.losses.bmc import varied_marker
 
-    stopwords = stopword_token_ids(tokenizer)
-    marks_of = lambda c, r: varied_token_marks(c, r, stopwords)
+    marks_of = varied_marker(tokenizer)
     finish = lambda ids: "stop" if ids[-1:] == [tokenizer.eos_token_id] else "length"
     edits = editor.edit(prepared.texts) if editor is not None else [None] * len(prepared.pairs)
     rows, status = [], Counter()

@@ -39,10 +39,9 @@ def mark_varied_tokens(cfg: config_lib.Config, tokenizer, prepared: PreparedData
     """
     if not get_loss(cfg.loss.name).needs_token_logps:
         return
-    from rayalign.losses.bmc import stopword_token_ids, varied_token_marks
+    from rayalign.losses.bmc import varied_marker
 
-    stopwords = stopword_token_ids(tokenizer)
-    attach_marks(prepared.pairs, lambda chosen, rejected: varied_token_marks(chosen, rejected, stopwords))
+    attach_marks(prepared.pairs, varied_marker(tokenizer))
 
 
 def existing_checkpoints(run_dir: Path) -> list[Path]:
