@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,10 @@ def hh_sample() -> Path:
     if not HH_SAMPLE.is_file():
         pytest.skip(f"the HH-RLHF sample is not present at {HH_SAMPLE} (it ships in the team's shared/ folder)")
     return HH_SAMPLE
+
+
+def free_port() -> int:
+    """Bind port 0 and let the OS pick: other test runs may have Serve on 8000 already."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

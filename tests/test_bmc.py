@@ -4,7 +4,6 @@ path, and the token-weighted loss through real training runs on a tiny model."""
 from __future__ import annotations
 
 import json
-import socket
 
 import pyarrow.parquet as pq
 import pytest
@@ -21,7 +20,7 @@ from rayalign.models import load_causal_lm, load_tokenizer
 from rayalign.tasks import arithmetic, bullets, word_collector
 from rayalign.tracking import read_metrics
 from rayalign.train.driver import run_training
-from tests.conftest import QUICKSTART_DATA
+from tests.conftest import QUICKSTART_DATA, free_port
 
 
 @pytest.fixture(scope="module")
@@ -212,12 +211,6 @@ def test_bmc_training_changes_every_parameter(bmc_runs):
 
 # ---------------------------------------------------------------- the LLM editor on rayalign's own endpoint
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 ITEMS = [("Name a colour.", "Blue is a calm colour.", "Car."), ("Say hi.", "Hello there, friend!", "Bye.")]
 
 
@@ -227,7 +220,7 @@ def test_llm_editor_edits_caches_and_names_a_dead_endpoint(tmp_path, ray_local):
     from rayalign.llm_client import LLMClient
     from rayalign.sampling.serve import start_server
 
-    url = start_server("tiny-llama", port=_free_port(), name="editor-test", num_cpus=1)
+    url = start_server("tiny-llama", port=free_port(), name="editor-test", num_cpus=1)
     try:
         first = LLMEditor(LLMClient(base_url=url, model="tiny-llama", max_retries=0), tmp_path, max_tokens=8)
         edits = first.edit(ITEMS)
@@ -236,7 +229,7 @@ def test_llm_editor_edits_caches_and_names_a_dead_endpoint(tmp_path, ray_local):
     assert first.requests == 2 and all(isinstance(edit, str) for edit in edits)
     assert len(list(tmp_path.glob("*.json"))) == 2
 
-    dead = f"http://127.0.0.1:{_free_port()}/v1"  # nothing listens there now
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there now
     again = LLMEditor(LLMClient(base_url=dead, model="tiny-llama", max_retries=0), tmp_path, max_tokens=8)
     assert again.edit(ITEMS) == edits and (again.requests, again.cached) == (0, 2), "cached edits asked for again"
     uncached = LLMEditor(LLMClient(base_url=dead, model="tiny-llama", max_retries=0), None, max_tokens=8)
@@ -297,7 +290,7 @@ def test_llm_editor_pipeline_starts_its_own_endpoint_and_counts_every_outcome(tm
 
     monkeypatch.delenv("RAYALIGN_LLM_BASE_URL", raising=False)
     cfg = config.load(None, TINY_INCO + ["pipeline=bmc", f"output_dir={tmp_path}", "name=llm", "bmc.editor=llm",
-                                         f"bmc.llm_port={_free_port()}", "bmc.max_new_tokens=8",
+                                         f"bmc.llm_port={free_port()}", "bmc.max_new_tokens=8",
                                          "train.max_steps=1"])
     serve.shutdown()  # a proxy left on another port by an earlier test would serve the editor there
     try:

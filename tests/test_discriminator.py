@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +19,7 @@ import torch
 from rayalign.errors import RayAlignError
 from rayalign.scoring.discriminator import Discriminator, minilm_path
 from rayalign.tasks import word_collector
+from tests.conftest import free_port
 
 FILLER = ("the", "a", "it", "is", "good", "nice", "try", "then", "slowly", "well", "now", "more")
 
@@ -118,12 +118,6 @@ def test_truncation_keeps_the_response_start_and_the_prompt_end(trained):
     assert len(ids) == 64 and "LAST" in text and "FIRST" in text and "y" in text
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(port: int, body, prefix: str = "") -> tuple[int, object]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     request = urllib.request.Request(f"http://127.0.0.1:{port}{prefix}/score", data=data,
@@ -142,7 +136,7 @@ def test_serve_scores_over_http_and_handle(trained, ray_local, tmp_path):
 
     model, held_out, _, _ = trained
     checkpoint = str(model.save(tmp_path / "disc"))
-    port = _free_port()
+    port = free_port()
     try:
         handle = start(checkpoint, port=port, name="discriminator_test", num_cpus=0)
         prompts, responses = [p["prompt"] for p in held_out[:3]], [p["chosen"] for p in held_out[:3]]
@@ -174,7 +168,7 @@ def test_service_starts_inside_a_tune_trials_placement_group(trained, ray_local,
 
     model, held_out, _, _ = trained
     checkpoint = str(model.save(tmp_path / "disc"))
-    port = _free_port()
+    port = free_port()
 
     def trial() -> list[float]:
         from rayalign.scoring.serve import DiscriminatorService
@@ -222,7 +216,7 @@ def test_serve_answers_every_request_while_it_swaps_weights(trained, ray_local, 
     probe = {"prompts": ["Any advice?"], "responses": ["happy to help with your data"]}
     old_score, new_score = model.score(probe["prompts"], probe["responses"]), new_model.score(probe["prompts"],
                                                                                              probe["responses"])
-    port = _free_port()
+    port = free_port()
     answers, stop = [], threading.Event()
 
     def hammer():
@@ -285,7 +279,7 @@ def test_serve_cli_prints_the_url_and_stops_on_ctrl_c(trained, tmp_path):
     from pathlib import Path
 
     checkpoint = str(trained[0].save(tmp_path / "disc"))
-    port = _free_port()
+    port = free_port()
     rayalign = str(Path(sys.executable).parent / "rayalign")
     proc = subprocess.Popen([rayalign, "serve", "discriminator", "--checkpoint", checkpoint, "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -13,16 +13,10 @@ from rayalign.data.tokenize import encode_prompt
 from rayalign.errors import ConfigError, RayAlignError
 from rayalign.llm_client import LLMClient
 from rayalign.sampling import SamplingParams
+from tests.conftest import free_port
 
 PROMPT = "The three primary colours are"
 MESSAGES = [{"role": "user", "content": "Name a colour."}]
-
-
-def free_port() -> int:
-    """Bind port 0 and let the OS pick: other test runs may have Serve on 8000 already."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
