@@ -1,7 +1,22 @@
-"""What every Ray Serve app of rayalign shares: starting Serve, a request-size limit, and (`rayalign serve ...`)
-waiting until stopped."""
+"""What every Ray Serve app of rayalign shares: starting Serve, a request-size limit, the gateway's forwarding
+that outlives a dead replica, and (`rayalign serve ...`) waiting until stopped.
+
+Each app is two deployments: a gateway (FastAPI ingress, no CPU, no model) that checks requests and forwards
+them through a deployment handle to the model's replicas. Serve's HTTP proxy answers 500 to a request whose
+replica died under it and cannot be told otherwise; the gateway instead resends the request to the replica
+Serve starts in its place, and answers 503 with a message once `REPLICA_WAIT_S` has passed without one.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+QUIET = {"log_level": "WARNING", "enable_access_log": False}  # not a line per request in the driver's output
+
+REPLICA_WAIT_S = 120.0
+"""How long the gateway keeps resending a request whose replica died (Serve restarts one in ~5-15 s on CPU)."""
 
 
 def start_serve(host: str, port: int, logging_config: dict | None = None) -> int:
@@ -44,6 +59,29 @@ def limit_body_size(app, max_bytes: int = MAX_BODY_BYTES) -> None:
             return JSONResponse(status_code=413, content={"detail": f"request body of {length} bytes is over this "
                                                           f"endpoint's {max_bytes}-byte limit; send fewer or shorter texts"})
         return await call_next(request)
+
+
+async def forward(call: Callable[[], Awaitable], wait_s: float = REPLICA_WAIT_S):
+    """Await `call()`, a handle call on the model deployment; resend it while its replica is dead (Serve drops the
+    dead one from routing and queues the resend for its replacement), for at most `wait_s` seconds in all.
+
+    The model's own errors come back as they were raised (an HTTPException keeps its status); a request that
+    no replica answers in time gets 503 with what happened and what to do.
+    """
+    from fastapi import HTTPException
+    from ray.exceptions import RayActorError, RayTaskError
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return await asyncio.wait_for(call(), timeout=max(deadline - time.monotonic(), 0.001))
+        except RayTaskError as error:
+            raise error.cause from None
+        except (RayActorError, TimeoutError) as error:
+            if time.monotonic() >= deadline or isinstance(error, TimeoutError):
+                raise HTTPException(503, f"no replica answered within {wait_s:g} s (the one serving this request "
+                                         "died or is restarting); retry the request later") from None
+            await asyncio.sleep(0.2)
 
 
 def block_until_stopped(message: str) -> int:

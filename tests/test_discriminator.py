@@ -252,6 +252,95 @@ def test_serve_answers_every_request_while_it_swaps_weights(trained, ray_local, 
         serve.shutdown()
 
 
+def _kill_replica_under_load(port: int, prefix: str, seconds_after_kill: float) -> tuple[list, int, int]:
+    """8 clients post to `prefix`/score without pause; the model replica's process is SIGKILLed once 20 answers
+    are in; `seconds_after_kill` later the clients stop. Returns (status, seconds, body) per request and the
+    replica's pid before and after."""
+    import os
+    import signal
+    import threading
+
+    def pid() -> int:
+        """The replica's pid, once one answers (within a minute)."""
+        for _ in range(60):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{prefix}/checkpoint", timeout=120) as response:
+                    return json.loads(response.read())["replica_pid"]
+            except urllib.error.HTTPError as error:
+                assert error.code == 503, error.code
+                time.sleep(1)
+        raise AssertionError("the replica did not come back within a minute")
+
+    answers, stop = [], threading.Event()
+
+    def client():
+        while not stop.is_set():
+            began = time.monotonic()
+            status, body = _post(port, {"prompts": ["Any advice?"], "responses": ["collect your data"]}, prefix)
+            answers.append((status, time.monotonic() - began, body))
+
+    before = pid()
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    while len(answers) < 20:
+        time.sleep(0.05)
+    os.kill(before, signal.SIGKILL)
+    time.sleep(seconds_after_kill)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=180)
+    assert not any(thread.is_alive() for thread in threads), "a request hung"
+    return answers, before, pid()
+
+
+def test_a_killed_replica_costs_requests_time_not_answers(trained, ray_local, tmp_path):
+    """The model replica's process killed under load: every request is answered 200 (those in flight are
+    resent to the replica Serve starts in its place), none waits past the gateway's limit, the replica is back.
+    Without the gateway, Serve's proxy answers 500 to the requests in flight at the kill."""
+    from ray import serve
+
+    from rayalign.scoring.serve import DiscriminatorService
+    from rayalign.serving import REPLICA_WAIT_S
+
+    checkpoint = str(trained[0].save(tmp_path / "disc"))
+    port = free_port()
+    try:
+        DiscriminatorService(checkpoint, name="kill_test", route_prefix="/disc", port=port)
+        answers, before, after = _kill_replica_under_load(port, "/disc", seconds_after_kill=3)
+        assert {status for status, _, _ in answers} == {200}, [a for a in answers if a[0] != 200][:3]
+        assert after != before
+        assert max(seconds for _, seconds, _ in answers) < REPLICA_WAIT_S
+        assert len(answers) > 28  # requests were answered after the kill, by the new replica
+    finally:
+        serve.shutdown()
+
+
+@pytest.mark.slow
+def test_a_replica_that_does_not_come_back_in_time_is_a_503_with_a_message(trained, ray_local, tmp_path):
+    """With a 1 s limit, the requests waiting on the killed replica's replacement (several seconds on CPU) get
+    503 and what to do, after about 1 s; none gets a 500; later requests are answered again."""
+    from ray import serve
+
+    from rayalign.scoring.serve import build_app
+
+    checkpoint = str(trained[0].save(tmp_path / "disc"))
+    port = free_port()
+    try:
+        from rayalign.serving import start_serve
+
+        start_serve("127.0.0.1", port)
+        serve.run(build_app(checkpoint, num_cpus=0, wait_s=1.0), name="timeout_test", route_prefix="/t")
+        answers, before, after = _kill_replica_under_load(port, "/t", seconds_after_kill=2)
+        failed = [(status, seconds, body) for status, seconds, body in answers if status != 200]
+        assert failed and {status for status, _, _ in failed} == {503}
+        assert all("no replica answered within 1 s" in body and "retry" in body for _, _, body in failed)
+        assert all(seconds < 5 for _, seconds, _ in failed)
+        assert after != before and _post(port, {"prompts": ["p"], "responses": ["r"]}, "/t")[0] == 200  # it is back
+    finally:
+        serve.shutdown()
+
+
 @pytest.mark.slow
 def test_minilm_learns_hh_rlhf_harmlessness(tmp_path):
     from conftest import hh_sample

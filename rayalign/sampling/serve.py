@@ -10,7 +10,7 @@ is accepted and ignored: one deployment serves one model, named in the responses
 No `from __future__ import annotations` here: FastAPI must see the request models as real
 classes in the signatures Serve's ingress rewrites, or it takes them for query parameters.
 Malformed requests get FastAPI's 422 (pydantic's message), sampling errors a 400 and a body over 1 MiB a 413,
-never a 500.
+never a 500. A request whose replica dies is resent to its replacement (`rayalign.serving.forward`).
 By default Serve's HTTP proxy binds 127.0.0.1: a model endpoint is not for the whole network.
 """
 
@@ -22,10 +22,14 @@ from typing import Literal
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from rayalign.errors import RayAlignError
 from rayalign.sampling.base import Completion, SamplingParams, make_sampler
-from rayalign.serving import limit_body_size
+from rayalign.serving import QUIET, forward, limit_body_size
+
+REQUEST_WAIT_S = 600.0
+"""A completion may take minutes on CPU: the gateway's limit on one request, replica restarts included."""
 
 app = FastAPI(title="rayalign sampler", description="OpenAI-compatible completions from a rayalign sampler")
 limit_body_size(app)
@@ -84,7 +88,6 @@ def _usage(prompts: list[list[int]], choices: list[Completion]) -> dict:
 
 
 @serve.deployment(max_ongoing_requests=8)
-@serve.ingress(app)
 class SamplerServer:
     """One replica holds one sampler; requests take turns on it (a seeded call must own the RNG)."""
 
@@ -104,11 +107,9 @@ class SamplerServer:
         except RayAlignError as error:
             raise HTTPException(400, str(error)) from None
 
-    @app.get("/v1/models")
     def models(self) -> dict:
         return {"object": "list", "data": [{"id": self.model, "object": "model", "created": 0, "owned_by": "rayalign"}]}
 
-    @app.post("/v1/completions")
     def completions(self, request: CompletionRequest) -> dict:
         texts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
         prompts = [list(self.tokenizer.encode(text, add_special_tokens=True)) for text in texts]
@@ -120,7 +121,6 @@ class SamplerServer:
         return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": self.model, "choices": choices, "usage": _usage(prompts, flat)}
 
-    @app.post("/v1/chat/completions")
     def chat_completions(self, request: ChatRequest) -> dict:
         from rayalign.data.tokenize import encode_prompt
 
@@ -145,10 +145,33 @@ class SamplerServer:
                             for piece, lp in zip(self._pieces(c), c.logprobs)]}
 
 
-def build_app(model: str, engine: str = "hf", num_cpus: float = 1, num_gpus: float = 0, **engine_kwargs):
-    """The Serve application for `model`, one replica with these resources."""
+@serve.deployment(max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0})  # it only waits on the model
+@serve.ingress(app)
+class SamplerGateway:
+    """The HTTP routes: FastAPI checks each request, `forward` hands it to a `SamplerServer` replica."""
+
+    def __init__(self, server: DeploymentHandle, wait_s: float = REQUEST_WAIT_S):
+        self.server, self.wait_s = server, wait_s
+
+    @app.get("/v1/models")
+    async def models(self) -> dict:
+        return await forward(lambda: self.server.models.remote(), self.wait_s)
+
+    @app.post("/v1/completions")
+    async def completions(self, request: CompletionRequest) -> dict:
+        return await forward(lambda: self.server.completions.remote(request), self.wait_s)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, request: ChatRequest) -> dict:
+        return await forward(lambda: self.server.chat_completions.remote(request), self.wait_s)
+
+
+def build_app(model: str, engine: str = "hf", num_cpus: float = 1, num_gpus: float = 0, wait_s: float = REQUEST_WAIT_S,
+              **engine_kwargs):
+    """The Serve application for `model`: the gateway and one model replica with these resources."""
     options = {"num_cpus": num_cpus, "num_gpus": num_gpus}
-    return SamplerServer.options(ray_actor_options=options).bind(model, engine, engine_kwargs)
+    server = SamplerServer.options(ray_actor_options=options, logging_config=QUIET).bind(model, engine, engine_kwargs)
+    return SamplerGateway.options(logging_config=QUIET).bind(server, wait_s)
 
 
 def start_server(model: str, host: str = "127.0.0.1", port: int = 8000, engine: str = "hf",
@@ -157,7 +180,7 @@ def start_server(model: str, host: str = "127.0.0.1", port: int = 8000, engine: 
     returns the OpenAI base URL, e.g. ``http://127.0.0.1:8000/v1``. Stop it with `serve.shutdown()`."""
     from rayalign.serving import start_serve
 
-    port = start_serve(host, port)
+    port = start_serve(host, port, logging_config=QUIET)
     serve.run(build_app(model, engine, **app_kwargs), name=name, route_prefix="/")
     return f"http://{host}:{port}/v1"
 

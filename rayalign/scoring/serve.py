@@ -6,7 +6,8 @@ share a forward pass: D2PO's samplers call it with a few pairs at a time, from m
 
 Bad input never reaches the model: FastAPI and pydantic answer 422 with a message for bad JSON,
 a missing field, a wrong type or unequal lengths, and for more than ``MAX_ITEMS`` pairs; a body over
-1 MiB gets 413 before it is read. HTTP
+1 MiB gets 413 before it is read. A replica that dies under a request costs it only time: the gateway
+resends it to the replica Serve starts in its place (503 with a message after `wait_s`). HTTP
 binds 127.0.0.1 unless the caller asks for another host: the endpoint has no authentication.
 """
 
@@ -17,11 +18,11 @@ import asyncio
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
-from rayalign.serving import limit_body_size
+from rayalign.serving import QUIET, REPLICA_WAIT_S, forward, limit_body_size
 
 MAX_ITEMS = 4096
-QUIET = {"log_level": "WARNING", "enable_access_log": False}  # not a line per request in the driver's output
 
 app = FastAPI(title="rayalign discriminator")
 limit_body_size(app)
@@ -46,7 +47,6 @@ class ScoreResponse(BaseModel):
 
 
 @serve.deployment(max_ongoing_requests=64)  # ≥ the batch size, so concurrent requests can fill a batch
-@serve.ingress(app)
 class DiscriminatorServer:
     """One replica holds one discriminator, loaded from a `Discriminator.save` directory.
 
@@ -69,12 +69,33 @@ class DiscriminatorServer:
             model = Discriminator.load(config["checkpoint"])
             self.model, self.checkpoint = model, config["checkpoint"]
 
-    @app.get("/checkpoint")
-    async def current_checkpoint(self) -> dict:
-        """Which weights answer, and which replica process."""
+    def current_checkpoint(self) -> dict:
         import os
 
         return {"checkpoint": self.checkpoint, "replica_pid": os.getpid()}
+
+    async def score(self, prompts: list[str], responses: list[str]) -> list[float]:
+        return list(await asyncio.gather(*(self._score_pair((p, r)) for p, r in zip(prompts, responses))))
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def _score_pair(self, pairs: list[tuple[str, str]]) -> list[float]:
+        # in a thread: a CPU-bound forward pass must not block the replica's event loop
+        return await asyncio.to_thread(self.model.score, [p for p, _ in pairs], [r for _, r in pairs])
+
+
+@serve.deployment(max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0})  # it only waits on the model
+@serve.ingress(app)
+class DiscriminatorGateway:
+    """HTTP and the handle's entry point: checks each request, forwards it to a `DiscriminatorServer` replica
+    (resent if that replica dies, see `rayalign.serving.forward`)."""
+
+    def __init__(self, server: DeploymentHandle, wait_s: float = REPLICA_WAIT_S):
+        self.server, self.wait_s = server, wait_s
+
+    @app.get("/checkpoint")
+    async def current_checkpoint(self) -> dict:
+        """Which weights answer, and which replica process."""
+        return await forward(lambda: self.server.current_checkpoint.remote(), self.wait_s)
 
     @app.post("/score")
     async def score_http(self, request: ScoreRequest) -> ScoreResponse:
@@ -83,19 +104,14 @@ class DiscriminatorServer:
     async def score(self, prompts: list[str], responses: list[str]) -> list[float]:
         """The handle entry point: `await handle.score.remote(prompts, responses)`."""
         request = ScoreRequest(prompts=list(prompts), responses=list(responses))  # same checks as HTTP
-        return list(await asyncio.gather(*(self._score_pair((p, r))
-                                           for p, r in zip(request.prompts, request.responses))))
-
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def _score_pair(self, pairs: list[tuple[str, str]]) -> list[float]:
-        # in a thread: a CPU-bound forward pass must not block the replica's event loop
-        return await asyncio.to_thread(self.model.score, [p for p, _ in pairs], [r for _, r in pairs])
+        return await forward(lambda: self.server.score.remote(request.prompts, request.responses), self.wait_s)
 
 
-def build_app(checkpoint: str, num_cpus: float = 1.0):
-    """The Serve application for `serve.run`; `num_cpus` is what the replica reserves."""
-    return DiscriminatorServer.options(ray_actor_options={"num_cpus": num_cpus}, user_config={"checkpoint": checkpoint},
-                                       logging_config=QUIET).bind()
+def build_app(checkpoint: str, num_cpus: float = 1.0, wait_s: float = REPLICA_WAIT_S):
+    """The Serve application for `serve.run`; `num_cpus` is what the model's replica reserves."""
+    server = DiscriminatorServer.options(ray_actor_options={"num_cpus": num_cpus}, user_config={"checkpoint": checkpoint},
+                                         logging_config=QUIET)
+    return DiscriminatorGateway.options(logging_config=QUIET).bind(server.bind(), wait_s)
 
 
 class DiscriminatorService:
