@@ -89,3 +89,41 @@ def check_local(demand: Demand) -> None:
     import ray
 
     check_fit(demand, node_resources(ray.nodes()))
+
+
+def waiting_line(bundles: list[dict[str, float]], waited_s: float, free: dict, total: dict, keys: str) -> str:
+    """The line printed while a placement group of `bundles` waits: what it asks, what the cluster has free."""
+    asked = " + ".join(f"{{{', '.join(f'{k}: {v:g}' for k, v in sorted(b.items()))}}}" for b in bundles)
+
+    def cpu_gpu(resources: dict) -> str:
+        return f"{resources.get('CPU', 0):g} CPU" + (f" + {resources['GPU']:g} GPU" if resources.get("GPU") else "")
+
+    return (f"rayalign: waited {waited_s:.0f} s for {asked}; the cluster has {cpu_gpu(free)} free of "
+            f"{cpu_gpu(total)}: other jobs or actors hold the rest. Free them, add nodes, or lower {keys}")
+
+
+def watch_waiting(every_s: float, keys: str):
+    """Print `waiting_line` every `every_s` seconds while a placement group made after this call is pending
+    (a Ray Train worker group waits in one, silently). Returns the function that stops the watch."""
+    import threading
+    import time
+
+    import ray
+    from ray.util import placement_group_table
+
+    before, began, stop = set(placement_group_table()), time.monotonic(), threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(max(every_s, 1.0)):
+            try:
+                pending = [pg for pg_id, pg in placement_group_table().items()
+                           if pg_id not in before and pg["state"] == "PENDING"]
+                free, total = ray.available_resources(), ray.cluster_resources()
+            except Exception:  # noqa: BLE001 - Ray going down under the watch: the run's outcome says what happened
+                return
+            for pg in pending:
+                print(waiting_line(list(pg["bundles"].values()), time.monotonic() - began, free, total, keys),
+                      flush=True)
+
+    threading.Thread(target=watch, daemon=True, name="rayalign-wait-watch").start()
+    return stop.set

@@ -132,6 +132,9 @@ class TrainConfig:
     threads: Optional[int] = None
     """Torch threads per worker; null: cpus_per_worker. More than it reserves suits pipelines whose phases take
     turns on the same cores (D2PO's sampler, discriminator and trainer)."""
+    start_wait_s: float = 60.0
+    """While the workers' resources are not free (another job holds them), print what is awaited every this many
+    seconds."""
     save_every: int = 0
     """Checkpoint every N steps (0: only at the end)."""
     report_every: int = 10

@@ -17,6 +17,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
+from rayalign.ray_setup import init_ray
+
 BAD_BODIES = {"not_json": b"{not json", "wrong_type": b'{"prompts": 1, "responses": 2}',
               "oversized": b'{"prompts": ["' + b"a" * (2 << 20) + b'"], "responses": ["b"]}'}
 BAD_COMPLETIONS = {"not_json": b"{not json", "wrong_type": b'{"prompt": 5, "max_tokens": "x"}',
@@ -83,15 +85,13 @@ def client_run(base: str, requests: int, concurrency: int, max_tokens: int, time
 def bench_serve(model: str = "smollm2-135m-instruct", requests: int = 1000, concurrency: int = 32,
                 max_tokens: int = 8, port: int = 8000, timeout_s: float = 120.0) -> dict:
     """Start both endpoints, load them from a spawned client process, shut down; the figures as a dict."""
-    import ray
     from ray import serve
 
     from rayalign.sampling.serve import start_server
     from rayalign.scoring.discriminator import Discriminator
     from rayalign.scoring.serve import DiscriminatorService
 
-    if not ray.is_initialized():
-        ray.init(logging_level="WARNING")
+    init_ray()
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = str(Discriminator().save(f"{tmp}/disc"))
         DiscriminatorService(checkpoint, route_prefix="/discriminator", num_cpus=1, port=port)

@@ -13,6 +13,8 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+from rayalign.ray_setup import init_ray
+
 QUIET = {"log_level": "WARNING", "enable_access_log": False}  # not a line per request in the driver's output
 
 REPLICA_WAIT_S = 120.0
@@ -31,8 +33,7 @@ def start_serve(host: str, port: int, logging_config: dict | None = None) -> int
     from ray import serve
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    if not ray.is_initialized():
-        ray.init(logging_level="WARNING")
+    init_ray()
 
     def start() -> None:
         serve.start(http_options={"host": host, "port": port}, logging_config=logging_config)

@@ -41,6 +41,7 @@ from pydantic.dataclasses import dataclass
 from rayalign import config as config_lib
 from rayalign.config import _STRICT
 from rayalign.errors import ConfigError
+from rayalign.ray_setup import init_ray
 
 METRICS = ("win_rate", "policy_reward")
 
@@ -140,7 +141,6 @@ def _trial(params: dict, sweep: SweepConfig, sweep_dir: str, cwd: str) -> None:
 def run_sweep(sweep: SweepConfig) -> dict:
     import os
 
-    import ray
     from ray import tune
     from ray.air.integrations.wandb import WandbLoggerCallback
 
@@ -152,8 +152,7 @@ def run_sweep(sweep: SweepConfig) -> dict:
         os.environ.setdefault("WANDB_MODE", base.tracking.wandb)  # offline: Tune's callback needs no API key
         callbacks.append(WandbLoggerCallback(project=base.tracking.project, group=sweep.name,
                                              mode=base.tracking.wandb, dir=str(sweep_dir), log_config=True))
-    if not ray.is_initialized():
-        ray.init(logging_level="WARNING")
+    init_ray()
     # A trial only orchestrates: its sampler actors and Ray Train workers reserve their own CPUs.
     trial = tune.with_parameters(_trial, sweep=sweep, sweep_dir=str(sweep_dir), cwd=os.getcwd())
     trainable = tune.with_resources(trial, {"cpu": 0.01})

@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 
 from rayalign import config
-from rayalign.cluster_fit import Demand, check_fit, check_local, job_demands, node_resources, sampler_demand
+from rayalign.cluster_fit import (
+    Demand,
+    check_fit,
+    check_local,
+    job_demands,
+    node_resources,
+    sampler_demand,
+    waiting_line,
+    watch_waiting,
+)
 from rayalign.errors import ConfigError
 
 TWO_NODES = [{"CPU": 2.0, "GPU": 0.0}, {"CPU": 1.0, "GPU": 0.0}]
@@ -75,3 +84,41 @@ def test_training_on_the_local_cluster_refuses_what_it_can_never_place(ray_local
 def test_an_autoscaling_cluster_can_turn_the_check_off(monkeypatch):
     monkeypatch.setenv("RAYALIGN_NO_FIT_CHECK", "1")
     check_fit(demand(8, 4), TWO_NODES)
+
+
+def test_waiting_line_by_hand():
+    line = waiting_line([{"CPU": 2.0}, {"CPU": 2.0, "GPU": 1.0}], 61.4, {"CPU": 1.0}, {"CPU": 8.0, "GPU": 1.0},
+                        "train.x")
+    assert line == ("rayalign: waited 61 s for {CPU: 2} + {CPU: 2, GPU: 1}; the cluster has 1 CPU free of 8 CPU + 1 GPU: "
+                    "other jobs or actors hold the rest. Free them, add nodes, or lower train.x")
+
+
+def test_a_waiting_worker_group_says_what_it_waits_for_until_it_starts(ray_local, capsys):
+    """A placement group (what a Ray Train worker group waits in) pending behind an actor that holds the cluster's
+    2 CPUs: a line each second while it waits, none once the actor is gone and the group is placed."""
+    import time
+
+    from ray.util import placement_group, remove_placement_group
+
+    @ray_local.remote(num_cpus=2)
+    class Holder:
+        def ready(self):
+            return True
+
+    holder = Holder.remote()
+    ray_local.get(holder.ready.remote())
+    stop = watch_waiting(1.0, "train.x")
+    group = placement_group([{"CPU": 1.0}])
+    try:
+        time.sleep(2.5)
+        waiting = capsys.readouterr().out.splitlines()
+        assert len(waiting) >= 2 and all(line.startswith("rayalign: waited") for line in waiting), waiting
+        assert "for {CPU: 1}; the cluster has 0 CPU free of 2 CPU" in waiting[-1]
+        ray_local.kill(holder)
+        ray_local.get(group.ready(), timeout=30)
+        capsys.readouterr()
+        time.sleep(2.5)
+        assert capsys.readouterr().out == ""
+    finally:
+        stop()
+        remove_placement_group(group)

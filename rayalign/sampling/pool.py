@@ -34,6 +34,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rayalign.cluster_fit import check_local, sampler_demand
 from rayalign.errors import ConfigError, RayAlignError
+from rayalign.ray_setup import init_ray
 from rayalign.sampling.base import Completion, SamplingParams, check_inputs, make_sampler
 
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
@@ -93,8 +94,7 @@ class SamplerPool:
             raise ConfigError(f"sampler pool: strategy '{strategy}' is not one of {', '.join(STRATEGIES)}")
         if num_actors < 1 or chunk_size < 1 or max_in_flight < 1:
             raise ConfigError("sampler pool: num_actors, chunk_size and max_in_flight must be >= 1")
-        if not ray.is_initialized():
-            ray.init()
+        init_ray()
         check_local(sampler_demand(num_actors, num_cpus, num_gpus))
         if engine == "hf" and num_gpus and "device" not in engine_kwargs:
             engine_kwargs["device"] = "cuda"  # a GPU share is pointless if the model stays on the CPU

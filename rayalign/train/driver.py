@@ -13,11 +13,12 @@ from pathlib import Path
 
 from rayalign import config as config_lib
 from rayalign import monitoring
-from rayalign.cluster_fit import check_local, trainer_demand
+from rayalign.cluster_fit import check_local, trainer_demand, watch_waiting
 from rayalign.data import PreparedData, attach_marks, prepare_data
 from rayalign.errors import ConfigError, TrainingError
 from rayalign.losses import get_loss
 from rayalign.models import cache_root, load_tokenizer, resolve_model
+from rayalign.ray_setup import init_ray
 from rayalign.tracking import read_metrics
 
 
@@ -98,9 +99,11 @@ def run_training(cfg: config_lib.Config, prepared: PreparedData | None = None) -
     steps = total_steps(cfg, len(prepared.pairs))
     print(f"rayalign: {len(prepared.pairs)} pairs, {steps} steps, run directory {run_dir}", flush=True)
 
-    if not ray.is_initialized():
-        monitoring.announce(ray.init(logging_level="WARNING"))
-    check_local(trainer_demand(cfg.train))
+    context = init_ray()
+    if context is not None:
+        monitoring.announce(context)
+    demand = trainer_demand(cfg.train)
+    check_local(demand)
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"config": config_lib.to_dict(cfg), "pairs": ray.put(prepared.pairs),
@@ -113,10 +116,13 @@ def run_training(cfg: config_lib.Config, prepared: PreparedData | None = None) -
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
         ),
     )
+    stop_watch = watch_waiting(cfg.train.start_wait_s, demand.keys)
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as error:
         raise TrainingError(f"training failed: {str(error).strip().splitlines()[0]} (worker logs above)") from None
+    finally:
+        stop_watch()
     summary = _summary(cfg, result, prepared, began)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if summary["status"] == "non_finite_loss":
