@@ -80,8 +80,8 @@ async def forward(call: Callable[[], Awaitable], wait_s: float = REPLICA_WAIT_S)
             raise error.cause from None
         except (RayActorError, TimeoutError) as error:
             if time.monotonic() >= deadline or isinstance(error, TimeoutError):
-                raise HTTPException(503, f"no replica answered within {wait_s:g} s (the one serving this request "
-                                         "died or is restarting); retry the request later") from None
+                raise HTTPException(503, f"no replica answered within {wait_s:g} s (the model's replica died and its "
+                                         "replacement is not up yet, or it is busy); retry the request later") from None
             await asyncio.sleep(0.2)
 
 
