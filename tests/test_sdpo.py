@@ -72,6 +72,7 @@ def test_one_stage_is_plain_dpo(tmp_path, ray_local):
     assert staged_losses == pytest.approx([r["loss"] for r in read_metrics(tmp_path / "dpo")], rel=1e-6)
 
 
+@pytest.mark.slow  # 45 s: keeps the default suite under 15 min on a fresh clone
 def test_stage_two_uses_stage_one_as_reference_and_resumes_inside_stage_two(tmp_path, ray_local):
     overrides = BASE + [f"output_dir={tmp_path}", "name=sdpo2", "sdpo.stages=2", "sdpo.chunk_sizes=[0.25,0.75]",
                         "train.save_every=1"]

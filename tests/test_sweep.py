@@ -14,6 +14,7 @@ from tests.conftest import REPO
 from tests.test_inco import TINY
 
 
+@pytest.mark.slow  # 67 s: keeps the default suite under 15 min on a fresh clone
 def test_two_trial_sweep_completes_logs_to_wandb_and_names_the_best(tmp_path, ray_local):
     base = tmp_path / "base.yaml"
     base.write_text(yaml.safe_dump({}))
