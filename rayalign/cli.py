@@ -37,6 +37,9 @@ def _print_train(summary: dict, run_dir) -> None:
     print("final: " + ", ".join(f"{k} {final[k]:.4g}" for k in ("loss", "rewards/accuracies", "rewards/margins")
                                 if k in final))
     print(f"checkpoint: {summary['checkpoint']}")
+    if summary.get("phases_s"):
+        print("seconds: " + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:g}"
+                                      for k, v in summary["phases_s"].items()))
 
 
 def cmd_run(args) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 from rayalign.config import TrackingConfig
@@ -77,3 +78,17 @@ def read_metrics(run_dir: Path) -> list[dict]:
     from rayalign.files import read_jsonl
 
     return read_jsonl(Path(run_dir) / "metrics.jsonl")
+
+
+class PhaseClock:
+    """Wall-clock seconds per phase of a process, each phase running from the end of the one before, so the phases
+    add up to the time since the clock started (a phase lapped more than once accumulates)."""
+
+    def __init__(self):
+        self.started_at = self.last = time.time()
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        now = time.time()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.last
+        self.last = now

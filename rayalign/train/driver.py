@@ -19,7 +19,7 @@ from rayalign.errors import ConfigError, TrainingError
 from rayalign.losses import get_loss
 from rayalign.models import cache_root, load_tokenizer, resolve_model
 from rayalign.ray_setup import init_ray
-from rayalign.tracking import read_metrics
+from rayalign.tracking import PhaseClock, read_metrics
 
 
 def check_batch_arithmetic(cfg: config_lib.Config) -> int:
@@ -49,7 +49,19 @@ def existing_checkpoints(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "checkpoints").glob("step_*"))
 
 
-def _summary(cfg, result, prepared, began: float) -> dict:
+def phase_seconds(driver: PhaseClock, fit_ended: float, state: dict) -> dict[str, float]:
+    """Where the whole process's seconds went, in order: the driver's phases up to `fit`, then rank 0's last
+    worker (from train_state.json: the worker group's start is from the driver's last lap to the worker's start,
+    the teardown from the worker's end to `fit`'s return)."""
+    seconds = dict(driver.seconds)
+    if "phases_s" in state:
+        seconds["worker_group_start_s"] = state["started_at"] - driver.last
+        seconds.update(state["phases_s"])
+        seconds["teardown_s"] = fit_ended - state["finished_at"]
+    return {k: round(v, 2) for k, v in seconds.items()}
+
+
+def _summary(cfg, result, prepared, clock: PhaseClock, fit_ended: float) -> dict:
     rows = read_metrics(cfg.run_dir)
     speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
     last = rows[-1] if rows else {}
@@ -65,7 +77,8 @@ def _summary(cfg, result, prepared, began: float) -> dict:
         "checkpoint": checkpoint,
         "data": prepared.stats,
         "pairs": len(prepared.pairs),
-        "wall_time_s": round(time.time() - began, 1),
+        "phases_s": phase_seconds(clock, fit_ended, state),
+        "wall_time_s": round(time.time() - clock.started_at, 1),
     }
 
 
@@ -80,7 +93,7 @@ def run_training(cfg: config_lib.Config, prepared: PreparedData | None = None) -
 
     from rayalign.train.loop import total_steps, train_fn_per_worker
 
-    began = time.time()
+    clock = PhaseClock()
     run_dir = cfg.run_dir.resolve()
     get_loss(cfg.loss.name)
     check_batch_arithmetic(cfg)
@@ -99,9 +112,11 @@ def run_training(cfg: config_lib.Config, prepared: PreparedData | None = None) -
     steps = total_steps(cfg, len(prepared.pairs))
     print(f"rayalign: {len(prepared.pairs)} pairs, {steps} steps, run directory {run_dir}", flush=True)
 
+    clock.lap("prepare_s")
     context = init_ray()
     if context is not None:
         monitoring.announce(context)
+    clock.lap("ray_start_s")
     demand = trainer_demand(cfg.train)
     check_local(demand)
     trainer = TorchTrainer(
@@ -123,7 +138,7 @@ def run_training(cfg: config_lib.Config, prepared: PreparedData | None = None) -
         raise TrainingError(f"training failed: {str(error).strip().splitlines()[0]} (worker logs above)") from None
     finally:
         stop_watch()
-    summary = _summary(cfg, result, prepared, began)
+    summary = _summary(cfg, result, prepared, clock, time.time())
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if summary["status"] == "non_finite_loss":
         raise TrainingError(

@@ -233,8 +233,9 @@ def train_fn_per_worker(loop_config: dict) -> None:
     from ray.experimental.tqdm_ray import tqdm
 
     from rayalign.monitoring import record_train_step
-    from rayalign.tracking import Tracker
+    from rayalign.tracking import PhaseClock, Tracker
 
+    clock = PhaseClock()
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per report
     os.environ.update(loop_config["env"])
     cfg = config_lib.build(loop_config["config"])
@@ -255,8 +256,10 @@ def train_fn_per_worker(loop_config: dict) -> None:
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup, cfg.train.lr_schedule))
         start = load_training_state(Path(resume_dir), model, optimizer, scheduler) if resume_dir else 0
+    clock.lap("model_load_s")
     ref_model, ref_values = prepare_reference(cfg, pairs, tokenizer.pad_token_id, device,
                                               Path(loop_config["env"]["RAYALIGN_CACHE"]) / "reference")
+    clock.lap("reference_s")
 
     tracker = bar = None
     if rank == 0:
@@ -268,6 +271,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
         bar.update(start)
         if start:
             print(f"rayalign: resumed from the checkpoint of step {start}", flush=True)
+    clock.lap("tracking_setup_s")
     stop = min(total, cfg.train.stop_at_step or total)
     status, done = "ok", start
     for step in range(start, stop):
@@ -292,14 +296,18 @@ def train_fn_per_worker(loop_config: dict) -> None:
                         "step": done, "status": "ok"})
         save = done == stop or bool(cfg.train.save_every and done % cfg.train.save_every == 0)
         if save or done % cfg.train.report_every == 0:
+            clock.lap("steps_s")
             _save_and_report(metrics, model, lm, tokenizer, optimizer, scheduler, done, save, cfg.train.save_optimizer)
+            clock.lap("report_and_checkpoint_s")
         if rank == 0:
             tracker.log({k: v for k, v in metrics.items() if k not in ("status", "step")}, step=done)
             record_train_step(metrics, run=cfg.name)  # Ray metrics: dashboard / Prometheus
             bar.update(1)
+    clock.lap("steps_s")
     if rank == 0:
         bar.close()
         tracker.finish()
         # The driver reads how training ended from here (Ray's result holds the last checkpoint's metrics).
-        (run_dir / "train_state.json").write_text(json.dumps({"status": status, "step": done, "total": total,
-                                                              "resumed_from": start}))
+        (run_dir / "train_state.json").write_text(json.dumps({
+            "status": status, "step": done, "total": total, "resumed_from": start,
+            "started_at": clock.started_at, "finished_at": clock.last, "phases_s": clock.seconds}))
