@@ -63,6 +63,11 @@ def _units(node: dict[str, float], demand: Demand) -> int:
     return min(fits) if fits else demand.count
 
 
+def _cpu_gpu(cpus: float, gpus: float = 0.0) -> str:
+    """"2 CPU", or "8 CPU + 1 GPU": resources as every message here writes them."""
+    return f"{cpus:g} CPU" + (f" + {gpus:g} GPU" if gpus else "")
+
+
 def check_fit(demand: Demand, nodes: list[dict[str, float]], reserved_cpus: float = 0.0) -> None:
     """A one-line ConfigError unless the nodes can hold `demand.count` units at once.
 
@@ -76,8 +81,8 @@ def check_fit(demand: Demand, nodes: list[dict[str, float]], reserved_cpus: floa
     units = sum(_units(node, demand) for node in nodes)
     if units >= demand.count:
         return
-    each = f"{demand.cpus:g} CPU" + (f" + {demand.gpus:g} GPU" if demand.gpus else "")
-    has = ", ".join(f"{n['CPU']:g} CPU" + (f" + {n['GPU']:g} GPU" if n["GPU"] else "") for n in nodes) or "no nodes"
+    each = _cpu_gpu(demand.cpus, demand.gpus)
+    has = ", ".join(_cpu_gpu(n["CPU"], n["GPU"]) for n in nodes) or "no nodes"
     reserved = f" after {reserved_cpus:g} CPU for the entrypoint" if reserved_cpus else ""
     raise ConfigError(f"the cluster can never run {demand.count} {demand.what}(s) of {each} each: its nodes have "
                       f"{has}{reserved}, room for {units}; lower {demand.keys}, or add nodes (a cluster that "
@@ -94,12 +99,10 @@ def check_local(demand: Demand) -> None:
 def waiting_line(bundles: list[dict[str, float]], waited_s: float, free: dict, total: dict, keys: str) -> str:
     """The line printed while a placement group of `bundles` waits: what it asks, what the cluster has free."""
     asked = " + ".join(f"{{{', '.join(f'{k}: {v:g}' for k, v in sorted(b.items()))}}}" for b in bundles)
-
-    def cpu_gpu(resources: dict) -> str:
-        return f"{resources.get('CPU', 0):g} CPU" + (f" + {resources['GPU']:g} GPU" if resources.get("GPU") else "")
-
-    return (f"rayalign: waited {waited_s:.0f} s for {asked}; the cluster has {cpu_gpu(free)} free of "
-            f"{cpu_gpu(total)}: other jobs or actors hold the rest. Free them, add nodes, or lower {keys}")
+    free_now = _cpu_gpu(free.get("CPU", 0), free.get("GPU", 0))
+    return (f"rayalign: waited {waited_s:.0f} s for {asked}; the cluster has {free_now} free of "
+            f"{_cpu_gpu(total.get('CPU', 0), total.get('GPU', 0))}: other jobs or actors hold the rest. Free them, "
+            f"add nodes, or lower {keys}")
 
 
 def watch_waiting(every_s: float, keys: str):

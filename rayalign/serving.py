@@ -85,6 +85,21 @@ async def forward(call: Callable[[], Awaitable], wait_s: float = REPLICA_WAIT_S)
             await asyncio.sleep(0.2)
 
 
+GATEWAY_OPTIONS = {"max_ongoing_requests": 1024, "ray_actor_options": {"num_cpus": 0}}  # it only waits on the model
+
+
+class Gateway:
+    """What each app's gateway deployment (`@serve.deployment(**GATEWAY_OPTIONS)` and `@serve.ingress(app)` on a
+    subclass with the routes) holds: the model deployment's handle and its limit; `call` forwards to it."""
+
+    def __init__(self, server, wait_s: float = REPLICA_WAIT_S):
+        self.server, self.wait_s = server, wait_s
+
+    async def call(self, method: str, *args):
+        """`server.<method>(*args)` through `forward`."""
+        return await forward(lambda: getattr(self.server, method).remote(*args), self.wait_s)
+
+
 def block_until_stopped(message: str) -> int:
     """Print `message`, wait for Ctrl-C or SIGTERM, shut Serve down; exit code 0."""
     import signal

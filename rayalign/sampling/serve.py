@@ -10,7 +10,7 @@ is accepted and ignored: one deployment serves one model, named in the responses
 No `from __future__ import annotations` here: FastAPI must see the request models as real
 classes in the signatures Serve's ingress rewrites, or it takes them for query parameters.
 Malformed requests get FastAPI's 422 (pydantic's message), sampling errors a 400 and a body over 1 MiB a 413,
-never a 500. A request whose replica dies is resent to its replacement (`rayalign.serving.forward`).
+never a 500. A request whose replica dies is resent to its replacement (`rayalign.serving.Gateway`).
 By default Serve's HTTP proxy binds 127.0.0.1: a model endpoint is not for the whole network.
 """
 
@@ -22,11 +22,10 @@ from typing import Literal
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray import serve
-from ray.serve.handle import DeploymentHandle
 
 from rayalign.errors import RayAlignError
 from rayalign.sampling.base import Completion, SamplingParams, make_sampler
-from rayalign.serving import QUIET, forward, limit_body_size
+from rayalign.serving import GATEWAY_OPTIONS, QUIET, Gateway, limit_body_size
 
 REQUEST_WAIT_S = 600.0
 """A completion may take minutes on CPU: the gateway's limit on one request, replica restarts included."""
@@ -145,25 +144,22 @@ class SamplerServer:
                             for piece, lp in zip(self._pieces(c), c.logprobs)]}
 
 
-@serve.deployment(max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0})  # it only waits on the model
+@serve.deployment(**GATEWAY_OPTIONS)
 @serve.ingress(app)
-class SamplerGateway:
-    """The HTTP routes: FastAPI checks each request, `forward` hands it to a `SamplerServer` replica."""
-
-    def __init__(self, server: DeploymentHandle, wait_s: float = REQUEST_WAIT_S):
-        self.server, self.wait_s = server, wait_s
+class SamplerGateway(Gateway):
+    """The HTTP routes: FastAPI checks each request, `Gateway.call` hands it to a `SamplerServer` replica."""
 
     @app.get("/v1/models")
     async def models(self) -> dict:
-        return await forward(lambda: self.server.models.remote(), self.wait_s)
+        return await self.call("models")
 
     @app.post("/v1/completions")
     async def completions(self, request: CompletionRequest) -> dict:
-        return await forward(lambda: self.server.completions.remote(request), self.wait_s)
+        return await self.call("completions", request)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: ChatRequest) -> dict:
-        return await forward(lambda: self.server.chat_completions.remote(request), self.wait_s)
+        return await self.call("chat_completions", request)
 
 
 def build_app(model: str, engine: str = "hf", num_cpus: float = 1, num_gpus: float = 0, wait_s: float = REQUEST_WAIT_S,

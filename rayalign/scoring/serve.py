@@ -18,9 +18,8 @@ import asyncio
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
-from ray.serve.handle import DeploymentHandle
 
-from rayalign.serving import QUIET, REPLICA_WAIT_S, forward, limit_body_size
+from rayalign.serving import GATEWAY_OPTIONS, QUIET, REPLICA_WAIT_S, Gateway, limit_body_size
 
 MAX_ITEMS = 4096
 
@@ -83,19 +82,16 @@ class DiscriminatorServer:
         return await asyncio.to_thread(self.model.score, [p for p, _ in pairs], [r for _, r in pairs])
 
 
-@serve.deployment(max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0})  # it only waits on the model
+@serve.deployment(**GATEWAY_OPTIONS)
 @serve.ingress(app)
-class DiscriminatorGateway:
+class DiscriminatorGateway(Gateway):
     """HTTP and the handle's entry point: checks each request, forwards it to a `DiscriminatorServer` replica
     (resent if that replica dies, see `rayalign.serving.forward`)."""
-
-    def __init__(self, server: DeploymentHandle, wait_s: float = REPLICA_WAIT_S):
-        self.server, self.wait_s = server, wait_s
 
     @app.get("/checkpoint")
     async def current_checkpoint(self) -> dict:
         """Which weights answer, and which replica process."""
-        return await forward(lambda: self.server.current_checkpoint.remote(), self.wait_s)
+        return await self.call("current_checkpoint")
 
     @app.post("/score")
     async def score_http(self, request: ScoreRequest) -> ScoreResponse:
@@ -104,7 +100,7 @@ class DiscriminatorGateway:
     async def score(self, prompts: list[str], responses: list[str]) -> list[float]:
         """The handle entry point: `await handle.score.remote(prompts, responses)`."""
         request = ScoreRequest(prompts=list(prompts), responses=list(responses))  # same checks as HTTP
-        return await forward(lambda: self.server.score.remote(request.prompts, request.responses), self.wait_s)
+        return await self.call("score", request.prompts, request.responses)
 
 
 def build_app(checkpoint: str, num_cpus: float = 1.0, wait_s: float = REPLICA_WAIT_S):
