@@ -1,24 +1,26 @@
-"""`rayalign bench`: DPO training-step throughput and peak memory, chunked vs naive log-probs.
+"""`rayalign bench`: DPO training-step throughput and peak memory, the trainer's step vs the textbook one.
 
-One step = log-probs of 2·batch sequences (chosen rows first; the last half of each sequence is
-the response) → DPO loss against fixed reference log-probs (a cached reference) → backward →
-AdamW step. Two variants differ only in the log-probs:
+One step = log-probs of both responses of `batch` pairs (prompt, chosen and rejected of seq_len/2 random
+tokens each, so each sequence has seq_len tokens) → DPO loss against fixed reference log-probs (a cached
+reference) → backward → clipping → AdamW step. Two variants differ only in the log-probs:
 
-- ``chunked``: rayalign's :class:`ResponseLogps` (response positions only, 512-token slices,
-  activation checkpointing);
-- ``naive``: :func:`naive_token_logps`, full float32 [2B, L, vocab] logits, the textbook reference.
+- ``rayalign``: the trainer's own step (`rayalign.train.step`): shared-prompt rows, response positions only,
+  512-token slices of the vocabulary projection with activation checkpointing;
+- ``naive``: :func:`naive_token_logps` on padded rows, full float32 [2B, L, vocab] logits, the textbook reference.
 
 Each variant runs in its own fresh spawned process, so neither sees the other's memory: one
 warm-up step (allocates AdamW's state), then `steps` timed steps. Reported: the median step time
-and tokens/s from it, the process's peak RSS, and the peak RSS during the steps minus the RSS
-just after loading the model and making its weights resident (the step's own memory:
-activations, logits, gradients, AdamW state). Medians and chunked/naive ratios, not means or
+and tokens/s from it (2·batch·seq_len sequence tokens per step for both), the process's peak RSS, and the peak
+RSS during the steps minus the RSS just after loading the model and making its weights resident (the step's own
+memory: activations, logits, gradients, AdamW state). Medians and rayalign/naive ratios, not means or
 absolute figures, are the numbers to compare: shared and laptop machines are noisy, a median
 ignores the odd slow step, and a ratio measured in one run cancels part of the machine's speed.
 
 Peak memory is the kernel's per-process high-water mark (VmHWM), not ``ru_maxrss``: on Linux a
 spawned child's ``ru_maxrss`` starts at its parent's peak (it survives fork + exec), so it would
 report the parent's memory whenever that is larger.
+
+`rayalign bench --peer trl` is the other comparison, whole processes against TRL: `rayalign.peer_bench`.
 """
 
 from __future__ import annotations
@@ -38,11 +40,10 @@ import torch
 from rayalign.config import LossConfig
 from rayalign.errors import RayAlignError
 from rayalign.logprobs import ResponseLogps, naive_token_logps
-from rayalign.losses import LossInputs, compute_loss
 from rayalign.models import load_causal_lm, resolve_model
+from rayalign.train.step import clip_gradients, micro_step, optimizer_step, pair_batch
 
-VARIANTS = ("chunked", "naive")
-CHUNK_SIZE = 512
+VARIANTS = ("rayalign", "naive")
 
 
 def _memory_mib() -> tuple[float, float]:
@@ -64,27 +65,32 @@ def _reset_peak() -> bool:
         return False
 
 
-def _batch(vocab: int, batch: int, seq_len: int):
-    """Seeded random token ids [2B, L], all attended; the last half of each row is the response."""
+def synthetic_pairs(vocab: int, batch: int, seq_len: int) -> list:
+    """Seeded random pairs: prompt, chosen and rejected of seq_len/2 tokens each."""
+    from rayalign.data import TokenizedPair
+
     gen = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(0, vocab, (2 * batch, seq_len), generator=gen)
-    response_mask = torch.zeros_like(input_ids, dtype=torch.bool)
-    response_mask[:, seq_len - seq_len // 2:] = True
-    reference = -math.log(vocab) * response_mask.sum(-1).float()  # fixed: a cached reference's sums
-    return input_ids, torch.ones_like(input_ids), response_mask, reference
+    half = seq_len // 2
+    ids = lambda: torch.randint(1, vocab, (half,), generator=gen).tolist()
+    return [TokenizedPair(ids(), ids(), ids()) for _ in range(batch)]
 
 
-def _train_step(logps_fn, optimizer, input_ids, attention_mask, response_mask, reference) -> float:
-    """One DPO step as the trainer does it; returns the loss."""
-    b = input_ids.shape[0] // 2
-    sums = (logps_fn(input_ids, attention_mask, response_mask) * response_mask).sum(-1)
-    lengths = response_mask.sum(-1).float()
-    inputs = LossInputs(sums[:b], sums[b:], lengths[:b], lengths[b:], reference[:b], reference[b:])
-    loss = compute_loss(inputs, LossConfig(name="dpo")).losses.mean()
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return float(loss.detach())
+class NaiveLogps(torch.nn.Module):
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return naive_token_logps(self.lm, batch)
+
+
+def bench_step(model, optimizer, batch: dict, reference: torch.Tensor) -> float:
+    """One DPO step through the trainer's functions (max_grad_norm 1, as the trainer's default); returns the loss."""
+    pairs = batch["lengths"].shape[0] // 2
+    _, out = micro_step(model, batch, reference, LossConfig(name="dpo"), progress=0.0, scale=1 / pairs)
+    clip_gradients(model, 1.0)
+    optimizer_step(optimizer)
+    return float(out.losses.detach().mean())
 
 
 def _measure(variant: str, model_path: str, steps: int, batch: int, seq_len: int) -> dict:
@@ -94,18 +100,16 @@ def _measure(variant: str, model_path: str, steps: int, batch: int, seq_len: int
     with torch.no_grad():  # weights come memory-mapped, paged in lazily: make them resident before the baseline
         for param in lm.parameters():
             param.data = param.data.clone()
-    if variant == "chunked":
-        logps_fn = ResponseLogps(lm, chunk_size=CHUNK_SIZE)
-    else:
-        logps_fn = lambda ids, att, resp: naive_token_logps(lm, ids, att, resp)  # noqa: E731
+    model = ResponseLogps(lm) if variant == "rayalign" else NaiveLogps(lm)
     optimizer = torch.optim.AdamW(lm.parameters(), lr=1e-6)
-    data = _batch(lm.config.vocab_size, batch, seq_len)
+    data = pair_batch(synthetic_pairs(lm.config.vocab_size, batch, seq_len), 0, "cpu", variant == "rayalign")
+    reference = data["response_mask"] * -math.log(lm.config.vocab_size)  # fixed: a cached reference's values
     rss_after_load, load_peak = _memory_mib()
     exact = _reset_peak()  # from here the high-water mark is the steps' own
     times, losses = [], []
     for _ in range(steps + 1):
         began = time.perf_counter()
-        losses.append(_train_step(logps_fn, optimizer, *data))
+        losses.append(bench_step(model, optimizer, data, reference))
         times.append(time.perf_counter() - began)
     step_peak = _memory_mib()[1]
     median = statistics.median(times[1:])
@@ -125,7 +129,7 @@ def _in_fresh_process(*args) -> dict:
 
 
 def run_bench(model: str, steps: int, batch: int, seq_len: int) -> dict:
-    """Chunked and naive DPO steps on `model`, each in its own spawned process; see the module doc."""
+    """rayalign's and the naive DPO step on `model`, each in its own spawned process; see the module doc."""
     if steps < 1 or batch < 1 or seq_len < 4:
         raise RayAlignError(f"bench needs steps >= 1, batch >= 1 and seq_len >= 4, not {steps}, {batch}, {seq_len}")
     path = resolve_model(model)  # provision once, here, not inside a measured process
@@ -135,12 +139,12 @@ def run_bench(model: str, steps: int, batch: int, seq_len: int) -> dict:
               f"in a fresh process...", file=sys.stderr, flush=True)
         variants[variant] = _in_fresh_process(variant, path, steps, batch, seq_len)
         sizes = {key: variants[variant].pop(key) for key in ("params", "vocab_size")}
-    chunked, naive = variants["chunked"], variants["naive"]
+    ours, naive = variants["rayalign"], variants["naive"]
     return {
-        "model": model, **sizes, "torch_threads": chunked["torch_threads"], "batch_pairs": batch, "seq_len": seq_len,
+        "model": model, **sizes, "torch_threads": ours["torch_threads"], "batch_pairs": batch, "seq_len": seq_len,
         "steps": steps, "tokens_per_step": 2 * batch * seq_len, "variants": variants,
         "ratios": {
-            "tokens_per_s_chunked_over_naive": chunked["tokens_per_s"] / naive["tokens_per_s"],
-            "step_peak_mem_chunked_over_naive": chunked["step_peak_increase_mib"] / naive["step_peak_increase_mib"],
+            "tokens_per_s_rayalign_over_naive": ours["tokens_per_s"] / naive["tokens_per_s"],
+            "step_peak_mem_rayalign_over_naive": ours["step_peak_increase_mib"] / naive["step_peak_increase_mib"],
         },
     }

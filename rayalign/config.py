@@ -149,7 +149,28 @@ class TrainConfig:
     resume: Literal["auto", "never"] = "auto"
     """auto: continue from the newest checkpoint in the run directory if there is one."""
     reference_cache: bool = True
-    """Compute reference log-probs once and cache them on disk; false recomputes them every step."""
+    """Compute reference log-probs once (for the pairs the run uses) and cache them on disk; false recomputes them
+    every step."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder layer's activations in backward instead of keeping them: less memory for long
+    sequences and big batches, about a third more compute."""
+    fused_adamw: bool = False
+    """torch's fused AdamW kernel (one kernel over all parameters) instead of its default implementation."""
+    compile: bool = False
+    """torch.compile each decoder layer (needs a C++ compiler on CPU; the first steps pay the compilation)."""
+    lora_r: int = 0
+    """LoRA rank through peft (0: full fine-tuning). Only the adapters train; checkpoints are peft adapter
+    directories, which transformers and peft load onto the base model."""
+    lora_alpha: float = 16.0
+    """LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA branch."""
+    lora_target_modules: list[str] = dataclasses.field(default_factory=lambda: ["all-linear"])
+    """Modules that get adapters: peft's names (q_proj, v_proj, ...) or all-linear (every linear layer but the
+    output head)."""
+    shared_prompt: bool = True
+    """Run each pair's prompt once for both responses (one row per pair, a block attention mask); false pads chosen
+    and rejected sequences as separate rows. Models whose attention takes no custom mask always use false."""
 
 
 @dataclass(config=_STRICT)

@@ -2,9 +2,12 @@
 
 The vocabulary projection is the memory peak of preference training: SmolLM2's 49k vocabulary at
 batch 8 x 512 tokens is 800 MB of float32 logits, and autograd would keep them for backward.
-We project only response positions, a slice of ``chunk_size`` tokens at a time, and wrap each
-slice in activation checkpointing so backward recomputes its logits instead of storing them:
-the peak is one [chunk_size, vocab] slice, whatever the batch.
+We project only the positions that predict a response token, a slice of ``chunk_size`` of them at
+a time, and wrap each slice in activation checkpointing so backward recomputes its logits instead
+of storing them: the peak is one [chunk_size, vocab] slice, whatever the batch.
+
+Inputs are a batch from :func:`rayalign.data.collate_pairs` (either input layout); the output is
+its response layout [2B, R], chosen rows first.
 """
 
 from __future__ import annotations
@@ -13,31 +16,22 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask")
 
-def _slice_logps(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, softcap: float | None):
-    logits = head(hidden).float()
+
+def _slice_logps(states: torch.Tensor, targets: torch.Tensor, head: nn.Module, softcap: float | None):
+    logits = head(states).float()
     if softcap:  # Gemma-2 style final logit soft-capping
         logits = torch.tanh(logits / softcap) * softcap
     return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
 
-def response_token_logps(
-    hidden: torch.Tensor,
-    head: nn.Module,
-    input_ids: torch.Tensor,
-    response_mask: torch.Tensor,
-    chunk_size: int = 512,
-    softcap: float | None = None,
-) -> torch.Tensor:
-    """log π(input_ids[b, t] | input_ids[b, :t]) at response positions, 0 elsewhere; [B, L] float32.
-
-    `hidden` is the decoder's last hidden state [B, L, H]; position t's token is predicted from
-    the hidden state at t−1, so a response token at position 0 is not allowed (the prompt is never
-    empty).
-    """
-    targets_mask = response_mask[:, 1:]
-    states = hidden[:, :-1][targets_mask]  # [N, H]: only the positions we score
-    targets = input_ids[:, 1:][targets_mask]
+def response_token_logps(hidden: torch.Tensor, head: nn.Module, batch: dict, chunk_size: int = 512,
+                         softcap: float | None = None) -> torch.Tensor:
+    """log π(targets[n] | its context), read from hidden[sources[n]], in the response layout [2B, R] float32
+    (0 where response_mask is False). `hidden` is the decoder's last hidden state [rows, L, H]."""
+    states = hidden.reshape(-1, hidden.shape[-1])[batch["sources"]]  # [N, H]: only the positions we score
+    targets = batch["targets"]
     pieces = []
     for start in range(0, states.shape[0], chunk_size):
         h, t = states[start:start + chunk_size], targets[start:start + chunk_size]
@@ -45,22 +39,31 @@ def response_token_logps(
             pieces.append(checkpoint(_slice_logps, h, t, head, softcap, use_reentrant=False))
         else:
             pieces.append(_slice_logps(h, t, head, softcap))
-    out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
-    flat = torch.cat(pieces) if pieces else out.new_zeros(0)
-    padded = torch.zeros_like(out[:, 1:]).masked_scatter(targets_mask, flat)
-    return torch.cat([out[:, :1], padded], dim=1)
+    mask = batch["response_mask"]
+    flat = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+    return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_scatter(mask, flat)
 
 
-def naive_token_logps(model: nn.Module, input_ids, attention_mask, response_mask) -> torch.Tensor:
-    """The textbook computation (full logits, log_softmax): the reference the tests compare with."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
-    logps = logits[:, :-1].log_softmax(-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-    logps = torch.cat([torch.zeros_like(logps[:, :1]), logps], dim=1)
-    return logps * response_mask
+def naive_token_logps(lm: nn.Module, batch: dict) -> torch.Tensor:
+    """The textbook computation (full float32 logits, log_softmax over every position), for a padded-layout
+    batch (`collate_pairs(..., shared_prompt=False)`): the reference the tests and the benchmark compare with."""
+    logits = lm(**{k: batch[k] for k in MODEL_INPUTS}).logits.float()
+    logps = logits.log_softmax(-1).reshape(-1, logits.shape[-1])[batch["sources"]]
+    flat = logps.gather(-1, batch["targets"][:, None]).squeeze(-1)
+    mask = batch["response_mask"]
+    return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_scatter(mask, flat)
+
+
+def takes_block_masks(lm: nn.Module) -> bool:
+    """Whether the model's attention takes the shared-prompt layout's custom 4D mask as it is (sdpa and eager do;
+    flash-attention kernels and sliding-window models do not)."""
+    config = lm.config
+    sliding = getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
+    return getattr(config, "_attn_implementation", "eager") in ("sdpa", "eager") and not sliding
 
 
 class ResponseLogps(nn.Module):
-    """A causal LM whose forward returns response-token log-probs [B, L].
+    """A causal LM whose forward maps a `collate_pairs` batch to response-token log-probs [2B, R].
 
     One module, one forward: FSDP2 gathers the root's parameters (embeddings, final norm, head)
     around this forward, so the chunked projection above runs on full weights.
@@ -71,9 +74,15 @@ class ResponseLogps(nn.Module):
         self.lm = lm
         self.chunk_size = chunk_size
 
-    def forward(self, input_ids, attention_mask, response_mask):
-        decoder = self.lm.get_decoder()
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    def forward(self, batch: dict) -> torch.Tensor:
+        inputs = {k: batch[k] for k in MODEL_INPUTS}
+        if inputs["attention_mask"].dim() == 4 and self.lm.config._attn_implementation == "eager":
+            inputs["attention_mask"] = _additive(inputs["attention_mask"], self.lm.dtype)
+        hidden = self.lm.get_decoder()(**inputs, use_cache=False).last_hidden_state
         softcap = getattr(self.lm.config, "final_logit_softcapping", None)
-        return response_token_logps(hidden, self.lm.get_output_embeddings(), input_ids, response_mask,
-                                    self.chunk_size, softcap)
+        return response_token_logps(hidden, self.lm.get_output_embeddings(), batch, self.chunk_size, softcap)
+
+
+def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean attend-mask as eager attention's additive one (0 or the dtype's minimum)."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)

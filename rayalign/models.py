@@ -117,3 +117,14 @@ def load_causal_lm(name: str, dtype: str = "float32"):
         return AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=getattr(torch, dtype))
     except OSError as error:
         raise RayAlignError(f"model '{name}' could not be loaded: {str(error).splitlines()[0]}") from None
+
+
+def with_lora(lm, r: int, alpha: float, dropout: float, target_modules: list[str], adapter_dir: str | None = None):
+    """`lm` with trainable LoRA adapters (peft): new ones, or those saved in `adapter_dir` (a resumed run)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if adapter_dir is not None:
+        return PeftModel.from_pretrained(lm, adapter_dir, is_trainable=True)
+    targets = "all-linear" if list(target_modules) == ["all-linear"] else list(target_modules)
+    return get_peft_model(lm, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                                         task_type="CAUSAL_LM"))

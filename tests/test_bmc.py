@@ -118,13 +118,15 @@ def test_marks_on_a_hand_made_pair_align_with_the_labels_after_the_chat_template
     marks = varied_token_marks(chosen, rejected, stopword_token_ids(tokenizer))
     pair = TokenizedPair(prompt, chosen, rejected, *marks)
     batch = collate_pairs([pair], tokenizer.pad_token_id)
-    words = [tokenizer.decode(batch["input_ids"][row][batch["marks"][row]]).split() for row in (0, 1)]
+    scored = batch["targets"].split(batch["lengths"].tolist())  # response layout: row 0 chosen, row 1 rejected
+    words = [tokenizer.decode(scored[row][batch["marks"][row][:len(scored[row])]]).split() for row in (0, 1)]
     # replace "pasta" -> "rice"; delete "very" (a stopword: never marked); insert "and add salt" ("and" is one too)
     assert words == [["rice", "add", "salt"], ["pasta"]]
     rejected = encode_response("Cook the pasta gently slowly", tokenizer)  # a deleted content word is marked
     pair = TokenizedPair(prompt, chosen, rejected, *varied_token_marks(chosen, rejected, stopword_token_ids(tokenizer)))
     batch = collate_pairs([pair], tokenizer.pad_token_id)
-    assert tokenizer.decode(batch["input_ids"][1][batch["marks"][1]]).split() == ["pasta", "gently"]
+    rejected_scored = batch["targets"][len(chosen):]
+    assert tokenizer.decode(rejected_scored[batch["marks"][1][:len(rejected_scored)]]).split() == ["pasta", "gently"]
     assert not (batch["marks"] & ~batch["response_mask"]).any(), "a mark outside the response"
 
 

@@ -9,10 +9,19 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from rayalign.config import DataConfig
-from rayalign.data import (attach_marks, collate_pairs, encode_prompt, encode_response, fingerprint, iter_rows, normalise,
-                           prepare_data)
+from rayalign.data import (
+    attach_marks,
+    collate_pairs,
+    encode_prompt,
+    encode_response,
+    fingerprint,
+    iter_rows,
+    normalise,
+    prepare_data,
+)
 from rayalign.data.tokenize import TokenizedPair
 from rayalign.errors import DataError
 from rayalign.models import load_tokenizer
@@ -229,27 +238,33 @@ def test_truncation_cuts_prompt_left_and_response_right(tmp_path, tokenizer):
     assert prepared.pairs[1].prompt_ids == encode_prompt([user(STANDARD_ROWS[0]["prompt"])], tokenizer)
 
 
-def test_collate_masks_exactly_the_responses(tmp_path, tokenizer):
+@pytest.mark.parametrize("shared_prompt", [True, False])
+def test_collate_scores_exactly_the_responses_each_in_its_own_context(tmp_path, tokenizer, shared_prompt):
+    """For every scored token: the target is the response's token, and the tokens its source position sees
+    (attention mask), in position order, are exactly prompt + the response's earlier tokens."""
     path = write_jsonl(tmp_path / "m.jsonl", STANDARD_ROWS[:2])
     prepared = prepare_data(DataConfig(path=str(path)), tokenizer)
     attach_marks(prepared.pairs, lambda c, r: ([i % 2 == 0 for i in range(len(c))], [True] * len(r)))
-    batch = collate_pairs(prepared.pairs, pad_id=tokenizer.pad_token_id)
+    batch = collate_pairs(prepared.pairs, pad_id=tokenizer.pad_token_id, shared_prompt=shared_prompt)
     texts = [row["chosen"] for row in STANDARD_ROWS[:2]] + [row["rejected"] for row in STANDARD_ROWS[:2]]
-    sequences = [pair.prompt_ids + pair.chosen_ids for pair in prepared.pairs]
-    sequences += [pair.prompt_ids + pair.rejected_ids for pair in prepared.pairs]
-    width = max(len(sequence) for sequence in sequences)
-    assert batch["input_ids"].shape == (4, width) and batch["marks"].shape == (4, width)
-    for i, (text, sequence) in enumerate(zip(texts, sequences)):
-        response = batch["input_ids"][i][batch["response_mask"][i]].tolist()
+    responses = [pair.chosen_ids for pair in prepared.pairs] + [pair.rejected_ids for pair in prepared.pairs]
+    prompts = [pair.prompt_ids for pair in prepared.pairs] * 2
+    assert batch["response_mask"].shape == batch["marks"].shape == (4, max(map(len, responses)))
+    ids, positions, mask = batch["input_ids"], batch["position_ids"], batch["attention_mask"]
+    width, n = ids.shape[1], 0
+    for r, (text, prompt, response) in enumerate(zip(texts, prompts, responses)):
         assert tokenizer.decode(response) == text + tokenizer.eos_token
-        assert batch["input_ids"][i, :len(sequence)].tolist() == sequence
-        assert batch["input_ids"][i, len(sequence):].eq(tokenizer.pad_token_id).all()
-        assert batch["attention_mask"][i].tolist() == [1] * len(sequence) + [0] * (width - len(sequence))
-        assert batch["lengths"][i] == len(response) == int(batch["response_mask"][i].sum())
+        assert batch["lengths"][r] == len(response) == int(batch["response_mask"][r].sum())
+        for k, token in enumerate(response):
+            row, col = divmod(int(batch["sources"][n]), width)
+            assert int(batch["targets"][n]) == token
+            seen = (mask[row, 0, col] if mask.dim() == 4 else mask[row].bool() & (torch.arange(width) <= col))
+            context = [int(t) for _, t in sorted(zip(positions[row][seen].tolist(), ids[row][seen].tolist()))]
+            assert context == prompt + response[:k] and int(positions[row, col]) == len(prompt) + k - 1
+            n += 1
+    assert n == len(batch["targets"]) == len(batch["sources"])
     chosen_marks = batch["marks"][0][batch["response_mask"][0]].tolist()
     assert chosen_marks == [i % 2 == 0 for i in range(len(chosen_marks))]
-    assert not batch["marks"][~batch["response_mask"]].any() and batch["marks"][2][batch["response_mask"][2]].all()
-
 
 def test_fingerprint_follows_every_token_and_boundary():
     pair = TokenizedPair([1, 2, 3], [4, 5], [6])

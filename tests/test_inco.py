@@ -96,9 +96,10 @@ def test_training_sees_the_sampled_ids_and_eos_only_where_the_sample_ended(tmp_p
     eos = set(load_causal_lm(model).generation_config.eos_token_id)
     prepared = prepare_data(cfg.data.__class__(path=str(path), max_length=128), tokenizer)
     batch = collate_pairs(prepared.pairs, tokenizer.pad_token_id)
+    scored = batch["targets"].split(batch["lengths"].tolist())  # the tokens whose log-probs train, row by row
     for i, row in enumerate(rows):
         for side, offset in (("chosen", 0), ("rejected", len(rows))):
-            trained = batch["input_ids"][offset + i][batch["response_mask"][offset + i]].tolist()
+            trained = scored[offset + i].tolist()
             assert trained == row[f"{side}_ids"]
             assert (trained[-1] in eos) == (row[f"{side}_finish"] == "stop")
 

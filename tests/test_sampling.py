@@ -219,3 +219,22 @@ def test_vllm_sampler_logprobs_match_hf_and_weights_update(prompts, tmp_path):
     perturbed = {k: v + 0.5 * torch.randn_like(v) for k, v in hf.model.state_dict().items()}
     engine.load_weights(perturbed)
     assert engine.generate(prompts, greedy) != before
+
+
+@pytest.mark.gpu
+def test_vllm_engine_options_from_the_config_reach_vllm_llm():
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vLLM is not installed (pip install 'rayalign[gpu]'); the vLLM engine needs it")
+    if not torch.cuda.is_available():
+        pytest.skip("vLLM needs a CUDA GPU; none is visible")
+    from rayalign import config
+    from rayalign.sampling.base import make_sampler
+    from rayalign.sampling.pool import engine_options
+
+    cfg = config.load(None, ["sampling.engine=vllm", "sampling.vllm_options={gpu_memory_utilization: 0.25, "
+                             "max_model_len: 512, enforce_eager: true, tensor_parallel_size: 1}"])
+    engine = make_sampler("vllm", "tiny-llama", **engine_options(cfg.sampling))
+    vllm_config = engine.llm.llm_engine.vllm_config
+    assert vllm_config.cache_config.gpu_memory_utilization == 0.25
+    assert vllm_config.model_config.max_model_len == 512 and vllm_config.model_config.enforce_eager
+    assert vllm_config.parallel_config.tensor_parallel_size == 1

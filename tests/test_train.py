@@ -95,6 +95,52 @@ def test_gradient_accumulation_gives_the_same_loss_curve(runs):
     assert _losses(accumulated) == pytest.approx(_losses(done["base"][1]), rel=1e-4, abs=1e-5)
 
 
+def test_activation_checkpointing_and_fused_adamw_give_the_same_loss_curve(runs):
+    """Speed and memory switches that must not change the arithmetic beyond float rounding."""
+    root, done = runs
+    summary, rows = _train(root, "switches", "train.activation_checkpointing=true", "train.fused_adamw=true")
+    assert _losses(rows) == pytest.approx(_losses(done["base"][1]), rel=1e-4, abs=1e-5)
+    before = load_causal_lm("tiny-llama").state_dict()
+    assert all(not torch.equal(value, before[name]) for name, value in _weights(summary).items())
+
+
+@pytest.mark.slow  # compiling the layers takes about a minute on 2 cores
+def test_compiled_layers_give_the_same_loss_curve(runs):
+    root, done = runs
+    _, rows = _train(root, "compiled", "train.compile=true")
+    assert _losses(rows) == pytest.approx(_losses(done["base"][1]), rel=1e-4, abs=1e-5)
+
+
+def test_lora_trains_every_adapter_and_nothing_else_and_its_checkpoint_loads(runs):
+    from peft import PeftModel
+
+    root, _ = runs
+    _, rows = _train(root, "lora", "train.lora_r=4", "train.lora_alpha=8", "train.max_steps=3",
+                           "train.save_every=1", "train.keep_checkpoints=3")
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # LoRA's B starts at 0: policy == reference
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    first, last = (root / "lora" / "checkpoints" / f"step_00000{k}" for k in (1, 3))
+    assert (last / "adapter_config.json").is_file() and not (last / "model.safetensors").exists()
+    adapters = [load_file(f"{d}/adapter_model.safetensors") for d in (first, last)]
+    assert adapters[0].keys() == adapters[1].keys() and any("lora_A" in k for k in adapters[0])
+    for name in adapters[0]:
+        assert not torch.equal(adapters[0][name], adapters[1][name]), f"{name} did not change"
+
+    base = load_causal_lm("tiny-llama")
+    frozen = {k: v.clone() for k, v in base.state_dict().items()}
+    peft_model = PeftModel.from_pretrained(base, str(last))
+    ids = torch.tensor([[1, 9690, 198, 2683, 359, 253, 5356]])
+    with torch.no_grad():
+        through_peft = peft_model(input_ids=ids).logits
+        through_transformers = AutoModelForCausalLM.from_pretrained(str(last))(input_ids=ids).logits
+        untrained = load_causal_lm("tiny-llama")(input_ids=ids).logits
+    torch.testing.assert_close(through_transformers, through_peft)
+    assert not torch.allclose(through_peft, untrained)
+    merged = peft_model.merge_and_unload().state_dict()
+    changed = {k for k in frozen if not torch.equal(merged[k], frozen[k])}
+    assert changed and all(k.endswith("proj.weight") for k in changed)  # only where adapters sit
+
+
 def test_cached_reference_equals_live_reference(runs):
     root, done = runs
     _, live = _train(root, "live_ref", "train.reference_cache=false")

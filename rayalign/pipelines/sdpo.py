@@ -76,22 +76,14 @@ def _accuracy(margins: list[float], indices: list[int]) -> float:
     return sum(margins[i] > 0 for i in indices) / max(1, len(indices))
 
 
-@torch.no_grad()
 def response_logps(model_name: str, pairs, pad_id: int, micro_batch: int = 8) -> torch.Tensor:
     """[N, 4]: chosen sum, rejected sum, chosen length, rejected length of each pair under a model."""
-    from rayalign.data import collate_pairs
-    from rayalign.logprobs import ResponseLogps
+    from rayalign.logprobs import ResponseLogps, takes_block_masks
     from rayalign.models import load_causal_lm
+    from rayalign.train.step import pair_sums
 
-    model = ResponseLogps(load_causal_lm(model_name).eval())
-    rows = []
-    for start in range(0, len(pairs), micro_batch):
-        batch = collate_pairs(pairs[start:start + micro_batch], pad_id)
-        sums = model(batch["input_ids"], batch["attention_mask"], batch["response_mask"]).sum(-1)
-        b = sums.shape[0] // 2
-        lengths = batch["lengths"].float()
-        rows.append(torch.stack([sums[:b], sums[b:], lengths[:b], lengths[b:]], dim=1))
-    return torch.cat(rows)
+    lm = load_causal_lm(model_name).eval()
+    return pair_sums(ResponseLogps(lm), pairs, pad_id, micro_batch, "cpu", takes_block_masks(lm))
 
 
 def pair_margins(stats: torch.Tensor, difficulty: str = "normalised_margin") -> list[float]:

@@ -294,9 +294,13 @@ class _Run:
                 self._probe(actor)
 
 
+def engine_options(sampling) -> dict:
+    """The engine's own keyword arguments from a `SamplingConfig`: hf's batch size, or `vllm_options` for vllm.LLM."""
+    return {"batch_size": sampling.batch_size} if sampling.engine == "hf" else dict(sampling.vllm_options)
+
+
 def pool_from_config(model: str, sampling) -> SamplerPool:
     """The pool a `SamplingConfig` describes, serving `model` (synthesis and evaluation both use it)."""
-    engine_kwargs = {"batch_size": sampling.batch_size} if sampling.engine == "hf" else dict(sampling.vllm_options)
     return SamplerPool(engine=sampling.engine, model=model, num_actors=sampling.num_actors,
                        num_cpus=sampling.cpus_per_actor, num_gpus=sampling.gpus_per_actor,
-                       chunk_size=sampling.chunk_size, num_threads=sampling.threads, **engine_kwargs)
+                       chunk_size=sampling.chunk_size, num_threads=sampling.threads, **engine_options(sampling))

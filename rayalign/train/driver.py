@@ -78,6 +78,7 @@ def _summary(cfg, result, prepared, clock: PhaseClock, fit_ended: float) -> dict
         "data": prepared.stats,
         "pairs": len(prepared.pairs),
         "phases_s": phase_seconds(clock, fit_ended, state),
+        "cuda_peak_mib": state.get("cuda_peak_mib"),
         "wall_time_s": round(time.time() - clock.started_at, 1),
     }
 

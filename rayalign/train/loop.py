@@ -18,12 +18,12 @@ import torch
 import torch.distributed as dist
 
 from rayalign import config as config_lib
-from rayalign.data import collate_pairs
-from rayalign.logprobs import ResponseLogps
-from rayalign.losses import LossInputs, compute_loss, needs_reference
-from rayalign.models import load_causal_lm, load_tokenizer, resolve_model
+from rayalign.logprobs import ResponseLogps, takes_block_masks
+from rayalign.losses import LossInputs, needs_reference
+from rayalign.models import load_causal_lm, load_tokenizer, resolve_model, with_lora
 from rayalign.train import reference as ref_lib
 from rayalign.train.checkpoint import load_training_state, save_checkpoint
+from rayalign.train.step import clip_gradients, micro_step, optimizer_step, pair_batch
 
 METRIC_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                "logps/chosen", "logps/rejected")
@@ -57,8 +57,8 @@ def warmup_cosine(step: int, total: int, warmup: int, schedule: str = "cosine") 
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _shard(lm, chunk_size: int, mixed_precision: bool, device):
-    """FSDP2: `fully_shard` each decoder layer, then the root (embeddings, norm, head)."""
+def _shard(lm, chunk_size: int, mixed_precision: bool, device, compile_layers: bool = False):
+    """FSDP2: `fully_shard` each decoder layer (compiled first, when asked), then the root (embeddings, norm, head)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -68,6 +68,8 @@ def _shard(lm, chunk_size: int, mixed_precision: bool, device):
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     model = ResponseLogps(lm, chunk_size)
     for layer in lm.get_decoder().layers:
+        if compile_layers:
+            layer.compile()
         fully_shard(layer, **kwargs)
     fully_shard(model, **kwargs)
     return model
@@ -78,41 +80,35 @@ def numerics(cfg: config_lib.Config) -> tuple[str, bool]:
     return ("bfloat16" if cfg.model.dtype == "bfloat16" else "float32"), cfg.train.use_gpu and cfg.model.dtype == "auto"
 
 
-def build_model(name: str, cfg: config_lib.Config, device, trainable: bool):
-    """(the HF model, its FSDP2-sharded ResponseLogps wrapper) on `device`.
+def build_model(name: str, cfg: config_lib.Config, device, trainable: bool, resume_dir: str | None = None):
+    """(the HF model, its FSDP2-sharded ResponseLogps wrapper) on `device`; a trainable one resumes from
+    `resume_dir` (a checkpoint: a model, or with LoRA an adapter on `name`) and gets the run's LoRA, activation
+    checkpointing and compilation switches.
 
     dtype auto: float32 on CPU; on GPU float32 master weights with bf16 compute (mixed precision).
     """
     dtype, mixed_precision = numerics(cfg)
-    lm = load_causal_lm(name, dtype)
+    t = cfg.train
+    lora = trainable and t.lora_r > 0
+    lm = load_causal_lm(name if lora or not resume_dir else resume_dir, dtype)
+    if lora:
+        lm = with_lora(lm, t.lora_r, t.lora_alpha, t.lora_dropout, t.lora_target_modules, resume_dir)
+    if trainable and t.activation_checkpointing:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lm.to(device)
     if not trainable:
         lm.requires_grad_(False)
         lm.eval()
     else:
         lm.train()
-    return lm, _shard(lm, cfg.model.chunk_size, mixed_precision, device)
+    return lm, _shard(lm, cfg.model.chunk_size, mixed_precision, device, trainable and t.compile)
 
 
-def _loss_inputs(policy: torch.Tensor, reference: torch.Tensor | None, batch: dict, progress: float) -> LossInputs:
-    """Split [2B, L] token log-probs (chosen rows first) into the loss's inputs."""
-    b = policy.shape[0] // 2
-    mask = batch["response_mask"]
-    marks = batch["marks"]
-    sums = (policy * mask).sum(-1)
-    ref_sums = None if reference is None else (reference * mask).sum(-1)
-    lengths = batch["lengths"].float()
-    return LossInputs(
-        policy_chosen_logps=sums[:b], policy_rejected_logps=sums[b:],
-        chosen_lengths=lengths[:b], rejected_lengths=lengths[b:],
-        reference_chosen_logps=None if ref_sums is None else ref_sums[:b],
-        reference_rejected_logps=None if ref_sums is None else ref_sums[b:],
-        policy_chosen_token_logps=policy[:b], policy_rejected_token_logps=policy[b:],
-        reference_chosen_token_logps=None if reference is None else reference[:b],
-        reference_rejected_token_logps=None if reference is None else reference[b:],
-        chosen_mask=mask[:b], rejected_mask=mask[b:], chosen_marks=marks[:b], rejected_marks=marks[b:],
-        progress=progress,
-    )
+def make_optimizer(model, cfg: config_lib.Config):
+    """AdamW over the trainable parameters (LoRA: the adapters only)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                             fused=True if cfg.train.fused_adamw else None)
 
 
 def _batch_sums(inputs: LossInputs, out) -> dict[str, torch.Tensor]:
@@ -129,7 +125,7 @@ def _batch_sums(inputs: LossInputs, out) -> dict[str, torch.Tensor]:
     }
 
 
-def train_step(model, ref_model, ref_values, pairs, indices, cfg, pad_id, device, progress) -> dict:
+def train_step(model, ref_model, ref_values, pairs, indices, cfg, pad_id, device, progress, shared_prompt) -> dict:
     """Forward/backward over this rank's micro-batches of one optimizer step; returns metric sums."""
     world, rank = dist.get_world_size(), dist.get_rank()
     per_rank = cfg.train.batch_size // world
@@ -138,19 +134,17 @@ def train_step(model, ref_model, ref_values, pairs, indices, cfg, pad_id, device
     tokens = 0
     for start in range(0, per_rank, cfg.train.micro_batch_size):
         chunk = mine[start:start + cfg.train.micro_batch_size]
-        batch = {k: v.to(device) for k, v in collate_pairs([pairs[i] for i in chunk], pad_id).items()}
-        tokens += int(batch["attention_mask"].sum())
-        policy = model(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        batch = pair_batch([pairs[i] for i in chunk], pad_id, device, shared_prompt)
+        tokens += sum(2 * len(pairs[i].prompt_ids) + len(pairs[i].chosen_ids) + len(pairs[i].rejected_ids)
+                      for i in chunk)  # both sequences' tokens, whatever the layout (as TRL counts them)
         reference = None
         if ref_values is not None:
             reference = ref_lib.batch_reference(ref_values, chunk, batch["response_mask"])
         elif ref_model is not None:
             with torch.no_grad():
-                reference = ref_model(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
-        inputs = _loss_inputs(policy, reference, batch, progress)
-        out = compute_loss(inputs, cfg.loss)
+                reference = ref_model(batch)
         # Each rank's gradient is the mean over its share; FSDP averages the shares.
-        (out.losses.sum() / per_rank).backward()
+        inputs, out = micro_step(model, batch, reference, cfg.loss, progress, scale=1 / per_rank)
         for key, value in _batch_sums(inputs, out).items():
             sums[key] = sums.get(key, 0.0) + value.float()
     sums["tokens"] = torch.tensor(float(tokens))
@@ -172,8 +166,19 @@ def _broadcast(value):
     return holder[0]
 
 
-def prepare_reference(cfg, pairs, pad_id: int, device, cache_dir: Path):
-    """(live reference model, cached values): one of them, or neither for reference-free losses."""
+def used_pairs(cfg: config_lib.Config, num_pairs: int, total: int) -> list[int] | None:
+    """The pairs the run's `total` steps train on, sorted; None when that is all of them. The whole run's, not
+    only the steps left, so that a resumed run finds the cache its first part wrote."""
+    used = sorted({i for step in range(total) for i in step_indices(step, num_pairs, cfg.train.batch_size,
+                                                                     cfg.train.seed)})
+    return None if len(used) == num_pairs else used
+
+
+def prepare_reference(cfg, pairs, indices: list[int] | None, pad_id: int, device, cache_dir: Path,
+                      shared_prompt: bool, policy=None):
+    """(live reference model, cached values of the pairs `indices` (None: all)): one of them, or neither for
+    reference-free losses. `policy`: the policy before its first step, which scores the pairs itself when the
+    reference is the starting policy (one model in memory, one load)."""
     if not needs_reference(cfg.loss):
         return None, None
     name = cfg.model.reference or cfg.model.name
@@ -184,26 +189,23 @@ def prepare_reference(cfg, pairs, pad_id: int, device, cache_dir: Path):
         from rayalign.data import fingerprint
 
         path = ref_lib.cache_path(cache_dir, ref_lib.model_fingerprint(resolve_model(name)), fingerprint(pairs),
-                                  *numerics(cfg))
+                                  *numerics(cfg), indices)
     path = _broadcast(path)
     if not _broadcast(path.is_file() if dist.get_rank() == 0 else None):
+        scored = list(range(len(pairs))) if indices is None else indices
         if dist.get_rank() == 0:
-            print(f"rayalign: computing reference log-probs of {len(pairs)} pairs (cached at {path})", flush=True)
-        lm, model = build_model(name, cfg, device, trainable=False)
-        values = ref_lib.compute_reference(model, pairs, pad_id, cfg.train.micro_batch_size, device)
+            print(f"rayalign: computing reference log-probs of {len(scored)} pairs (cached at {path})", flush=True)
+        own = policy is None or cfg.model.reference is not None
+        model = build_model(name, cfg, device, trainable=False)[1] if own else policy
+        model.eval()  # no dropout in a reference
+        values = ref_lib.compute_reference(model, pairs, scored, pad_id, cfg.train.micro_batch_size, device,
+                                           shared_prompt)
+        if not own:
+            policy.train()
         if dist.get_rank() == 0:
             ref_lib.save_reference(path, values)
-        del lm, model
         return None, values
     return None, _broadcast(ref_lib.load_reference(path) if dist.get_rank() == 0 else None)
-
-
-def _clip(model, max_norm: float) -> float:
-    params = [p for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
-    if hasattr(norm, "full_tensor"):
-        norm = norm.full_tensor()
-    return float(norm)
 
 
 def _save_and_report(metrics, model, lm, tokenizer, optimizer, scheduler, step: int, save: bool,
@@ -252,13 +254,17 @@ def train_fn_per_worker(loop_config: dict) -> None:
 
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume_dir:
-        lm, model = build_model(resume_dir or cfg.model.name, cfg, device, trainable=True)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        lm, model = build_model(cfg.model.name, cfg, device, trainable=True, resume_dir=resume_dir)
+        optimizer = make_optimizer(model, cfg)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup, cfg.train.lr_schedule))
         start = load_training_state(Path(resume_dir), model, optimizer, scheduler) if resume_dir else 0
     clock.lap("model_load_s")
-    ref_model, ref_values = prepare_reference(cfg, pairs, tokenizer.pad_token_id, device,
-                                              Path(loop_config["env"]["RAYALIGN_CACHE"]) / "reference")
+    stop = min(total, cfg.train.stop_at_step or total)
+    shared_prompt = cfg.train.shared_prompt and takes_block_masks(lm)
+    ref_model, ref_values = prepare_reference(cfg, pairs, used_pairs(cfg, len(pairs), total),
+                                              tokenizer.pad_token_id, device,
+                                              Path(loop_config["env"]["RAYALIGN_CACHE"]) / "reference", shared_prompt,
+                                              policy=None if start else model)
     clock.lap("reference_s")
 
     tracker = bar = None
@@ -272,14 +278,13 @@ def train_fn_per_worker(loop_config: dict) -> None:
         if start:
             print(f"rayalign: resumed from the checkpoint of step {start}", flush=True)
     clock.lap("tracking_setup_s")
-    stop = min(total, cfg.train.stop_at_step or total)
     status, done = "ok", start
     for step in range(start, stop):
         began = time.perf_counter()
         indices = step_indices(step, len(pairs), cfg.train.batch_size, cfg.train.seed)
         sums = train_step(model, ref_model, ref_values, pairs, indices, cfg, tokenizer.pad_token_id,
-                          device, progress=step / total)
-        grad_norm = _clip(model, cfg.train.max_grad_norm)
+                          device, progress=step / total, shared_prompt=shared_prompt)
+        grad_norm = clip_gradients(model, cfg.train.max_grad_norm)
         metrics = _reduce(sums, cfg.train.batch_size, device)
         done = step + 1
         if not (math.isfinite(metrics["loss"]) and math.isfinite(grad_norm)):
@@ -287,9 +292,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
             ray.train.report({**metrics, "step": done, "status": status})
             break
         metrics.update({"grad_norm": grad_norm, "learning_rate": scheduler.get_last_lr()[0]})
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(optimizer, scheduler)
         elapsed = time.perf_counter() - began
         metrics.update({"tokens_per_s": metrics["num_tokens"] / elapsed, "step_time_s": elapsed,
                         "epoch": done / max(1, steps_per_epoch(len(pairs), cfg.train.batch_size)),
@@ -310,4 +313,5 @@ def train_fn_per_worker(loop_config: dict) -> None:
         # The driver reads how training ended from here (Ray's result holds the last checkpoint's metrics).
         (run_dir / "train_state.json").write_text(json.dumps({
             "status": status, "step": done, "total": total, "resumed_from": start,
-            "started_at": clock.started_at, "finished_at": clock.last, "phases_s": clock.seconds}))
+            "started_at": clock.started_at, "finished_at": clock.last, "phases_s": clock.seconds,
+            "cuda_peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None}))
