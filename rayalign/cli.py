@@ -92,6 +92,13 @@ def cmd_bench(args) -> int:
         print(json.dumps(result, indent=2))
         print("\n".join(summary_lines(result)))
         return 0
+    if args.peer:
+        from rayalign.peer_bench import run_peer_bench, summary_lines
+
+        result = run_peer_bench(args.peer, args.model, args.pairs, args.peer_steps, args.batch, args.repeats, args.gpu)
+        print(json.dumps(result, indent=2))
+        print("\n".join(summary_lines(result)))
+        return 0
     from rayalign.bench import run_bench
 
     result = {"train_step": run_bench(args.model, args.steps, args.batch, args.seq_len)}
@@ -169,14 +176,20 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--provision", nargs="+", metavar="NAME", help="build and cache these models now")
     models.set_defaults(func=cmd_models)
 
-    bench = sub.add_parser("bench", help="train: tokens/s and peak memory of a training step (chunked vs naive "
-                           "log-probs) and of the sampler (batched vs one prompt at a time); serve: the discriminator's "
+    bench = sub.add_parser("bench", help="train: tokens/s and peak memory of the trainer's step vs the naive "
+                           "one, or with --peer trl whole DPO runs against TRL; and of the sampler (batched vs one prompt at a time); serve: the discriminator's "
                            "and the sampler's HTTP endpoints under load (errors, p50/p99, req/s) and bad requests")
     bench.add_argument("what", nargs="?", default="train", choices=["train", "serve"])
     bench.add_argument("--model", default="smollm2-135m-instruct")
     bench.add_argument("--steps", type=int, default=5)
     bench.add_argument("--batch", type=int, default=4, help="preference pairs per step")
     bench.add_argument("--seq-len", type=int, default=256, help="tokens per sequence")
+    bench.add_argument("--peer", choices=["trl"], help="train: the same DPO job through TRL's DPOTrainer and "
+                       "`rayalign train`, whole processes (needs `pip install 'rayalign[bench]'`)")
+    bench.add_argument("--pairs", type=int, default=64, help="--peer: preference pairs in the data")
+    bench.add_argument("--peer-steps", type=int, default=8, help="--peer: optimizer steps")
+    bench.add_argument("--repeats", type=int, default=3, help="--peer: runs of each tool (medians)")
+    bench.add_argument("--gpu", action="store_true", help="--peer: train on the GPU (bf16) instead of the CPU")
     bench.add_argument("--skip-sampler", action="store_true", help="skip the sampler's batched vs one-at-a-time run")
     bench.add_argument("--requests", type=int, default=1000, help="serve: requests per endpoint")
     bench.add_argument("--concurrency", type=int, default=32, help="serve: requests in flight")

@@ -1,4 +1,4 @@
-"""rayalign.bench: one real chunked-vs-naive run on tiny-llama (two spawned processes, ~30 s on 2 cores)."""
+"""rayalign.bench: one real rayalign-vs-naive run on tiny-llama (two spawned processes, ~30 s on 2 cores)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def test_structure_and_figures(result):
     assert result["tokens_per_step"] == 2 * BATCH * SEQ_LEN
     assert result["vocab_size"] == 49152
     assert _positive(result["params"]) and _positive(result["torch_threads"])
-    assert set(result["variants"]) == {"chunked", "naive"}
+    assert set(result["variants"]) == {"rayalign", "naive"}
     for name, variant in result["variants"].items():
         for key in VARIANT_FIGURES:
             assert _positive(variant[key]), (name, key, variant[key])
@@ -42,22 +42,22 @@ def test_structure_and_figures(result):
         assert variant["tokens_per_s"] == pytest.approx(2 * BATCH * SEQ_LEN / variant["median_step_s"])
         assert variant["peak_rss_mib"] >= variant["rss_after_load_mib"] + variant["step_peak_increase_mib"] - 1
         assert math.isfinite(variant["final_loss"])
-    assert set(result["ratios"]) == {"tokens_per_s_chunked_over_naive", "step_peak_mem_chunked_over_naive"}
+    assert set(result["ratios"]) == {"tokens_per_s_rayalign_over_naive", "step_peak_mem_rayalign_over_naive"}
     assert all(map(_positive, result["ratios"].values()))
     json.dumps(result)  # the CLI prints it as JSON
 
 
 def test_same_step_in_both_variants(result):
     """Same seed, data and loss: the two log-prob paths agree, so the losses do too."""
-    chunked, naive = result["variants"]["chunked"], result["variants"]["naive"]
-    assert chunked["final_loss"] == pytest.approx(naive["final_loss"], rel=1e-3)
+    ours, naive = result["variants"]["rayalign"], result["variants"]["naive"]
+    assert ours["final_loss"] == pytest.approx(naive["final_loss"], rel=1e-3)
 
 
 def test_naive_step_needs_more_memory(result):
-    chunked = result["variants"]["chunked"]["step_peak_increase_mib"]
+    ours = result["variants"]["rayalign"]["step_peak_increase_mib"]
     naive = result["variants"]["naive"]["step_peak_increase_mib"]
-    assert naive > 1.2 * chunked, (chunked, naive)
-    assert result["ratios"]["step_peak_mem_chunked_over_naive"] < 1 / 1.2
+    assert naive > 1.2 * ours, (ours, naive)
+    assert result["ratios"]["step_peak_mem_rayalign_over_naive"] < 1 / 1.2
 
 
 def test_memory_reading():
@@ -77,3 +77,48 @@ def test_serve_bench_percentiles_by_hand():
     assert percentile(values, 50) == 3.0 and percentile(values, 0) == 1.0 and percentile(values, 100) == 5.0
     assert percentile(values, 99) == pytest.approx(4.96)  # rank 0.99·4 = 3.96: 4 + 0.96·(5 − 4)
     assert percentile([7.0], 99) == 7.0
+
+
+# ---------------------------------------------------------------- bench --peer trl
+
+_ALLOCATE = ("import sys, time; block = bytearray({mb} * 2**20); block[::4096] = b'x' * len(block[::4096]); "
+             "time.sleep({sleep})")
+
+
+def test_peer_measurement_counts_the_whole_process_tree(tmp_path):
+    """A parent holding 100 MiB starts a child holding 250 MiB: the tree's peak has both, the largest process one."""
+    import sys
+
+    from rayalign.peer_bench import run_measured
+
+    child = _ALLOCATE.format(mb=250, sleep=1.5)
+    parent = (f"import subprocess, sys; {_ALLOCATE.format(mb=100, sleep=0)}; "
+              f"subprocess.run([sys.executable, '-c', {child!r}], check=True)")
+    run = run_measured([sys.executable, "-c", parent], dict(__import__("os").environ), tmp_path / "log")
+    assert run["exit_code"] == 0 and run["seconds"] >= 1.5
+    assert 350 <= run["peak_pss_mib"] < 600, run
+    assert 250 <= run["largest_process_peak_mib"] < 400 and run["processes_at_peak"] == 2, run
+
+
+def test_peer_bench_bad_arguments_are_user_errors():
+    from rayalign.peer_bench import run_peer_bench
+
+    with pytest.raises(RayAlignError, match="one peer is trl"):
+        run_peer_bench("axolotl", "tiny-llama", 8, 2, 4, 1, gpu=False)
+    with pytest.raises(RayAlignError, match="batch <= pairs"):
+        run_peer_bench("trl", "tiny-llama", 2, 2, 4, 1, gpu=False)
+
+
+@pytest.mark.slow  # a TRL run and a rayalign run, each a fresh process: about 2 minutes
+def test_peer_bench_runs_the_same_job_through_both():
+    from rayalign.peer_bench import run_peer_bench, summary_lines
+
+    result = run_peer_bench("trl", "tiny-llama", pairs=8, steps=2, batch=4, repeats=1, gpu=False)
+    runs = result["runs"]
+    assert runs["trl"][0]["steps"] == runs["rayalign"][0]["steps"] == 2
+    for tool in ("trl", "rayalign"):
+        assert all(_positive(result["medians"][tool][k]) for k in ("seconds", "tokens_per_s_median", "peak_mib"))
+    assert runs["rayalign"][0]["processes_at_peak"] > runs["trl"][0]["processes_at_peak"]  # Ray's own processes
+    assert result["ratios"]["whole_process_speedup"] == pytest.approx(
+        result["medians"]["trl"]["seconds"] / result["medians"]["rayalign"]["seconds"])
+    assert len(summary_lines(result)) == 4
