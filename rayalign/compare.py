@@ -71,8 +71,15 @@ def _shared_settings(run_dirs: list[Path]) -> config_lib.Config:
 
 def compare(run_dirs: list[str | Path], out_dir: str | Path, labels: list[str] | None = None) -> dict:
     """Sample (or read from the cache) every run and the starting model, compare all pairs, write the outputs."""
-    from rayalign.evaluation import (held_out, make_scorer, model_stats, role_params, sample_model, score_samples,
-                                     write_samples)
+    from rayalign.evaluation import (
+        held_out,
+        make_scorer,
+        model_stats,
+        role_params,
+        sample_models,
+        score_samples,
+        write_samples,
+    )
     from rayalign.pipelines.evaluate import eval_config
     from rayalign.tasks.registry import get_task
 
@@ -88,9 +95,11 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path, labels: list[str] |
     score = make_scorer(e.scorer, get_task(e.task))
     models = [(START, START, cfg.model.name, "reference")]
     models += [(d.name, label, run_checkpoint(d), "policy") for d, label in zip(run_dirs, labels)]
+    sampled = sample_models([(name, model, role_params(e, role)) for name, _, model, role in models],
+                            prompts.prompt_ids, cfg.sampling)
     samples, rewards, entries = {}, {}, []
-    for name, label, model, role in models:
-        samples[name], cached = sample_model(model, prompts.prompt_ids, role_params(e, role), cfg.sampling, name)
+    for name, label, model, _ in models:
+        samples[name], cached = sampled[name]
         rewards[name] = score_samples(score, prompts.prompts, samples[name])
         entries.append({"name": name, "label": label, "model": model, "from_cache": cached,
                         **model_stats(rewards[name], samples[name])})

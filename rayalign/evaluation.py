@@ -79,26 +79,62 @@ def _samples_cache_path(model: str, prompt_ids: list[list[int]], params, samplin
     return cache_root() / "eval_samples" / f"{cache_key(key)}.json"
 
 
-def sample_model(model: str, prompt_ids: list[list[int]], params, sampling: SamplingConfig,
-                 label: str = "") -> tuple[list[list[dict]], bool]:
-    """Per prompt, `params.n` samples {"text", "tokens", "finish"}; and whether they came from the cache."""
-    from rayalign.files import atomic_write_text
-
-    path = _samples_cache_path(model, prompt_ids, params, sampling)
-    if path.is_file():
-        return json.loads(path.read_text())["samples"], True
+def sample_models(entries: list[tuple[str, str, object]], prompt_ids: list[list[int]], sampling: SamplingConfig
+                  ) -> dict[str, tuple[list[list[dict]], bool]]:
+    """For each (label, model, params): per prompt, `params.n` samples {"text", "tokens", "finish"}, and whether
+    they came from the cache. Models not cached share one sampler pool where they can: the next one's weights are
+    loaded into the running pool (`update_weights`) instead of starting another engine (a vLLM start is 30-60 s)."""
     from tqdm import tqdm
 
+    from rayalign.files import atomic_write_text
     from rayalign.sampling.pool import pool_from_config
 
-    with pool_from_config(model, sampling) as pool:
-        chunks = -(-len(prompt_ids) // sampling.chunk_size)
-        with tqdm(total=chunks, desc=f"sampling {label or model}", unit="chunk") as bar:
-            outputs = pool.generate(prompt_ids, params, on_chunk=lambda *_: bar.update())
-    samples = [[{"text": c.text, "tokens": len(c.generated_ids), "finish": c.finish_reason} for c in row]
-               for row in outputs]
-    atomic_write_text(path, json.dumps({"model": model, "samples": samples}))
-    return samples, False
+    results, pool, pool_model = {}, None, None
+    try:
+        for label, model, params in entries:
+            path = _samples_cache_path(model, prompt_ids, params, sampling)
+            if path.is_file():
+                results[label] = json.loads(path.read_text())["samples"], True
+                continue
+            if pool is not None and not interchangeable(pool_model, model):
+                pool.shutdown()
+                pool = None
+            if pool is None:
+                pool = pool_from_config(model, sampling)
+            elif model != pool_model:
+                from rayalign.models import resolve_model
+
+                pool.update_weights(resolve_model(model))
+            pool_model = model
+            chunks = -(-len(prompt_ids) // sampling.chunk_size)
+            with tqdm(total=chunks, desc=f"sampling {label or model}", unit="chunk") as bar:
+                outputs = pool.generate(prompt_ids, params, on_chunk=lambda *_: bar.update())
+            samples = [[{"text": c.text, "tokens": len(c.generated_ids), "finish": c.finish_reason} for c in row]
+                       for row in outputs]
+            atomic_write_text(path, json.dumps({"model": model, "samples": samples}))
+            results[label] = samples, False
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return results
+
+
+_NOT_ARCHITECTURE = {"_name_or_path", "name_or_path", "transformers_version", "torch_dtype", "dtype"}
+
+
+def interchangeable(a: str, b: str) -> bool:
+    """Whether a sampler serving model `a` samples model `b` once given `b`'s weights: both full checkpoints (not
+    adapters) with the same config apart from names and versions, and the same tokenizer."""
+    from rayalign.models import resolve_model
+
+    dirs = [Path(resolve_model(m)) for m in (a, b)]
+    if not all((d / "config.json").is_file() and any(d.glob("*.safetensors")) and
+               not (d / "adapter_config.json").exists() for d in dirs):
+        return False
+    configs = [{k: v for k, v in json.loads((d / "config.json").read_text()).items() if k not in _NOT_ARCHITECTURE}
+               for d in dirs]
+    tokenizers = [(d / "tokenizer.json").read_bytes() if (d / "tokenizer.json").is_file() else None for d in dirs]
+    return configs[0] == configs[1] and tokenizers[0] == tokenizers[1]
 
 
 def score_samples(score, prompts: list[str], samples: list[list[dict]]) -> list[list[float]]:
@@ -132,9 +168,11 @@ def evaluate(policy: str, reference: str, e: EvalConfig, out_dir: str | Path, sa
     task = e.task or "word_collector"
     prompts = held_out(e, task, reference, chat_template)
     score = make_scorer(e.scorer, get_task(task))
+    sampled = sample_models([(role, model, role_params(e, role)) for role, model in
+                             (("reference", reference), ("policy", policy))], prompts.prompt_ids, sampling)
     samples, rewards, stats, cached = {}, {}, {}, {}
-    for role, model in (("reference", reference), ("policy", policy)):
-        samples[role], cached[role] = sample_model(model, prompts.prompt_ids, role_params(e, role), sampling, role)
+    for role in ("reference", "policy"):
+        samples[role], cached[role] = sampled[role]
         rewards[role] = score_samples(score, prompts.prompts, samples[role])
         stats[role] = model_stats(rewards[role], samples[role])
     report = {"task": task, "policy": policy, "reference": reference, "scorer": e.scorer,

@@ -56,3 +56,43 @@ def test_samples_are_cached_and_equal_live_ones(tmp_path, monkeypatch, ray_local
     assert _rows(tmp_path / "cached") == _rows(tmp_path / "live")
     reseeded = evaluate("tiny-llama", "tiny-llama", EvalConfig(**{**e.__dict__, "seed": 1}), tmp_path / "seed1")
     assert reseeded["samples_from_cache"]["reference"] is False  # another setting is another cache entry
+
+
+def test_one_pool_samples_a_second_model_exactly_as_its_own_pool_would(tmp_path, monkeypatch, ray_local):
+    """sample_models loads the second model's weights into the running pool; what it samples equals a pool
+    started on that model. A model of another shape gets its own pool."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rayalign.config import SamplingConfig
+    from rayalign.evaluation import interchangeable, sample_models
+    from rayalign.models import load_causal_lm, load_tokenizer
+    from rayalign.sampling.base import SamplingParams
+
+    monkeypatch.setenv("RAYALIGN_CACHE", str(tmp_path / "cache"))
+    tokenizer = load_tokenizer("tiny-llama")
+    trained, other = tmp_path / "trained", tmp_path / "other"
+    lm = load_causal_lm("tiny-llama")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in lm.parameters():
+            param.add_(0.5 * torch.randn_like(param))
+    lm.save_pretrained(trained)
+    config = LlamaConfig(**{**lm.config.to_dict(), "num_hidden_layers": 1})
+    LlamaForCausalLM(config).save_pretrained(other)
+    for directory in (trained, other):
+        tokenizer.save_pretrained(directory)
+    assert interchangeable("tiny-llama", str(trained)) and not interchangeable("tiny-llama", str(other))
+
+    prompts = [tokenizer.encode(text) for text in ("Name a colour.", "Count to three.", "Say hello.")]
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=6, seed=3)
+    entries = [("start", "tiny-llama", params), ("trained", str(trained), params), ("other", str(other), params)]
+    together = sample_models(entries, prompts, SamplingConfig())
+    shutil.rmtree(tmp_path / "cache" / "eval_samples")
+    alone = {label: sample_models([(label, model, p)], prompts, SamplingConfig())[label]
+             for label, model, p in entries[1:]}
+    for label in ("trained", "other"):
+        assert together[label] == alone[label] and together[label][1] is False
+    assert together["trained"][0] != together["start"][0]  # the new weights did change what was sampled
