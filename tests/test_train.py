@@ -235,3 +235,11 @@ def test_hh_rlhf_sample_trains_reference_free_without_computing_a_reference(tmp_
     assert summary["data"]["rows_used"] == 16
     references = cache_root() / "reference"
     assert not references.is_dir() or not any(references.iterdir()), "a reference-free loss computed reference log-probs"
+
+
+def test_lora_in_a_pipeline_is_a_one_line_config_error():
+    from rayalign.errors import ConfigError
+    from rayalign.pipelines import run_pipeline
+
+    with pytest.raises(ConfigError, match="train.lora_r works with `rayalign train`"):
+        run_pipeline(config.load(None, ["pipeline=inco", "train.lora_r=4"]))

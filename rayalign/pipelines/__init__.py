@@ -12,6 +12,11 @@ def run_pipeline(cfg: config_lib.Config) -> dict:
     """
     import dataclasses
 
+    if cfg.train.lora_r and cfg.pipeline != "train":
+        from rayalign.errors import ConfigError
+
+        raise ConfigError(f"train.lora_r works with `rayalign train` (pipeline train) only so far, not the "
+                          f"{cfg.pipeline} pipeline, whose later phases load full checkpoints; set train.lora_r=0")
     cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, group=cfg.tracking.group or cfg.name))
     if cfg.pipeline == "sdpo":
         from rayalign.pipelines.sdpo import run_sdpo
