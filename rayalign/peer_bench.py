@@ -184,12 +184,13 @@ def _rayalign_run(model: str, data: Path, steps: int, batch: int, gpu: bool, wor
 
 
 def _fresh_cache(root: Path, model: str) -> Path:
-    """A cache root holding only the provisioned model (a link): the reference pass runs inside the measured run."""
-    from rayalign.models import resolve_model
+    """A cache root holding only the provisioned model (a link, for an embedded one): the reference pass runs inside
+    the measured run."""
+    from rayalign.models import EMBEDDED, resolve_model
 
-    provisioned = Path(resolve_model(model))
     (root / "models").mkdir(parents=True)
-    (root / "models" / model).symlink_to(provisioned)
+    if model in EMBEDDED:
+        (root / "models" / model).symlink_to(Path(resolve_model(model)))
     return root
 
 

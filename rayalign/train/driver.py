@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rayalign import config as config_lib
@@ -50,7 +51,8 @@ def existing_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def phase_seconds(driver: PhaseClock, fit_ended: float, state: dict) -> dict[str, float]:
-    """Where the whole process's seconds went, in order: the driver's phases up to `fit`, then rank 0's last
+    """Where the whole process's seconds went, in order: the driver's phases up to `fit` (Ray's start, with the data
+    prepared meanwhile, then what preparation took beyond it), then rank 0's last
     worker (from train_state.json: the worker group's start is from the driver's last lap to the worker's start,
     the teardown from the worker's end to `fit`'s return)."""
     seconds = dict(driver.seconds)
@@ -83,6 +85,19 @@ def _summary(cfg, result, prepared, clock: PhaseClock, fit_ended: float) -> dict
     }
 
 
+def _prepare(cfg: config_lib.Config, prepared: PreparedData | None) -> PreparedData:
+    """Provision the models, read and tokenise the data (unless given), mark BMC's tokens, check the count."""
+    tokenizer = load_tokenizer(cfg.model.name)
+    resolve_model(cfg.model.reference or cfg.model.name)  # provision once, before workers race
+    if prepared is None:
+        prepared = prepare_data(cfg.data, tokenizer)
+    mark_varied_tokens(cfg, tokenizer, prepared)
+    if len(prepared.pairs) < cfg.train.batch_size:
+        raise ConfigError(f"{cfg.data.path}: {len(prepared.pairs)} usable pairs, fewer than "
+                          f"train.batch_size ({cfg.train.batch_size}); lower it or add data")
+    return prepared
+
+
 def run_training(cfg: config_lib.Config, prepared: PreparedData | None = None) -> dict:
     """Train `cfg` on Ray Train; writes the run directory and returns the summary.
 
@@ -100,24 +115,18 @@ def run_training(cfg: config_lib.Config, prepared: PreparedData | None = None) -
     check_batch_arithmetic(cfg)
     if cfg.train.resume == "never" and existing_checkpoints(run_dir):
         raise ConfigError(f"{run_dir} already has checkpoints: use a new name= or train.resume=auto")
-    tokenizer = load_tokenizer(cfg.model.name)
-    resolve_model(cfg.model.reference or cfg.model.name)  # provision once, before workers race
-    if prepared is None:
-        prepared = prepare_data(cfg.data, tokenizer)
-    mark_varied_tokens(cfg, tokenizer, prepared)
-    if len(prepared.pairs) < cfg.train.batch_size:
-        raise ConfigError(f"{cfg.data.path}: {len(prepared.pairs)} usable pairs, fewer than "
-                          f"train.batch_size ({cfg.train.batch_size}); lower it or add data")
+    with ThreadPoolExecutor(1, thread_name_prefix="rayalign-prepare") as executor:
+        preparing = executor.submit(_prepare, cfg, prepared)  # tokenise while Ray starts
+        context = init_ray()
+        if context is not None:
+            monitoring.announce(context)
+        clock.lap("ray_start_s")
+        prepared = preparing.result()
     run_dir.mkdir(parents=True, exist_ok=True)
     config_lib.save(cfg, run_dir / "config.yaml")
     steps = total_steps(cfg, len(prepared.pairs))
     print(f"rayalign: {len(prepared.pairs)} pairs, {steps} steps, run directory {run_dir}", flush=True)
-
     clock.lap("prepare_s")
-    context = init_ray()
-    if context is not None:
-        monitoring.announce(context)
-    clock.lap("ray_start_s")
     demand = trainer_demand(cfg.train)
     check_local(demand)
     trainer = TorchTrainer(
