@@ -6,7 +6,7 @@ Two layouts of the model's input, one layout of its output:
   mask (the rejected tokens see the prompt and themselves, not the chosen ones) and position ids that
   restart the rejected response where the chosen one started. The prompt runs once for both responses
   and the batch pads only across pairs: on the word-collector pairs (39 prompt, 40 + 11 response tokens)
-  a step computes 46% fewer tokens than the padded layout.
+  a step computes 43% fewer tokens than the padded layout (padding included, 4 pairs a batch).
 - padded: 2B rows ``prompt + response``, chosen rows first, right-padded; for models whose attention
   takes no custom mask.
 
