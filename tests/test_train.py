@@ -68,7 +68,7 @@ def test_the_summary_accounts_for_the_whole_process(runs):
     """summary.json's phases, in order, tile the run's wall time; the steps phase holds every step's own time."""
     summary, rows = runs[1]["base"]
     phases = summary["phases_s"]
-    assert list(phases) == ["ray_start_s", "prepare_s", "worker_group_start_s", "model_load_s", "reference_s",
+    assert list(phases) == ["prepare_s", "ray_start_s", "worker_group_start_s", "model_load_s", "reference_s",
                             "tracking_setup_s", "steps_s", "report_and_checkpoint_s", "teardown_s"]
     assert all(seconds >= 0 for seconds in phases.values()), phases
     assert phases["steps_s"] >= 0.95 * sum(r["step_time_s"] for r in rows)

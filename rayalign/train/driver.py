@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rayalign import config as config_lib
@@ -51,8 +50,7 @@ def existing_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def phase_seconds(driver: PhaseClock, fit_ended: float, state: dict) -> dict[str, float]:
-    """Where the whole process's seconds went, in order: the driver's phases up to `fit` (Ray's start, with the data
-    prepared meanwhile, then what preparation took beyond it), then rank 0's last
+    """Where the whole process's seconds went, in order: the driver's phases up to `fit`, then rank 0's last
     worker (from train_state.json: the worker group's start is from the driver's last lap to the worker's start,
     the teardown from the worker's end to `fit`'s return)."""
     seconds = dict(driver.seconds)
@@ -115,18 +113,18 @@ def run_training(cfg: config_lib.Config, prepared: PreparedData | None = None) -
     check_batch_arithmetic(cfg)
     if cfg.train.resume == "never" and existing_checkpoints(run_dir):
         raise ConfigError(f"{run_dir} already has checkpoints: use a new name= or train.resume=auto")
-    with ThreadPoolExecutor(1, thread_name_prefix="rayalign-prepare") as executor:
-        preparing = executor.submit(_prepare, cfg, prepared)  # tokenise while Ray starts
-        context = init_ray()
-        if context is not None:
-            monitoring.announce(context)
-        clock.lap("ray_start_s")
-        prepared = preparing.result()
+    # Before Ray's start, not beside it: in a submitted job, data read while `ray.init` connected missed its relative
+    # path (tests/test_submit.py), as `ray.init` sets up the job's working directory.
+    prepared = _prepare(cfg, prepared)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_lib.save(cfg, run_dir / "config.yaml")
     steps = total_steps(cfg, len(prepared.pairs))
     print(f"rayalign: {len(prepared.pairs)} pairs, {steps} steps, run directory {run_dir}", flush=True)
     clock.lap("prepare_s")
+    context = init_ray()
+    if context is not None:
+        monitoring.announce(context)
+    clock.lap("ray_start_s")
     demand = trainer_demand(cfg.train)
     check_local(demand)
     trainer = TorchTrainer(
