@@ -87,6 +87,7 @@ def sample_models(entries: list[tuple[str, str, object]], prompt_ids: list[list[
     from tqdm import tqdm
 
     from rayalign.files import atomic_write_text
+    from rayalign.models import resolve_model
     from rayalign.sampling.pool import pool_from_config
 
     results, pool, pool_model = {}, None, None
@@ -102,8 +103,6 @@ def sample_models(entries: list[tuple[str, str, object]], prompt_ids: list[list[
             if pool is None:
                 pool = pool_from_config(model, sampling)
             elif model != pool_model:
-                from rayalign.models import resolve_model
-
                 pool.update_weights(resolve_model(model))
             pool_model = model
             chunks = -(-len(prompt_ids) // sampling.chunk_size)

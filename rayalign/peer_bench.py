@@ -145,17 +145,28 @@ def trl_main(spec: dict) -> None:
         "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if gpu else None}), flush=True)
 
 
+def _run_tool(tool: str, args: list[str], env: dict, work: Path) -> dict:
+    """`python -m <args>` measured by `run_measured`; a failed run is an error with its output's end."""
+    run = run_measured([sys.executable, "-m", *args], env, work / f"{tool}.log")
+    if run["exit_code"] != 0:
+        raise RayAlignError(f"the {tool} run failed (exit {run['exit_code']}): {run['output'][-2000:]}")
+    return run
+
+
+def _figures(run: dict, tokens_per_s: float, steps: int, cuda_peak_mib: float | None, gpu: bool) -> dict:
+    """One run's figures; peak memory is CUDA's on GPU, the process tree's (and its largest process's) on CPU."""
+    return {"seconds": run["seconds"], "tokens_per_s_median": tokens_per_s, "steps": steps,
+            "peak_mib": cuda_peak_mib if gpu else run["peak_pss_mib"],
+            "training_process_peak_mib": cuda_peak_mib if gpu else run["largest_process_peak_mib"],
+            "processes_at_peak": run["processes_at_peak"]}
+
+
 def _trl_run(model_path: str, data: Path, steps: int, batch: int, gpu: bool, work: Path, env: dict) -> dict:
     spec = {"model": model_path, "data": str(data), "steps": steps, "batch": batch, "gpu": gpu,
             "output_dir": str(work / "trl")}
-    run = run_measured([sys.executable, "-m", "rayalign.peer_bench", json.dumps(spec)], env, work / "trl.log")
-    if run["exit_code"] != 0:
-        raise RayAlignError(f"the TRL run failed (exit {run['exit_code']}): {run['output'][-2000:]}")
+    run = _run_tool("trl", ["rayalign.peer_bench", json.dumps(spec)], env, work)
     result = _result_line(run["output"])
-    return {"seconds": run["seconds"], "tokens_per_s_median": result["tokens_per_s_median"],
-            "peak_mib": result["cuda_peak_mib"] if gpu else run["peak_pss_mib"],
-            "training_process_peak_mib": result["cuda_peak_mib"] if gpu else run["largest_process_peak_mib"],
-            "processes_at_peak": run["processes_at_peak"], "steps": result["steps"]}
+    return _figures(run, result["tokens_per_s_median"], result["steps"], result["cuda_peak_mib"], gpu)
 
 
 def _rayalign_run(model: str, data: Path, steps: int, batch: int, gpu: bool, work: Path, env: dict) -> dict:
@@ -172,14 +183,9 @@ def _rayalign_run(model: str, data: Path, steps: int, batch: int, gpu: bool, wor
 
     job = work / "job.yaml"
     job.write_text(yaml.safe_dump(config_lib.to_dict(config_lib.load(None, overrides))))
-    run = run_measured([sys.executable, "-m", "rayalign.cli", "train", str(job)], env, work / "rayalign.log")
-    if run["exit_code"] != 0:
-        raise RayAlignError(f"the rayalign run failed (exit {run['exit_code']}): {run['output'][-2000:]}")
+    run = _run_tool("rayalign", ["rayalign.cli", "train", str(job)], env, work)
     summary = json.loads((work / "rayalign" / "summary.json").read_text())
-    return {"seconds": run["seconds"], "tokens_per_s_median": summary["tokens_per_s_median"],
-            "peak_mib": summary.get("cuda_peak_mib") if gpu else run["peak_pss_mib"],
-            "training_process_peak_mib": summary.get("cuda_peak_mib") if gpu else run["largest_process_peak_mib"],
-            "processes_at_peak": run["processes_at_peak"], "steps": summary["steps"],
+    return {**_figures(run, summary["tokens_per_s_median"], summary["steps"], summary.get("cuda_peak_mib"), gpu),
             "phases_s": summary["phases_s"]}
 
 

@@ -75,40 +75,42 @@ def test_the_summary_accounts_for_the_whole_process(runs):
     assert sum(phases.values()) == pytest.approx(summary["wall_time_s"], abs=1.0)
 
 
-def test_every_trainable_parameter_changes(runs):
-    summary, _ = runs[1]["base"]
+def _assert_every_parameter_changed(summary) -> None:
     before = load_causal_lm("tiny-llama").state_dict()
-    after = _weights(summary)
-    for name, value in after.items():
+    for name, value in _weights(summary).items():
         assert not torch.equal(value, before[name]), f"{name} did not change"
 
 
-def test_two_workers_give_the_same_loss_curve(runs):
+def _assert_same_curve_as_base(runs, name: str, *overrides) -> dict:
+    """Train `name` with `overrides` on the base run's data and seed; its losses equal the base run's. Its summary."""
     root, done = runs
-    _, two = _train(root, "two_workers", "train.num_workers=2", "train.micro_batch_size=2")
-    assert _losses(two) == pytest.approx(_losses(done["base"][1]), rel=1e-4, abs=1e-5)
+    summary, rows = _train(root, name, *overrides)
+    assert _losses(rows) == pytest.approx(_losses(done["base"][1]), rel=1e-4, abs=1e-5)
+    return summary
+
+
+def test_every_trainable_parameter_changes(runs):
+    _assert_every_parameter_changed(runs[1]["base"][0])
+
+
+def test_two_workers_give_the_same_loss_curve(runs):
+    _assert_same_curve_as_base(runs, "two_workers", "train.num_workers=2", "train.micro_batch_size=2")
 
 
 def test_gradient_accumulation_gives_the_same_loss_curve(runs):
-    root, done = runs
-    _, accumulated = _train(root, "accumulated", "train.micro_batch_size=2")
-    assert _losses(accumulated) == pytest.approx(_losses(done["base"][1]), rel=1e-4, abs=1e-5)
+    _assert_same_curve_as_base(runs, "accumulated", "train.micro_batch_size=2")
 
 
 def test_activation_checkpointing_and_fused_adamw_give_the_same_loss_curve(runs):
     """Speed and memory switches that must not change the arithmetic beyond float rounding."""
-    root, done = runs
-    summary, rows = _train(root, "switches", "train.activation_checkpointing=true", "train.fused_adamw=true")
-    assert _losses(rows) == pytest.approx(_losses(done["base"][1]), rel=1e-4, abs=1e-5)
-    before = load_causal_lm("tiny-llama").state_dict()
-    assert all(not torch.equal(value, before[name]) for name, value in _weights(summary).items())
+    summary = _assert_same_curve_as_base(runs, "switches", "train.activation_checkpointing=true",
+                                         "train.fused_adamw=true")
+    _assert_every_parameter_changed(summary)
 
 
 @pytest.mark.slow  # compiling the layers takes about a minute on 2 cores
 def test_compiled_layers_give_the_same_loss_curve(runs):
-    root, done = runs
-    _, rows = _train(root, "compiled", "train.compile=true")
-    assert _losses(rows) == pytest.approx(_losses(done["base"][1]), rel=1e-4, abs=1e-5)
+    _assert_same_curve_as_base(runs, "compiled", "train.compile=true")
 
 
 def test_lora_trains_every_adapter_and_nothing_else_and_its_checkpoint_loads(runs):
