@@ -95,7 +95,8 @@ def cmd_bench(args) -> int:
     if args.peer:
         from rayalign.peer_bench import run_peer_bench, summary_lines
 
-        result = run_peer_bench(args.peer, args.model, args.pairs, args.peer_steps, args.batch, args.repeats, args.gpu)
+        result = run_peer_bench(args.peer, args.model, args.pairs, args.peer_steps, args.batch, args.repeats, args.gpu,
+                                args.workers)
         print(json.dumps(result, indent=2))
         print("\n".join(summary_lines(result)))
         return 0
@@ -190,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--peer-steps", type=int, default=8, help="--peer: optimizer steps")
     bench.add_argument("--repeats", type=int, default=3, help="--peer: runs of each tool (medians)")
     bench.add_argument("--gpu", action="store_true", help="--peer: train on the GPU (bf16) instead of the CPU")
+    bench.add_argument("--workers", type=int, default=0, help="--peer: rayalign's train.num_workers (0: Ray Train's "
+                       "local mode, the loop in the rayalign process; 1: one Ray Train worker on a local Ray cluster)")
     bench.add_argument("--skip-sampler", action="store_true", help="skip the sampler's batched vs one-at-a-time run")
     bench.add_argument("--requests", type=int, default=1000, help="serve: requests per endpoint")
     bench.add_argument("--concurrency", type=int, default=32, help="serve: requests in flight")

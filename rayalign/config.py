@@ -123,8 +123,10 @@ class TrainConfig:
     """Clip the global gradient norm to this (0 turns clipping off)."""
     seed: int = 0
     """Seed for data order and initialisation; runs on CPU are deterministic for a given seed."""
-    num_workers: int = 1
-    """Ray Train workers (FSDP2 shards the model over them)."""
+    num_workers: Annotated[int, Field(ge=0)] = 1
+    """Ray Train workers (FSDP2 shards the model over them). 0: Ray Train's local mode, the training loop in the
+    calling process with no Ray cluster or worker to start (one device; the quickest start for a short job on one
+    machine)."""
     use_gpu: bool = False
     """One GPU per worker, NCCL and bf16 mixed precision; false trains on CPU with gloo."""
     cpus_per_worker: int = 1

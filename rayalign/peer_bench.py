@@ -12,9 +12,14 @@ the run), wandb disabled as TRL's `report_to="none"`, and no optimizer state in 
 
 Reported per tool: whole-process seconds; the median step's tokens/s (the tokens of both sequences of every pair,
 over the step's wall time); peak memory: on CPU the largest sum of proportional set sizes (PSS: shared pages
-split between the processes that map them) over the process and all its descendants, sampled every 0.2 s, so
-rayalign's figure includes Ray's own processes (GCS, raylet, dashboard, the Train controller and worker); on GPU
-the peak CUDA memory the training process allocated. Medians over `repeats` runs, and rayalign-over-TRL ratios.
+split between the processes that map them) over the process and all its descendants, sampled every 0.2 s (with
+`workers=1` rayalign's figure includes Ray's own processes: GCS, raylet, dashboard, the Train controller and
+worker); on GPU the peak CUDA memory the training process allocated. Medians over `repeats` runs, and
+rayalign-over-TRL ratios.
+
+`workers` is rayalign's `train.num_workers`: 0 (the default) is Ray Train's local mode, the training loop in the
+`rayalign train` process as TRL's is in its own, which is how a one-process job on one machine runs best; 1 is one
+Ray Train worker on a local Ray cluster, what a job that will grow to more workers or a cluster runs.
 """
 
 from __future__ import annotations
@@ -169,9 +174,10 @@ def _trl_run(model_path: str, data: Path, steps: int, batch: int, gpu: bool, wor
     return _figures(run, result["tokens_per_s_median"], result["steps"], result["cuda_peak_mib"], gpu)
 
 
-def _rayalign_run(model: str, data: Path, steps: int, batch: int, gpu: bool, work: Path, env: dict) -> dict:
+def _rayalign_run(model: str, data: Path, steps: int, batch: int, gpu: bool, workers: int, work: Path,
+                  env: dict) -> dict:
     cores = os.cpu_count() or 1
-    overrides = [f"model.name={model}", f"data.path={data}", f"data.max_length={MAX_LENGTH}",
+    overrides = [f"train.num_workers={workers}", f"model.name={model}", f"data.path={data}", f"data.max_length={MAX_LENGTH}",
                  f"data.max_prompt_length={MAX_PROMPT_LENGTH}", "loss.name=dpo", f"loss.beta={BETA}",
                  f"train.max_steps={steps}", f"train.batch_size={batch}", f"train.micro_batch_size={batch}",
                  f"train.lr={LR}", "train.warmup_ratio=0", f"train.use_gpu={str(gpu).lower()}",
@@ -200,7 +206,8 @@ def _fresh_cache(root: Path, model: str) -> Path:
     return root
 
 
-def run_peer_bench(peer: str, model: str, pairs: int, steps: int, batch: int, repeats: int, gpu: bool) -> dict:
+def run_peer_bench(peer: str, model: str, pairs: int, steps: int, batch: int, repeats: int, gpu: bool,
+                   workers: int = 0) -> dict:
     """Both tools `repeats` times, alternating, each run a fresh process; medians and rayalign/TRL ratios."""
     if peer != "trl":
         raise RayAlignError(f"unknown peer '{peer}': the one peer is trl")
@@ -208,9 +215,10 @@ def run_peer_bench(peer: str, model: str, pairs: int, steps: int, batch: int, re
 
     if importlib.util.find_spec("trl") is None:
         raise MissingPackageError("trl", "rayalign bench --peer trl", "pip install 'rayalign[bench]'")
-    if min(pairs, steps, batch, repeats) < 1 or batch > pairs:
-        raise RayAlignError(f"bench --peer needs 1 <= batch <= pairs and steps, repeats >= 1; got batch {batch}, "
-                            f"pairs {pairs}, steps {steps}, repeats {repeats}")
+    if min(pairs, steps, batch, repeats) < 1 or batch > pairs or workers not in (0, 1):
+        raise RayAlignError(f"bench --peer needs 1 <= batch <= pairs, steps and repeats >= 1 and --workers 0 or 1 (one "
+                            f"process or one Ray worker, as TRL's one process); got batch {batch}, pairs {pairs}, "
+                            f"steps {steps}, repeats {repeats}, workers {workers}")
     from rayalign.models import resolve_model
 
     model_path = resolve_model(model)
@@ -224,7 +232,7 @@ def run_peer_bench(peer: str, model: str, pairs: int, steps: int, batch: int, re
                 env = {**os.environ, "RAYALIGN_CACHE": str(_fresh_cache(work / "cache", model))}
                 print(f"bench --peer trl: {tool}, run {r + 1} of {repeats}...", file=sys.stderr, flush=True)
                 run = (_trl_run(model_path, data, steps, batch, gpu, work, env) if tool == "trl"
-                       else _rayalign_run(model, data, steps, batch, gpu, work, env))
+                       else _rayalign_run(model, data, steps, batch, gpu, workers, work, env))
                 print(f"  {tool}: {run['seconds']:.1f} s, {run['tokens_per_s_median']:.0f} tokens/s, "
                       f"peak {run['peak_mib']:.0f} MiB", file=sys.stderr, flush=True)
                 runs[tool].append(run)
@@ -232,7 +240,7 @@ def run_peer_bench(peer: str, model: str, pairs: int, steps: int, batch: int, re
                       for key in ("seconds", "tokens_per_s_median", "peak_mib", "training_process_peak_mib")} for tool, tool_runs in runs.items()}
     ours, theirs = medians["rayalign"], medians["trl"]
     return {
-        "model": model, "pairs": pairs, "steps": steps, "batch": batch, "repeats": repeats,
+        "model": model, "pairs": pairs, "steps": steps, "batch": batch, "repeats": repeats, "workers": workers,
         "device": "gpu" if gpu else f"cpu ({os.cpu_count()} cores)", "medians": medians, "runs": runs,
         "ratios": {"whole_process_speedup": theirs["seconds"] / ours["seconds"],
                    "step_tokens_per_s_rayalign_over_trl": ours["tokens_per_s_median"] / theirs["tokens_per_s_median"],
@@ -243,8 +251,9 @@ def run_peer_bench(peer: str, model: str, pairs: int, steps: int, batch: int, re
 
 
 def summary_lines(result: dict) -> list[str]:
+    mode = "local mode" if result["workers"] == 0 else "one Ray Train worker"
     lines = [(f"{result['model']}, {result['device']}, {result['steps']} steps x {result['batch']} pairs "
-              f"({result['pairs']} pairs), medians of {result['repeats']} runs each")]
+              f"({result['pairs']} pairs), medians of {result['repeats']} runs each; rayalign in {mode}")]
     for tool in ("trl", "rayalign"):
         m = result["medians"][tool]
         lines.append(f"{tool:>9}: whole process {m['seconds']:.1f} s, median step {m['tokens_per_s_median']:.0f} "

@@ -107,13 +107,15 @@ def test_peer_bench_bad_arguments_are_user_errors():
         run_peer_bench("axolotl", "tiny-llama", 8, 2, 4, 1, gpu=False)
     with pytest.raises(RayAlignError, match="batch <= pairs"):
         run_peer_bench("trl", "tiny-llama", 2, 2, 4, 1, gpu=False)
+    with pytest.raises(RayAlignError, match="workers 0 or 1"):
+        run_peer_bench("trl", "tiny-llama", 8, 2, 4, 1, gpu=False, workers=2)
 
 
 @pytest.mark.slow  # a TRL run and a rayalign run, each a fresh process: about 2 minutes
 def test_peer_bench_runs_the_same_job_through_both():
     from rayalign.peer_bench import run_peer_bench, summary_lines
 
-    result = run_peer_bench("trl", "tiny-llama", pairs=8, steps=2, batch=4, repeats=1, gpu=False)
+    result = run_peer_bench("trl", "tiny-llama", pairs=8, steps=2, batch=4, repeats=1, gpu=False, workers=1)
     runs = result["runs"]
     assert runs["trl"][0]["steps"] == runs["rayalign"][0]["steps"] == 2
     for tool in ("trl", "rayalign"):

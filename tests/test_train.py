@@ -19,6 +19,7 @@ from rayalign.tracking import read_metrics
 from rayalign.train.driver import run_training
 from tests.conftest import QUICKSTART_DATA, hh_sample
 
+THREADS_AT_IMPORT = torch.get_num_threads()
 BASE = [
     "model.name=tiny-llama", f"data.path={QUICKSTART_DATA}", "data.limit=24", "data.max_length=128",
     "train.batch_size=4", "train.micro_batch_size=4", "train.max_steps=6", "train.lr=1e-3",
@@ -95,6 +96,24 @@ def test_every_trainable_parameter_changes(runs):
 
 def test_two_workers_give_the_same_loss_curve(runs):
     _assert_same_curve_as_base(runs, "two_workers", "train.num_workers=2", "train.micro_batch_size=2")
+
+
+def test_local_mode_trains_as_a_ray_worker_does_and_resumes_from_its_own_checkpoints(runs):
+    """Ray Train's local mode (num_workers=0: the loop in this process, no worker): the base run's losses and weights,
+    stopped and resumed; checkpoints land where Ray Train puts them and only the newest `keep_checkpoints` stay."""
+    root, done = runs
+    local = ["train.num_workers=0", "train.save_every=2"]
+    first, rows = _train(root, "local", *local, "train.stop_at_step=3")
+    assert first["steps"] == 3 and len(rows) == 3
+    final, rows = _train(root, "local", *local)
+    assert final["resumed_from_step"] == 3 and [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert _losses(rows) == pytest.approx(_losses(done["base"][1]), rel=1e-4, abs=1e-5)
+    assert sorted(p.name for p in (root / "local" / "checkpoints").iterdir()) == ["step_000004", "step_000006"]
+    assert final["checkpoint"] == str(root / "local" / "checkpoints" / "step_000006")
+    for name, value in _weights(done["base"][0]).items():
+        torch.testing.assert_close(_weights(final)[name], value, atol=1e-5, rtol=1e-4)
+    assert "ray_start_s" not in final["phases_s"] and "worker_group_start_s" not in final["phases_s"]
+    assert torch.get_num_threads() == THREADS_AT_IMPORT  # the loop's thread count stays in the run
 
 
 def test_gradient_accumulation_gives_the_same_loss_curve(runs):

@@ -48,6 +48,11 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], param_groups: list[di
     return {"state": state, "param_groups": param_groups}
 
 
+def existing_checkpoints(run_dir: Path) -> list[Path]:
+    """A run's checkpoints, oldest first."""
+    return sorted((run_dir / "checkpoints").glob("step_*"))
+
+
 def save_checkpoint(path: Path, model, lm, tokenizer, optimizer, scheduler, step: int,
                     with_optimizer: bool = True) -> None:
     """Collective: every rank calls it; rank 0 writes `path`. Without the optimizer state (AdamW's moments,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from pathlib import Path
 
 from rayalign import config as config_lib
 from rayalign import monitoring
@@ -20,16 +19,18 @@ from rayalign.losses import get_loss
 from rayalign.models import cache_root, load_tokenizer, resolve_model
 from rayalign.ray_setup import init_ray
 from rayalign.tracking import PhaseClock, read_metrics
+from rayalign.train.checkpoint import existing_checkpoints
 
 
 def check_batch_arithmetic(cfg: config_lib.Config) -> int:
     """Gradient-accumulation steps, or a one-line error when the batch does not split evenly."""
     t = cfg.train
-    per_step = t.micro_batch_size * t.num_workers
+    workers = max(1, t.num_workers)  # local mode (0) trains in one process
+    per_step = t.micro_batch_size * workers
     if t.batch_size % per_step:
         raise ConfigError(
             f"train.batch_size ({t.batch_size}) must be a multiple of train.micro_batch_size x "
-            f"train.num_workers ({t.micro_batch_size} x {t.num_workers}); change one of them")
+            f"train.num_workers ({t.micro_batch_size} x {workers}); change one of them")
     return t.batch_size // per_step
 
 
@@ -45,27 +46,25 @@ def mark_varied_tokens(cfg: config_lib.Config, tokenizer, prepared: PreparedData
     attach_marks(prepared.pairs, varied_marker(tokenizer))
 
 
-def existing_checkpoints(run_dir: Path) -> list[Path]:
-    return sorted((run_dir / "checkpoints").glob("step_*"))
-
-
-def phase_seconds(driver: PhaseClock, fit_ended: float, state: dict) -> dict[str, float]:
+def phase_seconds(driver: PhaseClock, fit_ended: float, state: dict, local: bool) -> dict[str, float]:
     """Where the whole process's seconds went, in order: the driver's phases up to `fit`, then rank 0's last
     worker (from train_state.json: the worker group's start is from the driver's last lap to the worker's start,
-    the teardown from the worker's end to `fit`'s return)."""
+    none in local mode; the teardown from the worker's end to `fit`'s return)."""
     seconds = dict(driver.seconds)
     if "phases_s" in state:
-        seconds["worker_group_start_s"] = state["started_at"] - driver.last
+        if not local:
+            seconds["worker_group_start_s"] = state["started_at"] - driver.last
         seconds.update(state["phases_s"])
         seconds["teardown_s"] = fit_ended - state["finished_at"]
     return {k: round(v, 2) for k, v in seconds.items()}
 
 
-def _summary(cfg, result, prepared, clock: PhaseClock, fit_ended: float) -> dict:
+def _summary(cfg, prepared, clock: PhaseClock, fit_ended: float) -> dict:
     rows = read_metrics(cfg.run_dir)
     speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
     last = rows[-1] if rows else {}
-    checkpoint = result.checkpoint.path if result.checkpoint else None
+    checkpoints = existing_checkpoints(cfg.run_dir.resolve())
+    checkpoint = str(checkpoints[-1]) if checkpoints else None
     state = json.loads((cfg.run_dir / "train_state.json").read_text())
     return {
         "status": state["status"],
@@ -77,7 +76,7 @@ def _summary(cfg, result, prepared, clock: PhaseClock, fit_ended: float) -> dict
         "checkpoint": checkpoint,
         "data": prepared.stats,
         "pairs": len(prepared.pairs),
-        "phases_s": phase_seconds(clock, fit_ended, state),
+        "phases_s": phase_seconds(clock, fit_ended, state, cfg.train.num_workers == 0),
         "cuda_peak_mib": state.get("cuda_peak_mib"),
         "wall_time_s": round(time.time() - clock.started_at, 1),
     }
@@ -102,6 +101,7 @@ def run_training(cfg: config_lib.Config, prepared: PreparedData | None = None) -
     `prepared` (already tokenised pairs, e.g. one sDPO chunk) replaces reading `cfg.data.path`.
     """
     import ray
+    import torch
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -121,16 +121,19 @@ def run_training(cfg: config_lib.Config, prepared: PreparedData | None = None) -
     steps = total_steps(cfg, len(prepared.pairs))
     print(f"rayalign: {len(prepared.pairs)} pairs, {steps} steps, run directory {run_dir}", flush=True)
     clock.lap("prepare_s")
-    context = init_ray()
-    if context is not None:
-        monitoring.announce(context)
-    clock.lap("ray_start_s")
-    demand = trainer_demand(cfg.train)
-    check_local(demand)
+    local = cfg.train.num_workers == 0  # Ray Train's local mode: the loop runs here, nothing of Ray's starts
+    if not local:
+        context = init_ray()
+        if context is not None:
+            monitoring.announce(context)
+        clock.lap("ray_start_s")
+        demand = trainer_demand(cfg.train)
+        check_local(demand)
+    pairs = prepared.pairs if local else ray.put(prepared.pairs)
     trainer = TorchTrainer(
         train_fn_per_worker,
-        train_loop_config={"config": config_lib.to_dict(cfg), "pairs": ray.put(prepared.pairs),
-                           "run_dir": str(run_dir), "env": {"RAYALIGN_CACHE": str(cache_root())}},
+        train_loop_config={"config": config_lib.to_dict(cfg), "pairs": pairs, "run_dir": str(run_dir),
+                           "local": local, "env": {"RAYALIGN_CACHE": str(cache_root())}},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(
@@ -139,14 +142,16 @@ def run_training(cfg: config_lib.Config, prepared: PreparedData | None = None) -
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
         ),
     )
-    stop_watch = watch_waiting(cfg.train.start_wait_s, demand.keys)
+    stop_watch = (lambda: None) if local else watch_waiting(cfg.train.start_wait_s, demand.keys)
+    threads = torch.get_num_threads()  # local mode sets this process's, as a worker sets its own
     try:
-        result = trainer.fit()
+        trainer.fit()
     except ray.train.TrainingFailedError as error:
         raise TrainingError(f"training failed: {str(error).strip().splitlines()[0]} (worker logs above)") from None
     finally:
         stop_watch()
-    summary = _summary(cfg, result, prepared, clock, time.time())
+        torch.set_num_threads(threads)
+    summary = _summary(cfg, prepared, clock, time.time())
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if summary["status"] == "non_finite_loss":
         raise TrainingError(

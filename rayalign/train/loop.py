@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from rayalign.logprobs import ResponseLogps, takes_block_masks
 from rayalign.losses import LossInputs, needs_reference
 from rayalign.models import load_causal_lm, load_tokenizer, resolve_model, with_lora
 from rayalign.train import reference as ref_lib
-from rayalign.train.checkpoint import load_training_state, save_checkpoint
+from rayalign.train.checkpoint import existing_checkpoints, load_training_state, save_checkpoint
 from rayalign.train.step import clip_gradients, micro_step, optimizer_step, pair_batch
 
 METRIC_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
@@ -57,21 +58,26 @@ def warmup_cosine(step: int, total: int, warmup: int, schedule: str = "cosine") 
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _shard(lm, chunk_size: int, mixed_precision: bool, device, compile_layers: bool = False):
-    """FSDP2: `fully_shard` each decoder layer (compiled first, when asked), then the root (embeddings, norm, head)."""
+def _wrap(lm, chunk_size: int, mixed_precision: bool, device, compile_layers: bool = False):
+    """The `ResponseLogps` model the loop calls, its decoder layers compiled when asked. FSDP2 shards it over the
+    workers (`fully_shard` each decoder layer, then the root: embeddings, norm, head) and gives bf16 mixed
+    precision. A lone full-precision worker is left plain: there FSDP2 would only copy every parameter and gradient
+    in and out of its buffers at each step (a fifth of a CPU step)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-    kwargs = {"mesh": mesh}
+    shard = dist.get_world_size() > 1 or mixed_precision
+    kwargs = {"mesh": init_device_mesh(device.type, (dist.get_world_size(),))} if shard else {}
     if mixed_precision:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     model = ResponseLogps(lm, chunk_size)
     for layer in lm.get_decoder().layers:
         if compile_layers:
             layer.compile()
-        fully_shard(layer, **kwargs)
-    fully_shard(model, **kwargs)
+        if shard:
+            fully_shard(layer, **kwargs)
+    if shard:
+        fully_shard(model, **kwargs)
     return model
 
 
@@ -101,7 +107,7 @@ def build_model(name: str, cfg: config_lib.Config, device, trainable: bool, resu
         lm.eval()
     else:
         lm.train()
-    return lm, _shard(lm, cfg.model.chunk_size, mixed_precision, device, trainable and t.compile)
+    return lm, _wrap(lm, cfg.model.chunk_size, mixed_precision, device, trainable and t.compile)
 
 
 def make_optimizer(model, cfg: config_lib.Config):
@@ -209,23 +215,56 @@ def prepare_reference(cfg, pairs, indices: list[int] | None, pad_id: int, device
 
 
 def _save_and_report(metrics, model, lm, tokenizer, optimizer, scheduler, step: int, save: bool,
-                     with_optimizer: bool = True) -> None:
+                     with_optimizer: bool, local_run_dir: Path | None, keep: int) -> None:
+    """Report `metrics` to Ray Train, with a checkpoint when `save`. In local mode (`local_run_dir`) Ray Train
+    keeps no checkpoint, so it is written into the run directory here, where Ray Train would put it."""
     import tempfile
 
     import ray.train
 
     if not save:
         ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(Path(tmp), model, lm, tokenizer, optimizer, scheduler, step, with_optimizer)
-        checkpoint = ray.train.Checkpoint.from_directory(tmp) if dist.get_rank() == 0 else None
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"step_{step:06d}")
+    elif local_run_dir is not None:
+        from rayalign.files import atomic_write_dir
+
+        atomic_write_dir(local_run_dir / "checkpoints" / f"step_{step:06d}", lambda tmp: save_checkpoint(
+            tmp, model, lm, tokenizer, optimizer, scheduler, step, with_optimizer))
+        for old in existing_checkpoints(local_run_dir)[:-keep]:
+            shutil.rmtree(old)
+        ray.train.report(metrics)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(Path(tmp), model, lm, tokenizer, optimizer, scheduler, step, with_optimizer)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp) if dist.get_rank() == 0 else None
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"step_{step:06d}")
+
+
+def _resume_directory(local_run_dir: Path | None):
+    """A context giving the checkpoint directory to resume from, or None: Ray Train's checkpoint, or in local mode
+    (where Ray Train keeps none) the run directory's newest."""
+    import contextlib
+
+    import ray.train
+
+    if local_run_dir is not None:
+        found = existing_checkpoints(local_run_dir)
+        return contextlib.nullcontext(str(found[-1]) if found else None)
+    checkpoint = ray.train.get_checkpoint()
+    return checkpoint.as_directory() if checkpoint else contextlib.nullcontext()
+
+
+def _local_device_and_group(use_gpu: bool):
+    """Local mode: the device, and a one-process group (Ray Train starts none) so FSDP2 and the collectives run
+    as they do on workers."""
+    device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_gpu else "gloo", store=dist.HashStore(), rank=0, world_size=1)
+    return device
 
 
 def train_fn_per_worker(loop_config: dict) -> None:
-    """What each Ray Train worker runs. `loop_config`: config (dict), pairs (ObjectRef), run_dir, env."""
-    import contextlib
+    """What each Ray Train worker runs. `loop_config`: config (dict), pairs (an ObjectRef; in local mode the pairs),
+    run_dir, local (Ray Train's local mode: this function runs in the driver), env."""
     import logging
     import os
 
@@ -241,9 +280,10 @@ def train_fn_per_worker(loop_config: dict) -> None:
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per report
     os.environ.update(loop_config["env"])
     cfg = config_lib.build(loop_config["config"])
-    pairs = ray.get(loop_config["pairs"])
-    run_dir, rank = Path(loop_config["run_dir"]), dist.get_rank()
-    device = ray.train.torch.get_device()
+    run_dir, local = Path(loop_config["run_dir"]), loop_config.get("local", False)
+    pairs = loop_config["pairs"] if local else ray.get(loop_config["pairs"])
+    device = _local_device_and_group(cfg.train.use_gpu) if local else ray.train.torch.get_device()
+    rank, local_run_dir = dist.get_rank(), run_dir if local else None
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL and FSDP allocate on the current device
     torch.manual_seed(cfg.train.seed)
@@ -252,11 +292,11 @@ def train_fn_per_worker(loop_config: dict) -> None:
     total = total_steps(cfg, len(pairs))
     warmup = int(cfg.train.warmup_ratio * total)
 
-    checkpoint = ray.train.get_checkpoint()
-    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume_dir:
+    with _resume_directory(local_run_dir) as resume_dir:
         lm, model = build_model(cfg.model.name, cfg, device, trainable=True, resume_dir=resume_dir)
         optimizer = make_optimizer(model, cfg)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup, cfg.train.lr_schedule))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: warmup_cosine(s, total, warmup, cfg.train.lr_schedule))
         start = load_training_state(Path(resume_dir), model, optimizer, scheduler) if resume_dir else 0
     clock.lap("model_load_s")
     stop = min(total, cfg.train.stop_at_step or total)
@@ -300,7 +340,8 @@ def train_fn_per_worker(loop_config: dict) -> None:
         save = done == stop or bool(cfg.train.save_every and done % cfg.train.save_every == 0)
         if save or done % cfg.train.report_every == 0:
             clock.lap("steps_s")
-            _save_and_report(metrics, model, lm, tokenizer, optimizer, scheduler, done, save, cfg.train.save_optimizer)
+            _save_and_report(metrics, model, lm, tokenizer, optimizer, scheduler, done, save, cfg.train.save_optimizer,
+                             local_run_dir, cfg.train.keep_checkpoints)
             clock.lap("report_and_checkpoint_s")
         if rank == 0:
             tracker.log({k: v for k, v in metrics.items() if k not in ("status", "step")}, step=done)
