@@ -96,6 +96,22 @@ def check_local(demand: Demand) -> None:
     check_fit(demand, node_resources(ray.nodes()))
 
 
+def trainer_fits_beside(train, pool_gpus: float) -> bool:
+    """Whether the trainer can start now beside a running sampler pool (whose actors use `pool_gpus` GPU each).
+    In local mode it takes nothing from Ray, so yes, unless both would share the GPU (vLLM holds most of its
+    memory). With workers: when the free resources of a one-node cluster hold them all; on several nodes Ray
+    does not say what is free on each, and a guess wrong would leave the workers waiting on the pool forever."""
+    import ray
+
+    if train.num_workers == 0:
+        return not (train.use_gpu and pool_gpus > 0)
+    if len([n for n in ray.nodes() if n.get("Alive", True)]) != 1:
+        return False
+    free = ray.available_resources()
+    node = {"CPU": float(free.get("CPU", 0)), "GPU": float(free.get("GPU", 0))}
+    return _units(node, trainer_demand(train)) >= train.num_workers
+
+
 def waiting_line(bundles: list[dict[str, float]], waited_s: float, free: dict, total: dict, keys: str) -> str:
     """The line printed while a placement group of `bundles` waits: what it asks, what the cluster has free."""
     asked = " + ".join(f"{{{', '.join(f'{k}: {v:g}' for k, v in sorted(b.items()))}}}" for b in bundles)

@@ -23,9 +23,13 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rayalign.config import EvalConfig, SamplingConfig
 from rayalign.stats import compare_models, describe, mean_stderr
+
+if TYPE_CHECKING:
+    from rayalign.sampling.pool import PhasePool
 
 SAMPLES_CACHE_VERSION = "2"  # bump when sampling code changes what a seed produces
 ROLE_SEED_OFFSET = {"policy": 0, "reference": 1_000_003}  # independent samples for the two sides
@@ -79,32 +83,26 @@ def _samples_cache_path(model: str, prompt_ids: list[list[int]], params, samplin
     return cache_root() / "eval_samples" / f"{cache_key(key)}.json"
 
 
-def sample_models(entries: list[tuple[str, str, object]], prompt_ids: list[list[int]], sampling: SamplingConfig
-                  ) -> dict[str, tuple[list[list[dict]], bool]]:
+def sample_models(entries: list[tuple[str, str, object]], prompt_ids: list[list[int]], sampling: SamplingConfig,
+                  pools: PhasePool | None = None) -> dict[str, tuple[list[list[dict]], bool]]:
     """For each (label, model, params): per prompt, `params.n` samples {"text", "tokens", "finish"}, and whether
-    they came from the cache. Models not cached share one sampler pool where they can: the next one's weights are
-    loaded into the running pool (`update_weights`) instead of starting another engine (a vLLM start is 30-60 s)."""
+    they came from the cache. Models not cached are sampled on `pools` (a pipeline's pool, left running), else on
+    a pool of their own: interchangeable models share it, the next one's weights loaded into the running pool."""
     from tqdm import tqdm
 
     from rayalign.files import atomic_write_text
-    from rayalign.models import resolve_model
-    from rayalign.sampling.pool import pool_from_config
+    from rayalign.sampling.pool import PhasePool
 
-    results, pool, pool_model = {}, None, None
+    own = pools is None
+    pools = PhasePool(sampling) if own else pools
+    results = {}
     try:
         for label, model, params in entries:
             path = _samples_cache_path(model, prompt_ids, params, sampling)
             if path.is_file():
                 results[label] = json.loads(path.read_text())["samples"], True
                 continue
-            if pool is not None and not interchangeable(pool_model, model):
-                pool.shutdown()
-                pool = None
-            if pool is None:
-                pool = pool_from_config(model, sampling)
-            elif model != pool_model:
-                pool.update_weights(resolve_model(model))
-            pool_model = model
+            pool = pools.serving(model)
             chunks = -(-len(prompt_ids) // sampling.chunk_size)
             with tqdm(total=chunks, desc=f"sampling {label or model}", unit="chunk") as bar:
                 outputs = pool.generate(prompt_ids, params, on_chunk=lambda *_: bar.update())
@@ -113,27 +111,9 @@ def sample_models(entries: list[tuple[str, str, object]], prompt_ids: list[list[
             atomic_write_text(path, json.dumps({"model": model, "samples": samples}))
             results[label] = samples, False
     finally:
-        if pool is not None:
-            pool.shutdown()
+        if own:
+            pools.close()
     return results
-
-
-_NOT_ARCHITECTURE = {"_name_or_path", "name_or_path", "transformers_version", "torch_dtype", "dtype"}
-
-
-def interchangeable(a: str, b: str) -> bool:
-    """Whether a sampler serving model `a` samples model `b` once given `b`'s weights: both full checkpoints (not
-    adapters) with the same config apart from names and versions, and the same tokenizer."""
-    from rayalign.models import resolve_model
-
-    dirs = [Path(resolve_model(m)) for m in (a, b)]
-    if not all((d / "config.json").is_file() and any(d.glob("*.safetensors")) and
-               not (d / "adapter_config.json").exists() for d in dirs):
-        return False
-    configs = [{k: v for k, v in json.loads((d / "config.json").read_text()).items() if k not in _NOT_ARCHITECTURE}
-               for d in dirs]
-    tokenizers = [(d / "tokenizer.json").read_bytes() if (d / "tokenizer.json").is_file() else None for d in dirs]
-    return configs[0] == configs[1] and tokenizers[0] == tokenizers[1]
 
 
 def score_samples(score, prompts: list[str], samples: list[list[dict]]) -> list[list[float]]:
@@ -159,8 +139,9 @@ def report_settings(e: EvalConfig, sampling: SamplingConfig) -> dict:
 
 
 def evaluate(policy: str, reference: str, e: EvalConfig, out_dir: str | Path, sampling: SamplingConfig | None = None,
-             chat_template: bool = True) -> dict:
-    """Sample both models on held-out prompts, score, compare; write report.json/.png + samples.jsonl."""
+             chat_template: bool = True, pools: PhasePool | None = None) -> dict:
+    """Sample both models on held-out prompts (on `pools`, a pipeline's running pool, when given), score, compare;
+    write report.json/.png + samples.jsonl."""
     from rayalign.tasks.registry import get_task
 
     began, sampling = time.time(), sampling or SamplingConfig()
@@ -168,7 +149,7 @@ def evaluate(policy: str, reference: str, e: EvalConfig, out_dir: str | Path, sa
     prompts = held_out(e, task, reference, chat_template)
     score = make_scorer(e.scorer, get_task(task))
     sampled = sample_models([(role, model, role_params(e, role)) for role, model in
-                             (("reference", reference), ("policy", policy))], prompts.prompt_ids, sampling)
+                             (("reference", reference), ("policy", policy))], prompts.prompt_ids, sampling, pools)
     samples, rewards, stats, cached = {}, {}, {}, {}
     for role in ("reference", "policy"):
         samples[role], cached[role] = sampled[role]

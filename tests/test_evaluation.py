@@ -58,32 +58,68 @@ def test_samples_are_cached_and_equal_live_ones(tmp_path, monkeypatch, ray_local
     assert reseeded["samples_from_cache"]["reference"] is False  # another setting is another cache entry
 
 
-def test_one_pool_samples_a_second_model_exactly_as_its_own_pool_would(tmp_path, monkeypatch, ray_local):
-    """sample_models loads the second model's weights into the running pool; what it samples equals a pool
-    started on that model. A model of another shape gets its own pool."""
-    import shutil
-
+def _perturbed_tiny_llama(path):
+    """tiny-llama with noise on every weight, saved with its tokenizer at `path`: a 'trained' model of its shape."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rayalign.config import SamplingConfig
-    from rayalign.evaluation import interchangeable, sample_models
     from rayalign.models import load_causal_lm, load_tokenizer
-    from rayalign.sampling.base import SamplingParams
 
-    monkeypatch.setenv("RAYALIGN_CACHE", str(tmp_path / "cache"))
-    tokenizer = load_tokenizer("tiny-llama")
-    trained, other = tmp_path / "trained", tmp_path / "other"
     lm = load_causal_lm("tiny-llama")
     torch.manual_seed(0)
     with torch.no_grad():
         for param in lm.parameters():
             param.add_(0.5 * torch.randn_like(param))
-    lm.save_pretrained(trained)
+    lm.save_pretrained(path)
+    load_tokenizer("tiny-llama").save_pretrained(path)
+    return path
+
+
+def test_a_pipeline_pool_stays_through_training_only_where_the_trainer_fits_beside_it(tmp_path, ray_local):
+    """PhasePool keeps its pool (the same actor processes) through `make_room` while the trainer can start beside
+    it: in local mode, or a 1-CPU worker with a CPU free on the 2-CPU cluster; a 2-CPU worker could never be placed
+    while it runs, so there it stops. Serving an interchangeable model loads its weights into the same actors."""
+    from rayalign.cluster_fit import trainer_fits_beside
+    from rayalign.config import SamplingConfig, TrainConfig
+    from rayalign.sampling.pool import PhasePool
+
+    def pids(pool):
+        return ray_local.get([actor.sync.remote(pool.weights) for actor in pool.actors])
+
+    with PhasePool(SamplingConfig(num_actors=1, cpus_per_actor=1)) as pools:
+        pool = pools.serving("tiny-llama")
+        first = pids(pool)
+        pools.make_room(TrainConfig(num_workers=0, cpus_per_worker=2))
+        pools.make_room(TrainConfig(num_workers=1, cpus_per_worker=1))
+        assert pools.pool is pool and pids(pool) == first
+        assert pools.serving(str(_perturbed_tiny_llama(tmp_path / "trained"))) is pool
+        assert pids(pool) == first and pool.weights[0] == 1
+        pools.make_room(TrainConfig(num_workers=1, cpus_per_worker=2))
+        assert pools.pool is None and pools.starts == 1
+        pools.serving("tiny-llama")
+        assert pools.starts == 2
+    assert not trainer_fits_beside(TrainConfig(num_workers=0, use_gpu=True), pool_gpus=1.0)  # one GPU, two users
+
+
+def test_one_pool_samples_a_second_model_exactly_as_its_own_pool_would(tmp_path, monkeypatch, ray_local):
+    """sample_models loads the second model's weights into the running pool; what it samples equals a pool
+    started on that model. A model of another shape gets its own pool."""
+    import shutil
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rayalign.config import SamplingConfig
+    from rayalign.evaluation import sample_models
+    from rayalign.models import load_causal_lm, load_tokenizer
+    from rayalign.sampling.base import SamplingParams
+    from rayalign.sampling.pool import interchangeable
+
+    monkeypatch.setenv("RAYALIGN_CACHE", str(tmp_path / "cache"))
+    trained, other = _perturbed_tiny_llama(tmp_path / "trained"), tmp_path / "other"
+    lm = load_causal_lm("tiny-llama")
     config = LlamaConfig(**{**lm.config.to_dict(), "num_hidden_layers": 1})
     LlamaForCausalLM(config).save_pretrained(other)
-    for directory in (trained, other):
-        tokenizer.save_pretrained(directory)
+    load_tokenizer("tiny-llama").save_pretrained(other)
+    tokenizer = load_tokenizer("tiny-llama")
     assert interchangeable("tiny-llama", str(trained)) and not interchangeable("tiny-llama", str(other))
 
     prompts = [tokenizer.encode(text) for text in ("Name a colour.", "Count to three.", "Say hello.")]

@@ -123,6 +123,7 @@ def test_pipeline_writes_every_file_and_reruns_without_synthesising_again(tmp_pa
     assert all(p["chosen_score"] > p["rejected_score"] and p["ratio"] == 0.5 for p in pairs)
     assert all(p["prefix_len"] > 0 for p in pairs)
     assert json.loads((run_dir / "report.json").read_text())["win_rate"]["prompts"] == 4
+    assert summary["sampler_pool_starts"] == 1  # the 1-CPU worker fits beside the pool: synthesis's pool evaluates
 
     shards = sorted((run_dir / "data").glob("shard_*.parquet"))
     stamps = {p: p.stat().st_mtime_ns for p in shards}

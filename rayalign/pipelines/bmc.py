@@ -29,15 +29,16 @@ def _task_name(cfg: config_lib.Config) -> str | None:
     return cfg.bmc.task or (None if cfg.data.path else cfg.inco.task)
 
 
-def source_pairs(cfg: config_lib.Config, run_dir: Path, tokenizer):
-    """The pairs to bridge, tokenised and with their texts: `data.path`, else the inco pipeline's synthesis."""
+def source_pairs(cfg: config_lib.Config, run_dir: Path, tokenizer, pools=None):
+    """The pairs to bridge, tokenised and with their texts: `data.path`, else the inco pipeline's synthesis (on
+    `pools`, the pipeline's `PhasePool`)."""
     from rayalign.data import prepare_data
 
     data = cfg.data
     if not data.path:
         from rayalign.pipelines.inco import synthesise
 
-        data = dataclasses.replace(data, path=str(synthesise(cfg, run_dir)))
+        data = dataclasses.replace(data, path=str(synthesise(cfg, run_dir, pools)))
     return prepare_data(data, tokenizer, keep_text=True)
 
 
@@ -137,8 +138,9 @@ def _counts(cfg, prepared, rows: list[dict], status: Counter, editor) -> dict:
                                        "edited_after": mean([r["marked_after"] for r in accepted])}}
 
 
-def bridged_pairs(cfg: config_lib.Config, run_dir: Path) -> tuple[Path, dict]:
-    """Write `<run>/data/bridged.parquet` and `bridging.json` (reused when both exist)."""
+def bridged_pairs(cfg: config_lib.Config, run_dir: Path, pools=None) -> tuple[Path, dict]:
+    """Write `<run>/data/bridged.parquet` and `bridging.json` (reused when both exist); `pools`: the pipeline's
+    `PhasePool`, for synthesis."""
     import pyarrow as pa
 
     from rayalign.files import atomic_write_text
@@ -151,7 +153,7 @@ def bridged_pairs(cfg: config_lib.Config, run_dir: Path) -> tuple[Path, dict]:
         return path, json.loads(counts_path.read_text())
     tokenizer = load_tokenizer(cfg.model.name)
     task = get_task(_task_name(cfg)) if _task_name(cfg) else None
-    prepared = source_pairs(cfg, run_dir, tokenizer)
+    prepared = source_pairs(cfg, run_dir, tokenizer, pools)
     editor, stop = make_editor(cfg, task)
     try:
         print(f"rayalign: bridging {len(prepared.pairs)} pairs with the {cfg.bmc.editor} editor", flush=True)
@@ -174,17 +176,21 @@ def bridged_pairs(cfg: config_lib.Config, run_dir: Path) -> tuple[Path, dict]:
 def run_bmc(cfg: config_lib.Config) -> dict:
     """Pairs, edits, training, evaluation; writes the run directory (see the module docstring)."""
     from rayalign.pipelines.evaluate import evaluate_run
+    from rayalign.sampling.pool import PhasePool
     from rayalign.train.driver import run_training
 
     run_dir = cfg.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     config_lib.save(cfg, run_dir / "config.yaml")
-    path, counts = bridged_pairs(cfg, run_dir)
-    train_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(path), format="token_ids"))
-    train = run_training(train_cfg)
-    summary = {"pipeline": "bmc", "bridging": counts, "train": train}
-    if train["status"] == "ok":
-        summary.update(evaluate_run(cfg, run_dir, train["checkpoint"]))
+    with PhasePool(cfg.sampling) as pools:
+        path, counts = bridged_pairs(cfg, run_dir, pools)
+        train_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(path), format="token_ids"))
+        pools.make_room(cfg.train)
+        train = run_training(train_cfg)
+        summary = {"pipeline": "bmc", "bridging": counts, "train": train}
+        if train["status"] == "ok":
+            summary.update(evaluate_run(cfg, run_dir, train["checkpoint"], pools))
+    summary["sampler_pool_starts"] = pools.starts
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     config_lib.save(cfg, run_dir / "config.yaml")  # training saved its own view; keep the pipeline's
     return summary

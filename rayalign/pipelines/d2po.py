@@ -149,10 +149,9 @@ def _initial_discriminator(cfg: config_lib.Config, run_dir: Path) -> str | None:
 class Round:
     """The live pieces every round uses: prompts, samplers, the discriminator service, the labeller."""
 
-    def __init__(self, cfg: config_lib.Config, run_dir: Path, state: State):
+    def __init__(self, cfg: config_lib.Config, run_dir: Path, state: State, pools):
         from rayalign.data.tokenize import encode_prompt
         from rayalign.models import load_tokenizer
-        from rayalign.sampling.pool import pool_from_config
         from rayalign.tasks.registry import get_task
 
         d = cfg.d2po
@@ -165,7 +164,8 @@ class Round:
             truncate_jsonl(run_dir / log, "round", state.rounds_done)
         self.labeller = GoldLabeller(d, self.task, state.gold_used, run_dir / GOLD_LOG)
         self.gold_pairs = self._gold_pairs_so_far()
-        self.pool = pool_from_config(state.policy, cfg.sampling)
+        self.pools = pools  # the pipeline's PhasePool: the evaluation samples on it after the last round
+        pools.serving(state.policy)
         self.service = None
         if state.discriminator is not None:
             from rayalign.scoring.serve import DiscriminatorService
@@ -179,7 +179,6 @@ class Round:
         return read_jsonl(self.run_dir / GOLD_PAIRS)
 
     def close(self) -> None:
-        self.pool.shutdown()
         if self.service is not None:
             self.service.shutdown()
 
@@ -197,7 +196,7 @@ def run_round(live: Round, r: int, state: State) -> tuple[State, dict]:
     prompts, prompt_ids = live.prompts[span], live.prompt_ids[span]
     params = SamplingParams(n=2, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
                             max_new_tokens=cfg.sampling.max_new_tokens, seed=d.seed * 1_000_003 + r)
-    outputs = live.pool.generate(prompt_ids, params)
+    outputs = live.pools.serving(state.policy).generate(prompt_ids, params)
     sample_s = time.perf_counter() - began
     texts = [(row[0].text, row[1].text) for row in outputs]
     metrics = {"sampler/tokens_per_s": sum(len(c.generated_ids) for row in outputs for c in row) / sample_s,
@@ -214,7 +213,7 @@ def run_round(live: Round, r: int, state: State) -> tuple[State, dict]:
     if policy != state.policy:
         from rayalign.sampling.hf import read_checkpoint
 
-        live.pool.update_weights(read_checkpoint(policy))  # a state dict, through the object store
+        live.pools.serving(policy, read_checkpoint(policy))  # a state dict, through the object store
     metrics.update({"gold/used": live.labeller.used, "pairs": len(rows) - len(carry), "round_s":
                     time.perf_counter() - began})
     return State(r, policy, discriminator, live.labeller.used, carry), metrics
@@ -314,6 +313,7 @@ def run_d2po(cfg: config_lib.Config) -> dict:
     """Rounds of sample -> label -> train (resuming after the last finished round), then the evaluation."""
     from rayalign.monitoring import record_d2po_round
     from rayalign.pipelines.evaluate import evaluate_run
+    from rayalign.sampling.pool import PhasePool
     from rayalign.tracking import Tracker
 
     if cfg.d2po.relabels < 1 or cfg.d2po.window < 1 or cfg.d2po.prompts_per_round < 1:
@@ -327,25 +327,27 @@ def run_d2po(cfg: config_lib.Config) -> dict:
     last = min(cfg.d2po.rounds, cfg.d2po.stop_after_round or cfg.d2po.rounds)
     tracker = Tracker(run_dir, cfg.tracking, cfg.name, config_lib.flatten(config_lib.to_dict(cfg)), "d2po")
     tracker.truncate_after(state.rounds_done)
-    if state.rounds_done < last:
-        live = Round(cfg, run_dir, state)
-        try:
-            for r in range(state.rounds_done + 1, last + 1):
-                state, metrics = run_round(live, r, state)
-                tracker.log({k: v for k, v in metrics.items() if v is not None}, step=r)
-                record_d2po_round(metrics, run=cfg.name)
-                state.save(run_dir)
-                _drop_old_weights(run_dir, state)
-                print(f"rayalign: d2po round {r}/{cfg.d2po.rounds}: " + ", ".join(
-                    f"{k} {v:.3g}" for k, v in metrics.items() if isinstance(v, float | int)), flush=True)
-        finally:
-            live.close()
-    tracker.finish()
-    rounds = _round_rows(run_dir)
-    summary = {"pipeline": "d2po", "mode": cfg.d2po.mode, "rounds_done": state.rounds_done, "gold_used":
-               state.gold_used, "rounds": rounds, "train": _train_totals(state, rounds)}
-    if state.rounds_done == cfg.d2po.rounds:
-        summary.update(evaluate_run(cfg, run_dir, state.policy))
+    with PhasePool(cfg.sampling) as pools:
+        if state.rounds_done < last:
+            live = Round(cfg, run_dir, state, pools)
+            try:
+                for r in range(state.rounds_done + 1, last + 1):
+                    state, metrics = run_round(live, r, state)
+                    tracker.log({k: v for k, v in metrics.items() if v is not None}, step=r)
+                    record_d2po_round(metrics, run=cfg.name)
+                    state.save(run_dir)
+                    _drop_old_weights(run_dir, state)
+                    print(f"rayalign: d2po round {r}/{cfg.d2po.rounds}: " + ", ".join(
+                        f"{k} {v:.3g}" for k, v in metrics.items() if isinstance(v, float | int)), flush=True)
+            finally:
+                live.close()
+        tracker.finish()
+        rounds = _round_rows(run_dir)
+        summary = {"pipeline": "d2po", "mode": cfg.d2po.mode, "rounds_done": state.rounds_done, "gold_used":
+                   state.gold_used, "rounds": rounds, "train": _train_totals(state, rounds)}
+        if state.rounds_done == cfg.d2po.rounds:
+            summary.update(evaluate_run(cfg, run_dir, state.policy, pools))
+    summary["sampler_pool_starts"] = pools.starts
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

@@ -15,8 +15,9 @@ def eval_config(cfg: config_lib.Config) -> config_lib.EvalConfig:
     return dataclasses.replace(cfg.eval, task=cfg.eval.task or pipeline_task)
 
 
-def evaluate_run(cfg: config_lib.Config, run_dir: Path, checkpoint: str) -> dict:
-    """{"eval": figures} after writing report.json/.png in `run_dir`; {} when evaluation is off.
+def evaluate_run(cfg: config_lib.Config, run_dir: Path, checkpoint: str, pools=None) -> dict:
+    """{"eval": figures} after writing report.json/.png in `run_dir`; {} when evaluation is off. `pools`: the
+    pipeline's `PhasePool`, when it has one running.
 
     A report for the same checkpoint and settings is reused, so a rerun of a finished pipeline does not redo it.
     """
@@ -28,6 +29,6 @@ def evaluate_run(cfg: config_lib.Config, run_dir: Path, checkpoint: str) -> dict
     report_path = run_dir / "report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     if report.get("policy") != checkpoint or report.get("settings") != report_settings(e, cfg.sampling):
-        report = evaluate(checkpoint, cfg.model.name, e, run_dir, cfg.sampling, cfg.data.chat_template)
+        report = evaluate(checkpoint, cfg.model.name, e, run_dir, cfg.sampling, cfg.data.chat_template, pools)
     return {"eval": {"win_rate": report["win_rate"], "policy": report["policy_stats"],
                      "reference": report["reference_stats"]}}

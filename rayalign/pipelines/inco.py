@@ -32,6 +32,7 @@ from pathlib import Path
 from rayalign import config as config_lib
 from rayalign.pipelines.pairs import Candidate, pair_row, write_pairs
 
+
 def prefix_length(num_tokens: int, ratio: float) -> int:
     """round(r·|y|) tokens, clamped to [0, |y|]; Python rounds halves to even, so say so in tests."""
     return min(num_tokens, max(0, round(ratio * num_tokens)))
@@ -92,8 +93,9 @@ def _shard_rows(cfg, prompts, offs, indices, pool, tokenizer, score) -> tuple[li
     return rows, counts
 
 
-def synthesise(cfg: config_lib.Config, run_dir: Path) -> Path:
-    """Write `<run>/data/pairs.parquet` (and its shards); finished shards are not redone."""
+def synthesise(cfg: config_lib.Config, run_dir: Path, pools=None) -> Path:
+    """Write `<run>/data/pairs.parquet` (and its shards), sampling on `pools` (the pipeline's `PhasePool`, else a
+    pool of its own); finished shards are not redone."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -101,7 +103,7 @@ def synthesise(cfg: config_lib.Config, run_dir: Path) -> Path:
     from rayalign.files import atomic_write, atomic_write_text
     from rayalign.models import load_tokenizer
     from rayalign.monitoring import record_pairs
-    from rayalign.sampling.pool import pool_from_config
+    from rayalign.sampling.pool import PhasePool
     from rayalign.tasks.registry import get_task
 
     data_dir = run_dir / "data"
@@ -116,8 +118,10 @@ def synthesise(cfg: config_lib.Config, run_dir: Path) -> Path:
     todo = [(k, idx) for k, idx in enumerate(shards) if not (data_dir / f"shard_{k:04d}.parquet").is_file()]
     if todo:
         tokenizer, score = load_tokenizer(cfg.model.name), make_scorer(cfg.inco.scorer, task)
-        pool = pool_from_config(cfg.model.name, cfg.sampling)
+        own = pools is None
+        pools = PhasePool(cfg.sampling) if own else pools
         try:
+            pool = pools.serving(cfg.model.name)
             for k, indices in todo:
                 rows, counts = _shard_rows(cfg, prompts, offs, indices, pool, tokenizer, score)
                 atomic_write_text(data_dir / f"shard_{k:04d}.json", json.dumps(counts))
@@ -125,7 +129,8 @@ def synthesise(cfg: config_lib.Config, run_dir: Path) -> Path:
                 record_pairs(len(rows), run=cfg.name)
                 print(f"rayalign: synthesis shard {k + 1}/{len(shards)}: {len(rows)} pairs", flush=True)
         finally:
-            pool.shutdown()
+            if own:
+                pools.close()
     table = pa.concat_tables([pq.read_table(data_dir / f"shard_{k:04d}.parquet") for k in range(len(shards))])
     return atomic_write(data_dir / "pairs.parquet", lambda tmp: pq.write_table(table, tmp))
 
@@ -143,25 +148,30 @@ def synthesis_stats(run_dir: Path) -> dict:
 
 
 def run_inco(cfg: config_lib.Config) -> dict:
-    """Synthesise, train (DPO, or sDPO stages when sdpo.stages > 1), evaluate; writes the run directory."""
+    """Synthesise, train (DPO, or sDPO stages when sdpo.stages > 1), evaluate, on one sampler pool where the
+    trainer fits beside it; writes the run directory."""
     from rayalign.pipelines.evaluate import evaluate_run
+    from rayalign.sampling.pool import PhasePool
     from rayalign.train.driver import run_training
 
     run_dir = cfg.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     config_lib.save(cfg, run_dir / "config.yaml")
-    pairs = synthesise(cfg, run_dir)
-    train_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(pairs)))
-    if cfg.sdpo.stages > 1:
-        from rayalign.data import prepare_data
-        from rayalign.models import load_tokenizer
-        from rayalign.pipelines.sdpo import run_stages
+    with PhasePool(cfg.sampling) as pools:
+        pairs = synthesise(cfg, run_dir, pools)
+        train_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(pairs)))
+        pools.make_room(cfg.train)
+        if cfg.sdpo.stages > 1:
+            from rayalign.data import prepare_data
+            from rayalign.models import load_tokenizer
+            from rayalign.pipelines.sdpo import run_stages
 
-        train = run_stages(train_cfg, prepare_data(train_cfg.data, load_tokenizer(cfg.model.name)), run_dir)
-    else:
-        train = run_training(train_cfg)
-    summary = {"pipeline": "inco", "synthesis": synthesis_stats(run_dir), "train": train,
-               **evaluate_run(cfg, run_dir, train["checkpoint"])}
+            train = run_stages(train_cfg, prepare_data(train_cfg.data, load_tokenizer(cfg.model.name)), run_dir)
+        else:
+            train = run_training(train_cfg)
+        evaluated = evaluate_run(cfg, run_dir, train["checkpoint"], pools)
+    summary = {"pipeline": "inco", "synthesis": synthesis_stats(run_dir), "train": train, **evaluated,
+               "sampler_pool_starts": pools.starts}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     config_lib.save(cfg, run_dir / "config.yaml")  # training saved its own view; keep the pipeline's
     return summary

@@ -22,17 +22,19 @@ it ran twice.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from pathlib import Path
 
 import ray
 from ray.exceptions import RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from rayalign.cluster_fit import check_local, sampler_demand
+from rayalign.cluster_fit import check_local, sampler_demand, trainer_fits_beside
 from rayalign.errors import ConfigError, RayAlignError
 from rayalign.ray_setup import init_ray
 from rayalign.sampling.base import Completion, SamplingParams, check_inputs, make_sampler
@@ -304,3 +306,61 @@ def pool_from_config(model: str, sampling) -> SamplerPool:
     return SamplerPool(engine=sampling.engine, model=model, num_actors=sampling.num_actors,
                        num_cpus=sampling.cpus_per_actor, num_gpus=sampling.gpus_per_actor,
                        chunk_size=sampling.chunk_size, num_threads=sampling.threads, **engine_options(sampling))
+
+
+_NOT_ARCHITECTURE = {"_name_or_path", "name_or_path", "transformers_version", "torch_dtype", "dtype"}
+
+
+def interchangeable(a: str, b: str) -> bool:
+    """Whether a sampler serving model `a` samples model `b` once given `b`'s weights: both full checkpoints (not
+    adapters) with the same config apart from names and versions, and the same tokenizer."""
+    from rayalign.models import resolve_model
+
+    dirs = [Path(resolve_model(m)) for m in (a, b)]
+    if not all((d / "config.json").is_file() and any(d.glob("*.safetensors")) and
+               not (d / "adapter_config.json").exists() for d in dirs):
+        return False
+    configs = [{k: v for k, v in json.loads((d / "config.json").read_text()).items() if k not in _NOT_ARCHITECTURE}
+               for d in dirs]
+    tokenizers = [(d / "tokenizer.json").read_bytes() if (d / "tokenizer.json").is_file() else None for d in dirs]
+    return configs[0] == configs[1] and tokenizers[0] == tokenizers[1]
+
+
+class PhasePool:
+    """One `SamplerPool` for all of a pipeline's phases (synthesis, online rounds, evaluation), not one per phase
+    or model: started at first use, given the next model's weights when that model is interchangeable with the one
+    it serves (a vLLM engine's start is 30-60 s, a weight load a few), and kept through training where the trainer
+    fits beside it (`make_room`). `starts` counts the pools it started (a pipeline's summary reports it)."""
+
+    def __init__(self, sampling):
+        self.sampling, self.pool, self.model, self.starts = sampling, None, None, 0
+
+    def serving(self, model: str, weights: dict | None = None) -> SamplerPool:
+        """The pool, serving `model` (its directory's weights, or `weights`, a state dict of it)."""
+        if self.pool is not None and model != self.model and not interchangeable(self.model, model):
+            self.close()
+        if self.pool is None:
+            self.pool = pool_from_config(model, self.sampling)
+            self.starts += 1
+        elif model != self.model or weights is not None:
+            from rayalign.models import resolve_model
+
+            self.pool.update_weights(weights if weights is not None else resolve_model(model))
+        self.model = model
+        return self.pool
+
+    def make_room(self, train) -> None:
+        """Before training with `train` (a TrainConfig): stop the pool unless the trainer fits beside it."""
+        if self.pool is not None and not trainer_fits_beside(train, self.sampling.gpus_per_actor):
+            self.close()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+        self.pool = self.model = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
