@@ -1,6 +1,9 @@
 """Training on a real local Ray cluster with a tiny model: invariants that must hold exactly-ish.
 
-Runs are shared between tests (module-scoped) because each costs a Ray Train start-up.
+Runs are shared between tests (module-scoped) because each costs a Ray Train start-up. The base run, 1 vs 2 workers,
+the stopped-and-resumed and the killed-worker runs use Ray Train workers; switches whose invariant is the arithmetic,
+not the workers, run in Ray Train's local mode (`LOCAL`), which trains as a worker does (tested below) in a fraction of
+the time.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from rayalign.train.driver import run_training
 from tests.conftest import QUICKSTART_DATA, hh_sample
 
 THREADS_AT_IMPORT = torch.get_num_threads()
+LOCAL = "train.num_workers=0"
 BASE = [
     "model.name=tiny-llama", f"data.path={QUICKSTART_DATA}", "data.limit=24", "data.max_length=128",
     "train.batch_size=4", "train.micro_batch_size=4", "train.max_steps=6", "train.lr=1e-3",
@@ -117,13 +121,13 @@ def test_local_mode_trains_as_a_ray_worker_does_and_resumes_from_its_own_checkpo
 
 
 def test_gradient_accumulation_gives_the_same_loss_curve(runs):
-    _assert_same_curve_as_base(runs, "accumulated", "train.micro_batch_size=2")
+    _assert_same_curve_as_base(runs, "accumulated", "train.micro_batch_size=2", LOCAL)
 
 
 def test_activation_checkpointing_and_fused_adamw_give_the_same_loss_curve(runs):
     """Speed and memory switches that must not change the arithmetic beyond float rounding."""
     summary = _assert_same_curve_as_base(runs, "switches", "train.activation_checkpointing=true",
-                                         "train.fused_adamw=true")
+                                         "train.fused_adamw=true", LOCAL)
     _assert_every_parameter_changed(summary)
 
 
@@ -137,7 +141,7 @@ def test_lora_trains_every_adapter_and_nothing_else_and_its_checkpoint_loads(run
 
     root, _ = runs
     _, rows = _train(root, "lora", "train.lora_r=4", "train.lora_alpha=8", "train.max_steps=3",
-                           "train.save_every=1", "train.keep_checkpoints=3")
+                     "train.save_every=1", "train.keep_checkpoints=3", LOCAL)
     assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # LoRA's B starts at 0: policy == reference
     assert rows[-1]["loss"] < rows[0]["loss"]
     first, last = (root / "lora" / "checkpoints" / f"step_00000{k}" for k in (1, 3))
@@ -164,7 +168,7 @@ def test_lora_trains_every_adapter_and_nothing_else_and_its_checkpoint_loads(run
 
 def test_cached_reference_equals_live_reference(runs):
     root, done = runs
-    _, live = _train(root, "live_ref", "train.reference_cache=false")
+    _, live = _train(root, "live_ref", "train.reference_cache=false", LOCAL)
     base = done["base"][1]
     for key in ("loss", "rewards/chosen", "rewards/margins"):
         assert [r[key] for r in live] == pytest.approx([r[key] for r in base], rel=1e-4, abs=1e-5), key
@@ -175,7 +179,7 @@ def test_a_bf16_run_never_reads_the_fp32_reference_cache(runs):
     reference log-probs; its first loss would then miss log 2 (policy = reference) by the bf16 rounding
     (measured: 4e-4 off with the stale cache, 3e-6 with its own)."""
     root, _ = runs
-    _, rows = _train(root, "bf16", "model.dtype=bfloat16", "train.max_steps=1")
+    _, rows = _train(root, "bf16", "model.dtype=bfloat16", "train.max_steps=1", LOCAL)
     assert rows[0]["loss"] == pytest.approx(math.log(2), abs=5e-5)
 
 
@@ -242,7 +246,7 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path, ray_local):
 
     with pytest.raises(TrainingError, match="NaN/inf at step"):
         _train(tmp_path, "nan", "train.lr=1e30", "train.max_grad_norm=0", "train.max_steps=4",
-               "train.save_every=1")
+               "train.save_every=1", LOCAL)
     summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
     assert summary["status"] == "non_finite_loss"
     assert summary["checkpoint"] and summary["checkpoint"].endswith(f"step_{summary['steps'] - 1:06d}")
@@ -251,7 +255,7 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path, ray_local):
 def test_hh_rlhf_sample_trains_reference_free_without_computing_a_reference(tmp_path, ray_local, monkeypatch):
     monkeypatch.setenv("RAYALIGN_CACHE", str(tmp_path / "cache"))  # its own cache: other runs may share the default
     summary, rows = _train(tmp_path, "hh", f"data.path={hh_sample()}", "data.on_bad_row=skip", "data.limit=16",
-                           "data.max_length=256", "train.max_steps=2", "loss.name=simpo")
+                           "data.max_length=256", "train.max_steps=2", "loss.name=simpo", LOCAL)
     assert summary["steps"] == 2 and all(math.isfinite(r["loss"]) for r in rows)
     assert summary["data"]["rows_used"] == 16
     references = cache_root() / "reference"
