@@ -105,7 +105,7 @@ def trainer_fits_beside(train, pool_gpus: float) -> bool:
 
     if train.num_workers == 0:
         return not (train.use_gpu and pool_gpus > 0)
-    if len([n for n in ray.nodes() if n.get("Alive", True)]) != 1:
+    if len(node_resources(ray.nodes())) != 1:
         return False
     free = ray.available_resources()
     node = {"CPU": float(free.get("CPU", 0)), "GPU": float(free.get("GPU", 0))}

@@ -91,18 +91,16 @@ def sample_models(entries: list[tuple[str, str, object]], prompt_ids: list[list[
     from tqdm import tqdm
 
     from rayalign.files import atomic_write_text
-    from rayalign.sampling.pool import PhasePool
+    from rayalign.sampling.pool import given_or_own
 
-    own = pools is None
-    pools = PhasePool(sampling) if own else pools
     results = {}
-    try:
+    with given_or_own(pools, sampling) as phases:
         for label, model, params in entries:
             path = _samples_cache_path(model, prompt_ids, params, sampling)
             if path.is_file():
                 results[label] = json.loads(path.read_text())["samples"], True
                 continue
-            pool = pools.serving(model)
+            pool = phases.serving(model)
             chunks = -(-len(prompt_ids) // sampling.chunk_size)
             with tqdm(total=chunks, desc=f"sampling {label or model}", unit="chunk") as bar:
                 outputs = pool.generate(prompt_ids, params, on_chunk=lambda *_: bar.update())
@@ -110,9 +108,6 @@ def sample_models(entries: list[tuple[str, str, object]], prompt_ids: list[list[
                        for row in outputs]
             atomic_write_text(path, json.dumps({"model": model, "samples": samples}))
             results[label] = samples, False
-    finally:
-        if own:
-            pools.close()
     return results
 
 

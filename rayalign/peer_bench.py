@@ -177,7 +177,8 @@ def _trl_run(model_path: str, data: Path, steps: int, batch: int, gpu: bool, wor
 def _rayalign_run(model: str, data: Path, steps: int, batch: int, gpu: bool, workers: int, work: Path,
                   env: dict) -> dict:
     cores = os.cpu_count() or 1
-    overrides = [f"train.num_workers={workers}", f"model.name={model}", f"data.path={data}", f"data.max_length={MAX_LENGTH}",
+    overrides = [f"train.num_workers={workers}", f"model.name={model}", f"data.path={data}",
+                 f"data.max_length={MAX_LENGTH}",
                  f"data.max_prompt_length={MAX_PROMPT_LENGTH}", "loss.name=dpo", f"loss.beta={BETA}",
                  f"train.max_steps={steps}", f"train.batch_size={batch}", f"train.micro_batch_size={batch}",
                  f"train.lr={LR}", "train.warmup_ratio=0", f"train.use_gpu={str(gpu).lower()}",

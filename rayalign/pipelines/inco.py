@@ -103,7 +103,7 @@ def synthesise(cfg: config_lib.Config, run_dir: Path, pools=None) -> Path:
     from rayalign.files import atomic_write, atomic_write_text
     from rayalign.models import load_tokenizer
     from rayalign.monitoring import record_pairs
-    from rayalign.sampling.pool import PhasePool
+    from rayalign.sampling.pool import given_or_own
     from rayalign.tasks.registry import get_task
 
     data_dir = run_dir / "data"
@@ -118,19 +118,14 @@ def synthesise(cfg: config_lib.Config, run_dir: Path, pools=None) -> Path:
     todo = [(k, idx) for k, idx in enumerate(shards) if not (data_dir / f"shard_{k:04d}.parquet").is_file()]
     if todo:
         tokenizer, score = load_tokenizer(cfg.model.name), make_scorer(cfg.inco.scorer, task)
-        own = pools is None
-        pools = PhasePool(cfg.sampling) if own else pools
-        try:
-            pool = pools.serving(cfg.model.name)
+        with given_or_own(pools, cfg.sampling) as phases:
+            pool = phases.serving(cfg.model.name)
             for k, indices in todo:
                 rows, counts = _shard_rows(cfg, prompts, offs, indices, pool, tokenizer, score)
                 atomic_write_text(data_dir / f"shard_{k:04d}.json", json.dumps(counts))
                 write_pairs(rows, data_dir / f"shard_{k:04d}.parquet", _inco_columns())  # done once it exists
                 record_pairs(len(rows), run=cfg.name)
                 print(f"rayalign: synthesis shard {k + 1}/{len(shards)}: {len(rows)} pairs", flush=True)
-        finally:
-            if own:
-                pools.close()
     table = pa.concat_tables([pq.read_table(data_dir / f"shard_{k:04d}.parquet") for k in range(len(shards))])
     return atomic_write(data_dir / "pairs.parquet", lambda tmp: pq.write_table(table, tmp))
 

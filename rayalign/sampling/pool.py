@@ -21,6 +21,7 @@ it ran twice.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -364,3 +365,14 @@ class PhasePool:
 
     def __exit__(self, *exc):
         self.close()
+
+
+@contextlib.contextmanager
+def given_or_own(pools: PhasePool | None, sampling):
+    """`pools` when a pipeline passes its own (left running for its next phase), else a `PhasePool` of this call's,
+    closed when the call is done."""
+    if pools is not None:
+        yield pools
+        return
+    with PhasePool(sampling) as own:
+        yield own
