@@ -103,7 +103,7 @@ def trainer_fits_beside(train, pool_gpus: float) -> bool:
     does not say what is free on each, and a guess wrong would leave the workers waiting on the pool forever."""
     import ray
 
-    if train.num_workers == 0:
+    if train.local_mode:
         return not (train.use_gpu and pool_gpus > 0)
     if len(node_resources(ray.nodes())) != 1:
         return False

@@ -174,6 +174,11 @@ class TrainConfig:
     """Run each pair's prompt once for both responses (one row per pair, a block attention mask); false pads chosen
     and rejected sequences as separate rows. Models whose attention takes no custom mask always use false."""
 
+    @property
+    def local_mode(self) -> bool:
+        """Ray Train's local mode (num_workers 0): the training loop in the calling process."""
+        return self.num_workers == 0
+
 
 @dataclass(config=_STRICT)
 class TrackingConfig:

@@ -179,7 +179,7 @@ def check_cluster_fits(cfg, url: str, entrypoint_cpus: float) -> None:
 
 def trainer_resources(cfg) -> str:
     t = cfg.train
-    if t.num_workers == 0:
+    if t.local_mode:
         return "local mode: the trainer runs in the job's entrypoint (--num-cpus / --num-gpus reserve its share)"
     return f"{t.num_workers} worker(s) x {t.cpus_per_worker} CPU" + (" + 1 GPU" if t.use_gpu else "")
 

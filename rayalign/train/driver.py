@@ -76,7 +76,7 @@ def _summary(cfg, prepared, clock: PhaseClock, fit_ended: float) -> dict:
         "checkpoint": checkpoint,
         "data": prepared.stats,
         "pairs": len(prepared.pairs),
-        "phases_s": phase_seconds(clock, fit_ended, state, cfg.train.num_workers == 0),
+        "phases_s": phase_seconds(clock, fit_ended, state, cfg.train.local_mode),
         "cuda_peak_mib": state.get("cuda_peak_mib"),
         "wall_time_s": round(time.time() - clock.started_at, 1),
     }
@@ -121,7 +121,7 @@ def run_training(cfg: config_lib.Config, prepared: PreparedData | None = None) -
     steps = total_steps(cfg, len(prepared.pairs))
     print(f"rayalign: {len(prepared.pairs)} pairs, {steps} steps, run directory {run_dir}", flush=True)
     clock.lap("prepare_s")
-    local = cfg.train.num_workers == 0  # Ray Train's local mode: the loop runs here, nothing of Ray's starts
+    local = cfg.train.local_mode  # the loop runs here, nothing of Ray's starts
     if not local:
         context = init_ray()
         if context is not None:
@@ -133,7 +133,7 @@ def run_training(cfg: config_lib.Config, prepared: PreparedData | None = None) -
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"config": config_lib.to_dict(cfg), "pairs": pairs, "run_dir": str(run_dir),
-                           "local": local, "env": {"RAYALIGN_CACHE": str(cache_root())}},
+                           "env": {"RAYALIGN_CACHE": str(cache_root())}},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(

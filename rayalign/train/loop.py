@@ -263,8 +263,8 @@ def _local_device_and_group(use_gpu: bool):
 
 
 def train_fn_per_worker(loop_config: dict) -> None:
-    """What each Ray Train worker runs. `loop_config`: config (dict), pairs (an ObjectRef; in local mode the pairs),
-    run_dir, local (Ray Train's local mode: this function runs in the driver), env."""
+    """What each Ray Train worker runs (in local mode: the driver). `loop_config`: config (dict), pairs (an
+    ObjectRef; in local mode the pairs), run_dir, env."""
     import logging
     import os
 
@@ -280,7 +280,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per report
     os.environ.update(loop_config["env"])
     cfg = config_lib.build(loop_config["config"])
-    run_dir, local = Path(loop_config["run_dir"]), loop_config.get("local", False)
+    run_dir, local = Path(loop_config["run_dir"]), cfg.train.local_mode
     pairs = loop_config["pairs"] if local else ray.get(loop_config["pairs"])
     device = _local_device_and_group(cfg.train.use_gpu) if local else ray.train.torch.get_device()
     rank, local_run_dir = dist.get_rank(), run_dir if local else None
