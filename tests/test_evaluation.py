@@ -118,8 +118,8 @@ def test_one_pool_samples_a_second_model_exactly_as_its_own_pool_would(tmp_path,
     lm = load_causal_lm("tiny-llama")
     config = LlamaConfig(**{**lm.config.to_dict(), "num_hidden_layers": 1})
     LlamaForCausalLM(config).save_pretrained(other)
-    load_tokenizer("tiny-llama").save_pretrained(other)
     tokenizer = load_tokenizer("tiny-llama")
+    tokenizer.save_pretrained(other)
     assert interchangeable("tiny-llama", str(trained)) and not interchangeable("tiny-llama", str(other))
 
     prompts = [tokenizer.encode(text) for text in ("Name a colour.", "Count to three.", "Say hello.")]

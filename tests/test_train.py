@@ -106,7 +106,7 @@ def test_local_mode_trains_as_a_ray_worker_does_and_resumes_from_its_own_checkpo
     """Ray Train's local mode (num_workers=0: the loop in this process, no worker): the base run's losses and weights,
     stopped and resumed; checkpoints land where Ray Train puts them and only the newest `keep_checkpoints` stay."""
     root, done = runs
-    local = ["train.num_workers=0", "train.save_every=2"]
+    local = [LOCAL, "train.save_every=2"]
     first, rows = _train(root, "local", *local, "train.stop_at_step=3")
     assert first["steps"] == 3 and len(rows) == 3
     final, rows = _train(root, "local", *local)
