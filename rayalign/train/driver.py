@@ -30,7 +30,8 @@ def check_batch_arithmetic(cfg: config_lib.Config) -> int:
     if t.batch_size % per_step:
         raise ConfigError(
             f"train.batch_size ({t.batch_size}) must be a multiple of train.micro_batch_size x "
-            f"train.num_workers ({t.micro_batch_size} x {workers}); change one of them")
+            f"train.num_workers ({t.micro_batch_size} x {workers}{' in local mode' if t.local_mode else ''}); "
+            "change one of them")
     return t.batch_size // per_step
 
 
