@@ -173,4 +173,19 @@ def compute_loss(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
     return spec.fn(inputs, cfg)
 
 
-__all__ = ["LOSSES", "LossInputs", "LossOutput", "LossSpec", "compute_loss", "get_loss", "needs_reference"]
+def metric_sums(inputs: LossInputs, out: LossOutput) -> dict[str, Tensor]:
+    """TRL's metrics of a batch, as sums over its pairs (divide by the pair count, after any all-reduce)."""
+    return {
+        "loss": out.losses.detach().sum(),
+        "rewards/chosen": out.chosen_rewards.sum(),
+        "rewards/rejected": out.rejected_rewards.sum(),
+        "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float().sum(),
+        "rewards/margins": (out.chosen_rewards - out.rejected_rewards).sum(),
+        "logps/chosen": inputs.policy_chosen_logps.detach().sum(),
+        "logps/rejected": inputs.policy_rejected_logps.detach().sum(),
+        **{k: v.detach() * out.losses.shape[0] for k, v in out.metrics.items()},
+    }
+
+
+__all__ = ["LOSSES", "LossInputs", "LossOutput", "LossSpec", "compute_loss", "get_loss", "metric_sums",
+           "needs_reference"]

@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from rayalign import config as config_lib
 from rayalign.logprobs import ResponseLogps, takes_block_masks
-from rayalign.losses import LossInputs, needs_reference
+from rayalign.losses import LossInputs, metric_sums, needs_reference
 from rayalign.models import load_causal_lm, load_tokenizer, resolve_model, with_lora
 from rayalign.train import reference as ref_lib
 from rayalign.train.checkpoint import existing_checkpoints, load_training_state, save_checkpoint
@@ -117,20 +117,6 @@ def make_optimizer(model, cfg: config_lib.Config):
                              fused=True if cfg.train.fused_adamw else None)
 
 
-def _batch_sums(inputs: LossInputs, out) -> dict[str, torch.Tensor]:
-    """Sums over the micro-batch's pairs; divided by the global batch after all-reduce."""
-    return {
-        "loss": out.losses.detach().sum(),
-        "rewards/chosen": out.chosen_rewards.sum(),
-        "rewards/rejected": out.rejected_rewards.sum(),
-        "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float().sum(),
-        "rewards/margins": (out.chosen_rewards - out.rejected_rewards).sum(),
-        "logps/chosen": inputs.policy_chosen_logps.detach().sum(),
-        "logps/rejected": inputs.policy_rejected_logps.detach().sum(),
-        **{k: v.detach() * out.losses.shape[0] for k, v in out.metrics.items()},
-    }
-
-
 def train_step(model, ref_model, ref_values, pairs, indices, cfg, pad_id, device, progress, shared_prompt) -> dict:
     """Forward/backward over this rank's micro-batches of one optimizer step; returns metric sums."""
     world, rank = dist.get_world_size(), dist.get_rank()
@@ -151,7 +137,7 @@ def train_step(model, ref_model, ref_values, pairs, indices, cfg, pad_id, device
                 reference = ref_model(batch)
         # Each rank's gradient is the mean over its share; FSDP averages the shares.
         inputs, out = micro_step(model, batch, reference, cfg.loss, progress, scale=1 / per_rank)
-        for key, value in _batch_sums(inputs, out).items():
+        for key, value in metric_sums(inputs, out).items():
             sums[key] = sums.get(key, 0.0) + value.float()
     sums["tokens"] = torch.tensor(float(tokens))
     return sums
