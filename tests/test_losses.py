@@ -154,6 +154,20 @@ def test_mpo_time_aware_alpha():
     assert torch.allclose(end.losses, no_nll.losses, atol=1e-12)
 
 
+def test_ta_mpo_starts_at_dpo_plus_nll_and_ends_at_dpo():
+    """TA-MPO at the DPO point of the family with α from 1 to 0: at the start it is the DPO loss plus the chosen
+    response's length-normalised NLL, at the end exactly DPO (both computed by other code: the dpo loss, by hand)."""
+    x = random_inputs(5)
+    cfg = LossConfig(name="mpo", beta=0.1, mpo_a=0.0, mpo_kappa=1.0, mpo_lambda=1.0, mpo_alpha=1.0,
+                     mpo_alpha_end=0.0)
+    dpo = compute_loss(x, LossConfig(name="dpo", beta=0.1)).losses
+    x.progress = 0.0
+    start = compute_loss(x, cfg).losses
+    assert torch.allclose(start, dpo - x.policy_chosen_logps / x.chosen_lengths, rtol=0, atol=1e-6)
+    x.progress = 1.0
+    assert torch.allclose(compute_loss(x, cfg).losses, dpo, rtol=0, atol=1e-6)
+
+
 def test_mpo_with_a_zero_never_evaluates_log1mexp(monkeypatch):
     def boom(x):
         raise AssertionError("log(1 - p) evaluated with a = 0")

@@ -1,10 +1,14 @@
 """MPO: a mirror-descent family of preference losses (after arXiv 2411.06568).
 
-What we had: the abstract of arXiv 2411.06568 (a family derived from mirror descent that recovers
-DPO and ORPO for particular mirror maps; evolution strategies search it; a time-aware variant
-moves from imitation to preference optimisation). The paper's exact parameterisation (its
-learned g, ψ, φ⁻¹) was NOT available to us, so the family below is our choice (papers.md, MPO
-[open]):
+What the paper says, as far as we could read it (arXiv 2411.06568 v1-v3 and the NeurIPS 2025 version, through the
+search tool, which returns the abstracts and the TL;DR of the paper's pages, not its method section): MPO is a
+family of preference-optimisation losses derived from mirror descent; it recovers DPO and ORPO "for specific
+choices of the mirror map"; evolution strategies meta-learn its components, named g, ψ and φ⁻¹; the temporally
+aware variant TA-MPO shifts gradually from imitation to preference optimisation, and "temporal awareness combined
+with SFT" is what made the discovered losses robust. The exact g, ψ and φ⁻¹ were not available to us, so the
+parameterisation below is our choice (papers.md, MPO [open]); what follows the paper is the structure: a mirror
+map ψ (ours: ψ_a), a link g applied to a difference of ψ' terms (ours: λ·log σ(β·)), both endpoints, and an
+imitation term scheduled over training:
 
     L = −λ·log σ(β[φ(y_w) − φ(y_l)]) + α·NLL(y_w)/|y_w|
     φ(y) = ψ'_a(p_θ(y)) − κ·ψ'_a(p_ref(y)),   ψ'_a(p) = log p − a·log(1 − p)
@@ -23,7 +27,7 @@ contains both endpoints exactly:
 - ORPO: a = 1, length-normalised p, κ = 0, β = 1, α = 1, λ = the ORPO weight →
   −logp_θ(y_w)/|y_w| − λ·log σ(log odds(y_w) − log odds(y_l)).
 
-Time-aware MPO: α moves linearly from ``alpha`` to ``alpha_end`` as training progress goes 0 → 1
+TA-MPO (our schedule): α moves linearly from ``alpha`` to ``alpha_end`` as training progress goes 0 → 1
 (imitation early, preference later when alpha > alpha_end). Everything is in log space:
 log(1 − p) is computed by ``log1mexp`` with log p clamped just below 0, and with a = 0 it is not
 evaluated at all.
