@@ -48,7 +48,8 @@ def cmd_run(args) -> int:
 
     cfg = config.load(args.config, args.overrides)
     summary = run_pipeline(cfg)
-    _print_train(summary["train"], cfg.run_dir)
+    if "train" in summary:  # the mujoco pipeline prints its own line
+        _print_train(summary["train"], cfg.run_dir)
     if "synthesis" in summary:
         s = summary["synthesis"]
         print(f"synthesis: {s['pairs']} pairs from {s['prompts']} prompts ({s.get('ties_skipped', 0)} ties skipped)")

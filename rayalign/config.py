@@ -332,6 +332,45 @@ class BMCConfig:
 
 
 @dataclass(config=_STRICT)
+class MujocoConfig:
+    """The MuJoCo preference benchmark (pipeline mujoco; rayalign.mujoco_po)."""
+
+    env: Literal["InvertedPendulum-v5", "InvertedDoublePendulum-v5"] = "InvertedPendulum-v5"
+    """Environment; its expert is an LQR controller, its mediocre and bad policies the same with a weaker gain."""
+    noise: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    """Fraction of pairs whose preference label is flipped (the paper's noisy setting)."""
+    mixed: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    """Fraction of pairs that are (mediocre ≻ bad) instead of (expert ≻ mediocre or bad): part of the preferred
+    data comes from a mediocre policy (the paper's mixed-quality setting)."""
+    pairs: Annotated[int, Field(ge=1)] = 1000
+    """Preference pairs (each two segments from one start state)."""
+    segment: Annotated[int, Field(ge=1)] = 20
+    """Steps per segment."""
+    hidden: int = 64
+    """Width of the policy's two hidden layers."""
+    policy_std: Annotated[float, Field(gt=0.0)] = 0.3
+    """Fixed σ of the Gaussian policy, in normalised action units."""
+    batch_size: int = 64
+    """Pairs per step (behaviour cloning and preference optimisation)."""
+    bc_steps: int = 1000
+    """Behaviour-cloning steps on the chosen segments: the reference policy, where preference optimisation starts."""
+    lr: float = 1.0e-3
+    """Adam learning rate of behaviour cloning."""
+    po_steps: int = 1000
+    """Preference-optimisation steps with loss.*."""
+    po_lr: float = 1.0e-4
+    """Adam learning rate of preference optimisation."""
+    log_every: int = 100
+    """Log the training metrics every this many preference steps."""
+    eval_episodes: int = 10
+    """Episodes per evaluation, the same seeded start states for every run (seeds 10000, 10001, ...)."""
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
+    """One Ray task per seed: its own dataset, initialisation and batch order."""
+    cpus_per_task: float = 1.0
+    """CPUs each seed's Ray task reserves (it uses one thread)."""
+
+
+@dataclass(config=_STRICT)
 class EvalConfig:
     enabled: bool = True
     """Evaluate the trained policy against the starting model at the end of a pipeline."""
@@ -357,9 +396,10 @@ class EvalConfig:
 class Config:
     name: str = "run"
     """Run name: the run directory is <output_dir>/<name>."""
-    pipeline: Literal["train", "inco", "sdpo", "d2po", "bmc"] = "train"
+    pipeline: Literal["train", "inco", "sdpo", "d2po", "bmc", "mujoco"] = "train"
     """What `rayalign run` does: train (on data.path), inco (synthesise, train, evaluate), sdpo (stages on
-    data.path), d2po (online rounds, then evaluate) or bmc (pairs, edits, train, evaluate)."""
+    data.path), d2po (online rounds, then evaluate), bmc (pairs, edits, train, evaluate) or mujoco (the MuJoCo
+    preference benchmark: loss.* on mujoco.*, scored by the environment's return)."""
     output_dir: str = "runs"
     """Where run directories go."""
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -373,6 +413,7 @@ class Config:
     d2po: D2POConfig = dataclasses.field(default_factory=D2POConfig)
     bmc: BMCConfig = dataclasses.field(default_factory=BMCConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    mujoco: MujocoConfig = dataclasses.field(default_factory=MujocoConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -397,7 +438,7 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig, "train": TrainConfig,
              "tracking": TrackingConfig, "sampling": SamplingConfig, "inco": InCoConfig, "sdpo": SDPOConfig,
-             "d2po": D2POConfig, "bmc": BMCConfig, "eval": EvalConfig}
+             "d2po": D2POConfig, "bmc": BMCConfig, "eval": EvalConfig, "mujoco": MujocoConfig}
 
 
 def describe_fields() -> list[tuple[str, Any, str]]:

@@ -30,6 +30,10 @@ def run_pipeline(cfg: config_lib.Config) -> dict:
         from rayalign.pipelines.bmc import run_bmc
 
         return run_bmc(cfg)
+    if cfg.pipeline == "mujoco":
+        from rayalign.pipelines.mujoco import run_mujoco
+
+        return run_mujoco(cfg)
     if cfg.pipeline == "inco":
         from rayalign.pipelines.inco import run_inco
 

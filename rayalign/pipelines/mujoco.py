@@ -1,0 +1,151 @@
+"""The MuJoCo preference benchmark as a pipeline: one loss on one setting, a Ray task per seed.
+
+Each seed's task builds (or reads from the cache) its dataset, clones the reference from the chosen segments,
+optimises the policy with ``loss.*`` from there, and returns both policies' returns on the same seeded episodes.
+The run directory gets config.yaml, metrics.jsonl (the training metrics of every seed per logged step),
+checkpoints/seed_<k>.pt (the trained policy) and summary.json: per seed and over seeds, the policy's, the
+reference's and the expert's return, with t intervals over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from rayalign import config as config_lib
+
+EVAL_SEED = 10_000
+"""Evaluation episodes use reset seeds 10000, 10001, ...: the same start states for every run and seed."""
+
+
+def run_seed(cfg: config_lib.Config, seed: int) -> dict:
+    import copy
+
+    import torch
+
+    from rayalign.mujoco_po.data import PairSettings, load_pairs
+    from rayalign.mujoco_po.policy import behaviour_clone, new_policy, policy_returns, preference_optimise, tensors
+
+    torch.set_num_threads(1)  # a small MLP: more threads only add overhead, and seeds run side by side
+    m = cfg.mujoco
+    data = load_pairs(PairSettings(m.env, m.pairs, m.segment, m.noise, m.mixed, seed))
+    batch = tensors(data)
+    reference = new_policy(data, m, seed)
+    bc_losses = behaviour_clone(reference, batch, m, seed)
+    reference.requires_grad_(False)
+    policy = copy.deepcopy(reference).requires_grad_(True)
+    rows: list[dict] = []
+    final = preference_optimise(policy, reference, batch, cfg.loss, m, seed,
+                                log=lambda metrics, step: rows.append({"step": step, **metrics}))
+    returns = policy_returns(policy, m.env, m.eval_episodes, EVAL_SEED)
+    reference_returns = policy_returns(reference, m.env, m.eval_episodes, EVAL_SEED)
+    return {"seed": seed, "return": _mean(returns), "reference_return": _mean(reference_returns),
+            "returns": returns, "reference_returns": reference_returns, "bc_final_loss": bc_losses[-1],
+            "final_metrics": final, "rows": rows, "flipped": float(data["flipped"].mean()),
+            "mixed": float(data["mixed"].mean()), "state_dict": policy.state_dict()}
+
+
+def expert_returns(env_name: str, episodes: int) -> list[float]:
+    """The expert controller's return on the evaluation episodes: the scale a policy's return is read on."""
+    from rayalign.mujoco_po.experts import Controllers, episode_returns, make_env, state
+
+    controllers = Controllers.build(make_env(env_name))
+    return episode_returns(lambda obs, env: controllers.mean_action(state(env), "expert"), env_name, episodes,
+                           EVAL_SEED)
+
+
+def _mean(values) -> float:
+    return sum(values) / len(values)
+
+
+def t_interval(values: list[float], level: float = 0.95) -> list[float] | None:
+    """Student-t interval of the mean over seeds; None for fewer than 2."""
+    from scipy import stats
+
+    n = len(values)
+    if n < 2:
+        return None
+    mean = _mean(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
+    return [mean - half, mean + half]
+
+
+def _gather(refs: list, what: str) -> list:
+    """ray.get of `refs` with a progress bar as each finishes."""
+    import ray
+    from tqdm import tqdm
+
+    pending, done = list(refs), {}
+    with tqdm(total=len(refs), desc=what, unit="task") as bar:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            done[ready[0]] = ray.get(ready[0])
+            bar.update(1)
+    return [done[ref] for ref in refs]
+
+
+def summarise(cfg: config_lib.Config, results: list[dict], expert: list[float]) -> dict:
+    returns = [r["return"] for r in results]
+    gains = [r["return"] - r["reference_return"] for r in results]
+    return {
+        "pipeline": "mujoco", "env": cfg.mujoco.env, "loss": cfg.loss.name,
+        "setting": {"noise": cfg.mujoco.noise, "mixed": cfg.mujoco.mixed},
+        "mean_return": _mean(returns), "return_interval": t_interval(returns),
+        "reference_return": _mean([r["reference_return"] for r in results]),
+        "gain_over_reference": _mean(gains), "gain_interval": t_interval(gains),
+        "expert_return": _mean(expert),
+        "seeds": [{key: r[key] for key in ("seed", "return", "reference_return", "returns", "bc_final_loss",
+                                           "final_metrics", "flipped", "mixed")} for r in results],
+    }
+
+
+def _interval(bounds: list[float] | None) -> str:
+    return f"[{bounds[0]:.1f}, {bounds[1]:.1f}]" if bounds else "(one seed: no interval)"
+
+
+def run_mujoco(cfg: config_lib.Config) -> dict:
+    import ray
+    import torch
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from rayalign.losses import get_loss
+    from rayalign.ray_setup import init_ray
+    from rayalign.tracking import Tracker
+
+    if get_loss(cfg.loss.name).needs_token_logps:
+        from rayalign.errors import ConfigError
+
+        raise ConfigError(f"loss.name={cfg.loss.name} weighs tokens; the MuJoCo benchmark has segments of "
+                          f"actions: choose a sequence-level loss (dpo, ipo, hinge, simpo, orpo, dpop, mpo)")
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_lib.save(cfg, run_dir / "config.yaml")
+    init_ray()
+    m = cfg.mujoco
+    # Outside any placement group: a sweep's trial holds a sliver of a CPU, its seeds reserve their own.
+    options = {"num_cpus": m.cpus_per_task, "scheduling_strategy": PlacementGroupSchedulingStrategy(None)}
+    task = ray.remote(run_seed).options(**options)
+    expert_ref = ray.remote(expert_returns).options(**options).remote(m.env, m.eval_episodes)
+    results = _gather([task.remote(cfg, seed) for seed in m.seeds], f"{m.env} {cfg.loss.name} seeds")
+    expert = ray.get(expert_ref)
+    for result in results:
+        torch.save(result["state_dict"], _checkpoint(run_dir, result["seed"]))
+    tracker = Tracker(run_dir, cfg.tracking, cfg.name, config_lib.flatten(config_lib.to_dict(cfg)), "mujoco")
+    for i, row in enumerate(results[0]["rows"]):  # one row per logged step, every seed's metrics in it
+        tracker.log({f"seed{r['seed']}/{k}": v for r in results for k, v in r["rows"][i].items() if k != "step"},
+                    step=row["step"])
+    summary = summarise(cfg, results, expert)
+    tracker.finish({"mean_return": summary["mean_return"], "reference_return": summary["reference_return"]})
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"{cfg.loss.name} on {m.env} (noise {m.noise}, mixed {m.mixed}), {len(results)} seeds: return "
+          f"{summary['mean_return']:.1f} {_interval(summary['return_interval'])}; reference (behaviour cloning) "
+          f"{summary['reference_return']:.1f}; gain {summary['gain_over_reference']:+.1f} "
+          f"{_interval(summary['gain_interval'])}; expert {summary['expert_return']:.1f}")
+    return summary
+
+
+def _checkpoint(run_dir, seed: int):
+    path = run_dir / "checkpoints" / f"seed_{seed}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
