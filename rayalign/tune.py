@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic.dataclasses import dataclass
@@ -43,7 +43,7 @@ from rayalign.config import _STRICT
 from rayalign.errors import ConfigError
 from rayalign.ray_setup import init_ray
 
-METRICS = ("win_rate", "policy_reward")
+METRICS = ("win_rate", "policy_reward", "mean_return")
 
 
 @dataclass(config=_STRICT)
@@ -57,12 +57,21 @@ class SweepConfig:
     search: dict[str, dict[str, list[Any]]] = dataclasses.field(default_factory=dict)
     """Dotted key (or comma-joined keys, values as lists) -> {grid|choice: [values]} or
     {uniform|loguniform: [low, high]}."""
-    metric: Literal["win_rate", "policy_reward"] = "win_rate"
-    """What the best trial maximises (or minimises, see mode)."""
+    metric: Literal["win_rate", "policy_reward", "mean_return"] = "win_rate"
+    """What the best trial maximises (or minimises, see mode); mean_return: the mujoco pipeline's return over its
+    seeds."""
     mode: Literal["max", "min"] = "max"
     """Direction of the metric."""
     num_samples: int = 1
-    """Samples of the search space (grid points are each run num_samples times)."""
+    """Samples of the search space (grid points are each run num_samples times); with cmaes, the candidates in
+    all (generations × popsize)."""
+    search_alg: Literal["grid", "cmaes"] = "grid"
+    """grid: Ray Tune's own variant generation (grid, choice, random); cmaes: the evolution strategy CMA-ES
+    (Optuna's CmaEsSampler through Ray Tune's OptunaSearch) over uniform/loguniform keys."""
+    popsize: Optional[int] = None
+    """CMA-ES candidates per generation; null: CMA-ES's default, 4 + ⌊3 ln(keys)⌋."""
+    seed: int = 0
+    """Seed of the CMA-ES sampler."""
     max_concurrent_trials: int = 1
     """Trials at once: a laptop fits one; a cluster more."""
     output_dir: str = "runs"
@@ -84,6 +93,9 @@ def load_sweep(path: str, overrides: list[str] = ()) -> SweepConfig:
             raise ConfigError(f"{path}: search key '{key}' needs one of grid, choice, uniform, loguniform")
         kind, values = next(iter(spec.items()))
         width = len(key.split(","))
+        if sweep.search_alg == "cmaes" and (width > 1 or kind not in ("uniform", "loguniform")):
+            raise ConfigError(f"{path}: search key '{key}': CMA-ES searches continuous ranges: give it one key "
+                              f"with uniform or loguniform [low, high], or fix it in overrides")
         if width > 1 and (kind not in ("grid", "choice")
                           or not all(isinstance(v, list) and len(v) == width for v in values)):
             raise ConfigError(f"{path}: search key '{key}' joins {width} keys: give grid or choice a list of "
@@ -100,8 +112,32 @@ def search_space(sweep: SweepConfig) -> dict:
     return {key: make[kind](values) for key, spec in sweep.search.items() for kind, values in spec.items()}
 
 
+def search_algorithm(sweep: SweepConfig):
+    """None (Tune's variant generation) or the CMA-ES searcher; `num_samples` bounds the candidates."""
+    if sweep.search_alg == "grid":
+        return None
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("search_alg: cmaes needs Optuna and cmaes: pip install -e '.[mujoco]'") from None
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.CmaEsSampler(seed=sweep.seed, popsize=sweep.popsize)
+    return OptunaSearch(sampler=sampler, metric=sweep.metric, mode=sweep.mode)
+
+
+def tune_config(sweep: SweepConfig):
+    from ray import tune
+
+    return tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
+                           max_concurrent_trials=sweep.max_concurrent_trials, search_alg=search_algorithm(sweep))
+
+
 def trial_metrics(summary: dict) -> dict:
     """The figures a trial reports to Tune, from a pipeline summary."""
+    if summary["pipeline"] == "mujoco":
+        return {key: summary[key] for key in ("mean_return", "reference_return", "gain_over_reference")}
     ev = summary.get("eval", {})
     win = ev.get("win_rate", {})
     return {"win_rate": win.get("win_rate"), "win_rate_low": win.get("ci_low"),
@@ -158,13 +194,12 @@ def run_sweep(sweep: SweepConfig) -> dict:
     trainable = tune.with_resources(trial, {"cpu": 0.01})
     tuner = tune.Tuner(
         trainable, param_space=search_space(sweep),
-        tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
-                                    max_concurrent_trials=sweep.max_concurrent_trials),
+        tune_config=tune_config(sweep),
         run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), callbacks=callbacks),
     )
     results = tuner.fit()
     summary = _write_outputs(sweep, sweep_dir, results)
-    if base.eval.enabled:
+    if base.eval.enabled and base.pipeline != "mujoco":  # mujoco trials are scored by their return
         summary["compare"] = _compare_trials(sweep, sweep_dir)
         (sweep_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
