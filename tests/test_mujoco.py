@@ -62,6 +62,12 @@ def test_the_lqr_expert_balances_for_the_whole_episode_and_the_bad_policy_falls(
     assert steps < 100
 
 
+def test_the_double_pendulum_expert_stays_up_for_the_whole_episode():
+    # InvertedDoublePendulum pays at most 10 per step (alive bonus, less distance and velocity penalties) for 1000
+    # steps; falling ends the episode, so over 9000 means upright to the end and close to the top.
+    assert expert_returns("InvertedDoublePendulum-v5", 1)[0] > 9000
+
+
 def test_a_branch_starts_at_its_state_and_is_reproducible():
     env = make_env(ENV)
     controllers = Controllers.build(env)
@@ -187,3 +193,7 @@ def test_the_pipeline_runs_a_ray_task_per_seed_and_writes_its_run(tmp_path, ray_
     policy = new_policy(load_pairs(PairSettings(ENV, 200, 20, 0.0, 0.0, 0)), cfg.mujoco, seed=0)
     policy.load_state_dict(torch.load(run / "checkpoints" / "seed_0.pt"))
     assert policy_returns(policy, ENV, 1, EVAL_SEED) == summary["seeds"][0]["returns"]
+    # A rerun of the finished run with the same config reuses it: nothing is rewritten.
+    written = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    assert run_pipeline(cfg) == summary
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == written

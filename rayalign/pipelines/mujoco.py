@@ -109,6 +109,7 @@ def run_mujoco(cfg: config_lib.Config) -> dict:
     import torch
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+    from rayalign.files import atomic_write, atomic_write_text
     from rayalign.losses import get_loss
     from rayalign.ray_setup import init_ray
     from rayalign.tracking import Tracker
@@ -119,7 +120,13 @@ def run_mujoco(cfg: config_lib.Config) -> dict:
         raise ConfigError(f"loss.name={cfg.loss.name} weighs tokens; the MuJoCo benchmark has segments of "
                           f"actions: choose a sequence-level loss (dpo, ipo, hinge, simpo, orpo, dpop, mpo)")
     run_dir = cfg.run_dir
+    finished = _finished(run_dir, cfg)
+    if finished is not None:
+        print(f"{run_dir} is finished with this config: its summary is reused (rm -r it, or name=, to run again)")
+        _print(cfg, finished)
+        return finished
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # an unfinished run starts over: its rows would repeat
     config_lib.save(cfg, run_dir / "config.yaml")
     init_ray()
     m = cfg.mujoco
@@ -130,22 +137,32 @@ def run_mujoco(cfg: config_lib.Config) -> dict:
     results = _gather([task.remote(cfg, seed) for seed in m.seeds], f"{m.env} {cfg.loss.name} seeds")
     expert = ray.get(expert_ref)
     for result in results:
-        torch.save(result["state_dict"], _checkpoint(run_dir, result["seed"]))
+        path = run_dir / "checkpoints" / f"seed_{result['seed']}.pt"
+        atomic_write(path, lambda tmp, state=result["state_dict"]: torch.save(state, tmp))
     tracker = Tracker(run_dir, cfg.tracking, cfg.name, config_lib.flatten(config_lib.to_dict(cfg)), "mujoco")
     for i, row in enumerate(results[0]["rows"]):  # one row per logged step, every seed's metrics in it
         tracker.log({f"seed{r['seed']}/{k}": v for r in results for k, v in r["rows"][i].items() if k != "step"},
                     step=row["step"])
     summary = summarise(cfg, results, expert)
     tracker.finish({"mean_return": summary["mean_return"], "reference_return": summary["reference_return"]})
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"{cfg.loss.name} on {m.env} (noise {m.noise}, mixed {m.mixed}), {len(results)} seeds: return "
-          f"{summary['mean_return']:.1f} {_interval(summary['return_interval'])}; reference (behaviour cloning) "
-          f"{summary['reference_return']:.1f}; gain {summary['gain_over_reference']:+.1f} "
-          f"{_interval(summary['gain_interval'])}; expert {summary['expert_return']:.1f}")
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))  # last: it marks the run finished
+    _print(cfg, summary)
     return summary
 
 
-def _checkpoint(run_dir, seed: int):
-    path = run_dir / "checkpoints" / f"seed_{seed}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+def _finished(run_dir, cfg: config_lib.Config) -> dict | None:
+    """The summary of a finished run of the same config in `run_dir`, else None."""
+    summary, saved = run_dir / "summary.json", run_dir / "config.yaml"
+    if not (summary.is_file() and saved.is_file()):
+        return None
+    if config_lib.to_dict(config_lib.load(saved)) != config_lib.to_dict(cfg):
+        return None
+    return json.loads(summary.read_text())
+
+
+def _print(cfg: config_lib.Config, summary: dict) -> None:
+    m = cfg.mujoco
+    print(f"{cfg.loss.name} on {m.env} (noise {m.noise}, mixed {m.mixed}), {len(summary['seeds'])} seeds: return "
+          f"{summary['mean_return']:.1f} {_interval(summary['return_interval'])}; reference (behaviour cloning) "
+          f"{summary['reference_return']:.1f}; gain {summary['gain_over_reference']:+.1f} "
+          f"{_interval(summary['gain_interval'])}; expert {summary['expert_return']:.1f}")
