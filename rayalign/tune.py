@@ -19,7 +19,9 @@ Keys that are all seeds (``inco.seed``, ``"train.seed,sdpo.seed"``) are repetiti
 then also writes ``groups.csv``, each setting of the other keys with the metric's mean, standard
 deviation and count over the seeds.
 
-Ray Tune's own search (grid / random via BasicVariantGenerator) runs the trials; each trial is
+Ray Tune's own search (grid / random via BasicVariantGenerator) runs the trials, or, with ``search_alg: cmaes``,
+the evolution strategy CMA-ES (Optuna's CmaEsSampler through Tune's OptunaSearch: ``popsize`` candidates a
+generation, ``num_samples`` in all) over uniform/loguniform keys, e.g. the MPO family on the MuJoCo benchmark; each trial is
 logged to wandb by Tune's WandbLoggerCallback (offline unless tracking.wandb=online) with its
 resolved config, and the pipeline's training phase logs to the same wandb group. The sweep
 writes `<output_dir>/<name>/trials.csv`, `sweep.png` (the metric against the first swept key),
