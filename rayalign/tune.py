@@ -21,8 +21,8 @@ deviation and count over the seeds.
 
 Ray Tune's own search (grid / random via BasicVariantGenerator) runs the trials, or, with ``search_alg: cmaes``,
 the evolution strategy CMA-ES (Optuna's CmaEsSampler through Tune's OptunaSearch: ``popsize`` candidates a
-generation, ``num_samples`` in all) over uniform/loguniform keys, e.g. the MPO family on the MuJoCo benchmark; each trial is
-logged to wandb by Tune's WandbLoggerCallback (offline unless tracking.wandb=online) with its
+generation, ``num_samples`` in all) over uniform/loguniform keys, e.g. the MPO family on the MuJoCo benchmark;
+each trial is logged to wandb by Tune's WandbLoggerCallback (offline unless tracking.wandb=online) with its
 resolved config, and the pipeline's training phase logs to the same wandb group. The sweep
 writes `<output_dir>/<name>/trials.csv`, `sweep.png` (the metric against the first swept key),
 `best.yaml` (the resolved config of the best trial) and, when the trials evaluate, `rayalign
