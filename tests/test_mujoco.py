@@ -137,7 +137,9 @@ def test_behaviour_cloning_on_expert_data_far_outscores_a_random_policy():
 
 
 def test_flipping_every_label_makes_preference_optimisation_worse():
+    threads = torch.get_num_threads()
     clean = run_seed(small("mujoco.mixed=0.75"), seed=0)
+    assert torch.get_num_threads() == threads, "run_seed's one thread must not leak into its caller"
     flipped = run_seed(small("mujoco.mixed=0.75", "mujoco.noise=1.0"), seed=0)
     assert flipped["flipped"] == 1.0 and clean["flipped"] == 0.0
     assert flipped["return"] < clean["return"] / 2, (flipped["return"], clean["return"])

@@ -19,14 +19,23 @@ EVAL_SEED = 10_000
 
 
 def run_seed(cfg: config_lib.Config, seed: int) -> dict:
-    import copy
-
+    """One seed's dataset, reference, trained policy and returns (a Ray task of `run_mujoco`)."""
     import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # a small MLP: more threads only add overhead, and seeds run side by side
+    try:
+        return _train_and_score(cfg, seed)
+    finally:
+        torch.set_num_threads(before)  # a caller in this process (a test, local use) keeps its own
+
+
+def _train_and_score(cfg: config_lib.Config, seed: int) -> dict:
+    import copy
 
     from rayalign.mujoco_po.data import PairSettings, load_pairs
     from rayalign.mujoco_po.policy import behaviour_clone, new_policy, policy_returns, preference_optimise, tensors
 
-    torch.set_num_threads(1)  # a small MLP: more threads only add overhead, and seeds run side by side
     m = cfg.mujoco
     data = load_pairs(PairSettings(m.env, m.pairs, m.segment, m.noise, m.mixed, seed))
     batch = tensors(data)
