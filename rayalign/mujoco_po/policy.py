@@ -64,7 +64,7 @@ def behaviour_clone(policy: GaussianPolicy, data: dict[str, Tensor], cfg: Mujoco
     losses = []
     for _ in range(cfg.bc_steps):
         idx = torch.randint(len(lengths), (cfg.batch_size,), generator=generator)
-        logps = segment_logps(policy, data["chosen_obs"][idx], data["chosen_act"][idx], data["chosen_mask"][idx])
+        logps = _side(policy, data, "chosen", idx)
         loss = -(logps.sum() / lengths[idx].sum())
         optimizer.zero_grad()
         loss.backward()

@@ -10,7 +10,6 @@ reference's and the expert's return, with t intervals over seeds.
 from __future__ import annotations
 
 import json
-import math
 
 from rayalign import config as config_lib
 
@@ -71,12 +70,13 @@ def t_interval(values: list[float], level: float = 0.95) -> list[float] | None:
     """Student-t interval of the mean over seeds; None for fewer than 2."""
     from scipy import stats
 
+    from rayalign.stats import mean_stderr
+
     n = len(values)
     if n < 2:
         return None
-    mean = _mean(values)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
+    mean, stderr = mean_stderr(values)
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * stderr
     return [mean - half, mean + half]
 
 
