@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from rayalign.errors import RayAlignError
-from rayalign.scoring.discriminator import Discriminator, minilm_path
+from rayalign.scoring.discriminator import Discriminator, fit_bradley_terry_head, minilm_path
 from rayalign.tasks import word_collector
 from tests.conftest import free_port
 
@@ -101,13 +101,87 @@ def test_minilm_pools_the_response_tokens_only():
     prompt, response = "Name a fruit that is yellow.", "A banana."
     batch = model._encode([prompt], [response])
     with torch.no_grad():
-        hidden = model.backbone(**batch).last_hidden_state[0]
+        hidden = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                token_type_ids=batch["token_type_ids"]).last_hidden_state[0]
         response_rows = batch["token_type_ids"][0].bool()  # the response and its closing [SEP]
         expected = model.head(hidden[response_rows].mean(0)).item()
         prompt_too = model.head(hidden.mean(0)).item()
     assert response_rows.sum() == len(model.tokenizer(response, add_special_tokens=False)["input_ids"]) + 1
     assert model.score([prompt], [response]) == pytest.approx([expected], abs=1e-5)
     assert abs(expected - prompt_too) > 1e-4
+
+
+def test_features_are_what_the_head_reads_and_stack_the_asked_layers(trained):
+    model = Discriminator(backbone="minilm", max_length=48, seed=0)
+    prompts, responses = ["Name a fruit that is yellow."] * 2, ["A banana.", "A lemon, often sour."]
+    last = model.features(prompts, responses)
+    assert model.head(last).squeeze(-1).tolist() == pytest.approx(model.score(prompts, responses), abs=1e-5)
+    blocks, width = model.backbone.config.num_hidden_layers, last.shape[1]
+    stacked = model.features(prompts, responses, layers=(3, blocks))
+    assert stacked.shape == (2, 2 * width)
+    torch.testing.assert_close(stacked[:, width:], last, atol=1e-5, rtol=0)  # the last block is the default
+    batch = model._encode(prompts[1:], responses[1:])
+    with torch.no_grad():
+        middle = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                token_type_ids=batch["token_type_ids"], output_hidden_states=True).hidden_states[3][0]
+    by_hand = middle[batch["token_type_ids"][0].bool()].mean(0)
+    torch.testing.assert_close(stacked[1, :width], by_hand, atol=1e-5, rtol=0)
+    lm, _, _, _ = trained  # a causal LM: its last token, at the asked layer too
+    layers = lm.backbone.config.num_hidden_layers
+    torch.testing.assert_close(lm.features(prompts, responses, layers=(layers,)), lm.features(prompts, responses),
+                               atol=1e-5, rtol=0)
+
+
+def test_a_causal_lm_pools_the_response_at_the_asked_layers_and_round_trips(tmp_path):
+    model = Discriminator(backbone="tiny-llama", max_length=64, pooling="response_mean", pool_layers=[1, 2], seed=0)
+    prompt, response = "Name a fruit that is yellow.", "A banana."
+    batch = model._encode([prompt], [response])
+    with torch.no_grad():
+        hidden = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                output_hidden_states=True).hidden_states
+    n_response = len(model.tokenizer(response, add_special_tokens=False)["input_ids"]) + 1  # and its <eos>
+    rows = slice(len(batch["input_ids"][0]) - n_response, None)
+    by_hand = torch.cat([hidden[1][0, rows].mean(0), hidden[2][0, rows].mean(0)])
+    assert model.score([prompt], [response]) == pytest.approx([model.head(by_hand).item()], abs=1e-5)
+    loaded = Discriminator.load(model.save(tmp_path / "pooled"))
+    assert (loaded.pooling, loaded.layers) == ("response_mean", (1, 2))
+    assert loaded.score([prompt], [response]) == pytest.approx(model.score([prompt], [response]), abs=1e-5)
+
+
+def test_fit_head_on_frozen_features_learns_and_serves_what_it_fitted():
+    model = Discriminator(backbone="tiny-llama", max_length=64, pooling="response_mean", pool_layers=[1, 2], seed=0)
+    backbone_before = [p.clone() for p in model.backbone.parameters()]
+    train, held_out = word_pairs("train", 64, seed=0), word_pairs("held_out", 32, seed=1)
+    result = model.fit_head(train)
+    assert result["train_accuracy"] == pytest.approx(model.accuracy(train))  # the fitted w, through score()
+    assert model.accuracy(held_out) >= 0.9
+    assert all(torch.equal(a, b) for a, b in zip(backbone_before, model.backbone.parameters()))
+
+
+def _curve_job(monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    jobs = Path(__file__).parents[1] / "jobs"
+    monkeypatch.syspath_prepend(str(jobs))
+    spec = importlib.util.spec_from_file_location("discriminator_curve", jobs / "discriminator_curve.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    return job
+
+
+def test_learning_curve_head_and_extrapolation(monkeypatch):
+    job = _curve_job(monkeypatch)
+    # accuracy 0.5, 0.6, 0.7 at 2, 4, 8 pairs: +0.1 per doubling, so 0.8 at 16; a flat curve never gets there
+    assert job.pairs_needed([2, 4, 8], [0.5, 0.6, 0.7], 0.8) == pytest.approx(16.0)
+    assert job.pairs_needed([2, 4, 8], [0.6, 0.6, 0.6], 0.8) is None
+    generator = torch.Generator().manual_seed(0)
+    direction = torch.tensor([2.0, -1.0, 0.0, 0.0])
+    diffs = torch.randn(400, 4, generator=generator)
+    diffs = diffs * torch.where(diffs @ direction > 0, 1.0, -1.0).unsqueeze(1)  # every pair: w*·d > 0
+    w = fit_bradley_terry_head(diffs[:300], job.cross_validated_lambda(diffs[:300]))
+    assert job.accuracy(diffs[300:], w) > 0.95
+    assert torch.nn.functional.cosine_similarity(w, direction, dim=0) > 0.9
 
 
 def test_truncation_keeps_the_response_start_and_the_prompt_end(trained):

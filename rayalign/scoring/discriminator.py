@@ -13,7 +13,14 @@ Backbones:
   differ in (on the HH-RLHF sample, a linear head on frozen features: 0.64 held-out accuracy with
   response pooling, 0.59 pooling everything).
 - any HF causal LM (a local directory, an embedded name such as ``tiny-llama``, a hub id): the
-  text ``prompt \\n\\n response <eos>``, the hidden state of its last token, then a scalar head.
+  text ``prompt \\n\\n response <eos>``, the hidden state of its last token (or, with
+  ``pooling="response_mean"``, the mean over the response's tokens), then a scalar head.
+
+``pool_layers`` pools hidden states other than the last (side by side). A frozen backbone's middle
+layers carry more of what separates the responses of a pair than its last: on the HH-RLHF sample,
+SmolLM2-135M-Instruct frozen, response-mean-pooled at layers 15 and 22 of 30, with a linear head
+fitted by `fit_head` reaches 0.69 held-out accuracy (0.66 averaged over ten other splits) where its
+last token gives 0.63 (``jobs/discriminator_curve.py``).
 
 Truncation keeps what a reward depends on most: the response keeps its beginning and at least
 half the token budget; the prompt keeps its end (the latest turn).
@@ -31,6 +38,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -85,14 +93,21 @@ class DiscriminatorConfig:
     train_layers: int | None = None
     """Train only the top k transformer layers (and the head); None trains the whole backbone.
     Lower layers then run without building a graph: about half the cost per step on a CPU."""
+    pooling: Literal["auto", "last", "response_mean"] = "auto"
+    """What the head reads: the last token, or the mean over the response's tokens; auto: response_mean for
+    an encoder (minilm), last for a causal LM."""
+    pool_layers: list[int] | None = None
+    """Hidden-state indices pooled side by side (0 = embeddings, 1.. = blocks); None: the last layer."""
+    head_l2: float = 1.0
+    """L2 weight of `fit_head` (on standardised features, so it suits any backbone)."""
 
 
 class Discriminator:
     """A scalar reward model; `score`, `update`, `accuracy`, `save`, `load`."""
 
-    def __init__(self, config: DiscriminatorConfig | None = None, _saved: tuple[str, str] | None = None,
+    def __init__(self, config: DiscriminatorConfig | None = None, _saved: tuple[str, str, bool] | None = None,
                  **overrides):
-        """`_saved` = (backbone directory, pooling) is how `load` rebuilds a saved one."""
+        """`_saved` = (backbone directory, pooling, is an encoder) is how `load` rebuilds a saved one."""
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         from rayalign.models import _quiet_transformers
@@ -102,15 +117,19 @@ class Discriminator:
         if _saved is None:
             source = resolve_backbone(self.config.backbone)
             architectures = getattr(AutoConfig.from_pretrained(source), "architectures", None) or []
-            self.pooling = "last" if any(a.endswith("ForCausalLM") for a in architectures) else "response_mean"
+            self.encoder = not any(a.endswith("ForCausalLM") for a in architectures)
+            self.pooling = self.config.pooling if self.config.pooling != "auto" else \
+                ("response_mean" if self.encoder else "last")
         else:
-            source, self.pooling = _saved
+            source, self.pooling, self.encoder = _saved
         self.tokenizer = AutoTokenizer.from_pretrained(source)
         self.backbone = AutoModel.from_pretrained(source, dtype=torch.float32)
         with torch.random.fork_rng():  # seeded, without touching the caller's RNG
             torch.manual_seed(self.config.seed)
-            self.head = torch.nn.Linear(self.backbone.config.hidden_size, 1)
-            torch.nn.init.normal_(self.head.weight, std=self.backbone.config.hidden_size ** -0.5)
+            self.layers = tuple(self.config.pool_layers or (-1,))
+            width = self.backbone.config.hidden_size * len(self.layers)
+            self.head = torch.nn.Linear(width, 1)
+            torch.nn.init.normal_(self.head.weight, std=width ** -0.5)
             torch.nn.init.zeros_(self.head.bias)
         if self.config.train_layers is not None:
             _freeze_below(self.backbone, self.config.train_layers)
@@ -122,9 +141,9 @@ class Discriminator:
         return list(self.backbone.parameters()) + list(self.head.parameters())
 
     def _encode(self, prompts: list[Prompt], responses: list[str]) -> dict[str, torch.Tensor]:
-        """Token ids, attention mask (and segment ids for an encoder), right-padded."""
+        """Token ids, attention mask, the response's positions (and segment ids for an encoder), right-padded."""
         tok = self.tokenizer
-        encoder = self.pooling == "response_mean"
+        encoder = self.encoder
         if encoder:
             texts = [prompt_text(p) for p in prompts]
         else:
@@ -141,17 +160,49 @@ class Discriminator:
                 segments.append([0] * (len(p) + 2) + [1] * (len(r) + 1))
             else:
                 rows.append([*p, *r, tok.eos_token_id])
-        return _pad(rows, segments if encoder else None, tok.pad_token_id or 0)
+                segments.append([0] * len(p) + [1] * (len(r) + 1))
+        return _pad(rows, segments, tok.pad_token_id or 0, encoder)
+
+    def _pooled(self, batch: dict[str, torch.Tensor], layers: tuple[int, ...] | None = None) -> torch.Tensor:
+        """The pooled hidden states of each of `layers` (indices into embeddings + blocks; default: the head's
+        `pool_layers`) side by side: what the head reads."""
+        layers = layers or self.layers
+        inputs = {k: v for k, v in batch.items() if k != "response_mask"}
+        if layers == (-1,):
+            states = [self.backbone(**inputs).last_hidden_state]
+        else:
+            hidden = self.backbone(**inputs, output_hidden_states=True).hidden_states
+            states = [hidden[layer] for layer in layers]
+        if self.pooling == "response_mean":
+            response = batch["response_mask"].unsqueeze(-1)
+            return torch.cat([(h * response).sum(1) / response.sum(1) for h in states], -1)
+        last = batch["attention_mask"].sum(1) - 1
+        return torch.cat([h[torch.arange(len(h)), last] for h in states], -1)
 
     def _rewards(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        hidden = self.backbone(**batch).last_hidden_state
-        mask = batch["attention_mask"]
-        if self.pooling == "response_mean":
-            response = mask * batch["token_type_ids"]
-            pooled = (hidden * response.unsqueeze(-1)).sum(1) / response.sum(1, keepdim=True)
-        else:
-            pooled = hidden[torch.arange(len(hidden)), mask.sum(1) - 1]
-        return self.head(pooled).squeeze(-1)
+        return self.head(self._pooled(batch)).squeeze(-1)
+
+    @torch.no_grad()
+    def features(self, prompts: list[Prompt], responses: list[str], layers: tuple[int, ...] | None = None,
+                 batch_size: int = 32) -> torch.Tensor:
+        """[N, hidden × len(layers)]: the frozen backbone's pooled features (default: what the head reads)."""
+        self.backbone.eval()
+        return torch.cat([self._pooled(self._encode(prompts[s:s + batch_size], responses[s:s + batch_size]), layers)
+                          for s in range(0, len(prompts), batch_size)])
+
+    def fit_head(self, pairs: list[dict]) -> dict:
+        """The backbone frozen, the head alone fitted to convergence on features computed once (a convex
+        problem: `fit_bradley_terry_head`, L2 `head_l2`); one forward pass per response instead of one per
+        epoch, so a 135M causal LM fits on a CPU. Replaces the head; returns the training accuracy."""
+        prompts = [p["prompt"] for p in pairs]
+        diffs = (self.features(prompts, [p["chosen"] for p in pairs])
+                 - self.features(prompts, [p["rejected"] for p in pairs]))
+        scale = diffs.std(0) + 1e-6  # standardised, so one L2 weight suits every backbone and layer
+        w = fit_bradley_terry_head(diffs / scale, self.config.head_l2)
+        with torch.no_grad():
+            self.head.weight.copy_((w / scale).unsqueeze(0))
+            self.head.bias.zero_()  # Bradley–Terry sees differences only
+        return {"train_accuracy": ((diffs / scale) @ w > 0).float().mean().item(), "pairs": len(pairs)}
 
     @torch.no_grad()
     def score(self, prompts: list[Prompt], responses: list[str], batch_size: int = 32) -> list[float]:
@@ -224,7 +275,8 @@ class Discriminator:
         self.backbone.save_pretrained(directory / "backbone")
         self.tokenizer.save_pretrained(directory / "backbone")
         save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(directory / _HEAD_FILE))
-        meta = {"config": dataclasses.asdict(self.config), "pooling": self.pooling, "updates": self.updates}
+        meta = {"config": dataclasses.asdict(self.config), "pooling": self.pooling, "encoder": self.encoder,
+                "updates": self.updates}
         (directory / _CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         return directory
 
@@ -237,7 +289,9 @@ class Discriminator:
             raise RayAlignError(f"{directory} is not a discriminator checkpoint (no {_CONFIG_FILE}); "
                                 "give the directory that Discriminator.save wrote")
         meta = json.loads((directory / _CONFIG_FILE).read_text())
-        model = cls(DiscriminatorConfig(**meta["config"]), _saved=(str(directory / "backbone"), meta["pooling"]))
+        encoder = meta.get("encoder", meta["pooling"] == "response_mean")  # checkpoints before pooling choices
+        model = cls(DiscriminatorConfig(**meta["config"]),
+                    _saved=(str(directory / "backbone"), meta["pooling"], encoder))
         model.head.load_state_dict(load_file(str(directory / _HEAD_FILE)))
         model.updates = meta.get("updates", 0)
         return model
@@ -258,17 +312,31 @@ def _freeze_below(backbone: torch.nn.Module, keep: int) -> None:
             parameter.requires_grad_(True)
 
 
-def _pad(rows: list[list[int]], segments: list[list[int]] | None, pad_id: int) -> dict[str, torch.Tensor]:
+def fit_bradley_terry_head(diffs: torch.Tensor, l2: float) -> torch.Tensor:
+    """argmin_w mean −log σ(diffs·w) + l2·‖w‖², diffs = f(y⁺) − f(y⁻) per row (convex: full-batch L-BFGS)."""
+    w = torch.zeros(diffs.shape[1], requires_grad=True)
+    optimiser = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimiser.zero_grad()
+        loss = -torch.nn.functional.logsigmoid(diffs @ w).mean() + l2 * w.square().sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    return w.detach()
+
+
+def _pad(rows: list[list[int]], segments: list[list[int]], pad_id: int, encoder: bool) -> dict[str, torch.Tensor]:
+    """Right-padded ids and mask; `segments` marks the response (1), which an encoder also reads as segment ids."""
     width = max((len(row) for row in rows), default=1)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
+    mask, response = torch.zeros_like(ids), torch.zeros_like(ids)
+    for i, (row, segment) in enumerate(zip(rows, segments)):
         ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
         mask[i, :len(row)] = 1
-    batch = {"input_ids": ids, "attention_mask": mask}
-    if segments is not None:
-        types = torch.zeros_like(ids)
-        for i, row in enumerate(segments):
-            types[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-        batch["token_type_ids"] = types
+        response[i, :len(segment)] = torch.tensor(segment, dtype=torch.long)
+    batch = {"input_ids": ids, "attention_mask": mask, "response_mask": response}
+    if encoder:
+        batch["token_type_ids"] = response
     return batch
