@@ -111,13 +111,13 @@ def test_minilm_pools_the_response_tokens_only():
     assert abs(expected - prompt_too) > 1e-4
 
 
-def test_features_are_what_the_head_reads_and_stack_the_asked_layers(trained):
+def test_features_are_what_the_head_reads_and_stack_the_asked_layers():
     model = Discriminator(backbone="minilm", max_length=48, seed=0)
     prompts, responses = ["Name a fruit that is yellow."] * 2, ["A banana.", "A lemon, often sour."]
     last = model.features(prompts, responses)
     assert model.head(last).squeeze(-1).tolist() == pytest.approx(model.score(prompts, responses), abs=1e-5)
     blocks, width = model.backbone.config.num_hidden_layers, last.shape[1]
-    stacked = model.features(prompts, responses, layers=(3, blocks))
+    stacked = Discriminator(backbone="minilm", max_length=48, pool_layers=[3, blocks]).features(prompts, responses)
     assert stacked.shape == (2, 2 * width)
     torch.testing.assert_close(stacked[:, width:], last, atol=1e-5, rtol=0)  # the last block is the default
     batch = model._encode(prompts[1:], responses[1:])
@@ -126,10 +126,6 @@ def test_features_are_what_the_head_reads_and_stack_the_asked_layers(trained):
                                 token_type_ids=batch["token_type_ids"], output_hidden_states=True).hidden_states[3][0]
     by_hand = middle[batch["token_type_ids"][0].bool()].mean(0)
     torch.testing.assert_close(stacked[1, :width], by_hand, atol=1e-5, rtol=0)
-    lm, _, _, _ = trained  # a causal LM: its last token, at the asked layer too
-    layers = lm.backbone.config.num_hidden_layers
-    torch.testing.assert_close(lm.features(prompts, responses, layers=(layers,)), lm.features(prompts, responses),
-                               atol=1e-5, rtol=0)
 
 
 def test_a_causal_lm_pools_the_response_at_the_asked_layers_and_round_trips(tmp_path):

@@ -163,16 +163,14 @@ class Discriminator:
                 segments.append([0] * len(p) + [1] * (len(r) + 1))
         return _pad(rows, segments, tok.pad_token_id or 0, encoder)
 
-    def _pooled(self, batch: dict[str, torch.Tensor], layers: tuple[int, ...] | None = None) -> torch.Tensor:
-        """The pooled hidden states of each of `layers` (indices into embeddings + blocks; default: the head's
-        `pool_layers`) side by side: what the head reads."""
-        layers = layers or self.layers
+    def _pooled(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What the head reads: the pooled hidden states of each of `pool_layers`, side by side."""
         inputs = {k: v for k, v in batch.items() if k != "response_mask"}
-        if layers == (-1,):
+        if self.layers == (-1,):
             states = [self.backbone(**inputs).last_hidden_state]
         else:
             hidden = self.backbone(**inputs, output_hidden_states=True).hidden_states
-            states = [hidden[layer] for layer in layers]
+            states = [hidden[layer] for layer in self.layers]
         if self.pooling == "response_mean":
             response = batch["response_mask"].unsqueeze(-1)
             return torch.cat([(h * response).sum(1) / response.sum(1) for h in states], -1)
@@ -183,11 +181,10 @@ class Discriminator:
         return self.head(self._pooled(batch)).squeeze(-1)
 
     @torch.no_grad()
-    def features(self, prompts: list[Prompt], responses: list[str], layers: tuple[int, ...] | None = None,
-                 batch_size: int = 32) -> torch.Tensor:
-        """[N, hidden × len(layers)]: the frozen backbone's pooled features (default: what the head reads)."""
+    def features(self, prompts: list[Prompt], responses: list[str], batch_size: int = 32) -> torch.Tensor:
+        """[N, hidden × len(pool_layers)]: the pooled features the head reads, for each response."""
         self.backbone.eval()
-        return torch.cat([self._pooled(self._encode(prompts[s:s + batch_size], responses[s:s + batch_size]), layers)
+        return torch.cat([self._pooled(self._encode(prompts[s:s + batch_size], responses[s:s + batch_size]))
                           for s in range(0, len(prompts), batch_size)])
 
     def fit_head(self, pairs: list[dict]) -> dict:
