@@ -33,6 +33,13 @@ class ModelConfig:
     chunk_size: int = 512
     """Response tokens per slice of the vocabulary projection when computing log-probs."""
 
+    def __post_init__(self):
+        # a relative directory names one under the submitter's working directory; Ray workers start elsewhere
+        for key in ("name", "reference"):
+            value = getattr(self, key)
+            if value and not Path(value).is_absolute() and Path(value).is_dir():
+                setattr(self, key, str(Path(value).resolve()))
+
 
 @dataclass(config=_STRICT)
 class DataConfig:

@@ -43,6 +43,18 @@ def test_config_mistakes_get_one_line(args, expected):
     assert expected in _one_line_error(rayalign(*args))
 
 
+def test_a_relative_model_directory_becomes_absolute(tmp_path, monkeypatch):
+    """A job naming runs/x/checkpoints/... must work in Ray workers, which start in another directory."""
+    from rayalign import config as config_lib
+
+    (tmp_path / "runs" / "policy").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    cfg = config_lib.load(None, ["model.name=runs/policy", "model.reference=runs/policy"])
+    assert cfg.model.name == cfg.model.reference == str(tmp_path / "runs" / "policy")
+    hub = config_lib.load(None, ["model.name=HuggingFaceTB/SmolLM2-135M-Instruct"])  # no such directory here
+    assert hub.model.name == "HuggingFaceTB/SmolLM2-135M-Instruct" and hub.model.reference is None
+
+
 def test_malformed_sweep_yaml_gets_one_line(tmp_path):
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text("name: s\nbase: jobs/d2po.yaml\nsearch:\n  d2po.mode: {grid: [d2po, frozen]\n")
