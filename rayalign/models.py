@@ -78,16 +78,30 @@ def _build_tiny(out: Path) -> None:
 
 
 def resolve_model(name: str) -> str:
-    """A path or hub id that `from_pretrained` understands; embedded models are provisioned once."""
-    if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser())
+    """A path or hub id that `from_pretrained` understands; embedded models are provisioned once.
+
+    A run directory (`rayalign run`'s, with summary.json) stands for the policy it trained, so one job can
+    start from another's result."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        summary = path / "summary.json"
+        if not (path / "config.json").is_file() and summary.is_file():
+            import json
+
+            run = json.loads(summary.read_text())
+            checkpoint = (run.get("train") or run).get("checkpoint")  # a pipeline's training, or `rayalign train`'s
+            if not checkpoint:
+                raise RayAlignError(f"model '{name}' is a run directory without a trained checkpoint in "
+                                    "summary.json; let the run finish, or name a checkpoint directory")
+            return checkpoint
+        return str(path)
     builders = {SMOLLM2: _build_smollm2, TINY: _build_tiny}
     if name in builders:
         dest = cache_root() / "models" / name
         if not (dest / "config.json").is_file():
             atomic_write_dir(dest, builders[name])
         return str(dest)
-    if name.startswith((".", "/", "~")):
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a hub id is owner/name
         raise RayAlignError(f"model '{name}' looks like a path but no such directory exists")
     return name  # a hub id
 

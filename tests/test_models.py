@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from rayalign import models
@@ -11,6 +13,22 @@ def test_names_resolve_to_local_dirs_embedded_caches_or_hub_ids(tmp_path):
     assert models.resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     with pytest.raises(RayAlignError, match="no such directory"):
         models.resolve_model("./missing/model")
+    with pytest.raises(RayAlignError, match="no such directory"):  # not owner/name: not a hub id either
+        models.resolve_model("runs/missing/checkpoints/step_000036")
+
+
+def test_a_run_directory_stands_for_the_policy_it_trained(tmp_path):
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_000003"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "config.json").write_text("{}")
+    (tmp_path / "run" / "summary.json").write_text(json.dumps({"checkpoint": str(checkpoint), "status": "ok"}))
+    assert models.resolve_model(str(tmp_path / "run")) == str(checkpoint)
+    assert models.resolve_model(str(checkpoint)) == str(checkpoint)
+    (tmp_path / "run" / "summary.json").write_text(json.dumps({"pipeline": "inco", "train": {"checkpoint": str(checkpoint)}}))
+    assert models.resolve_model(str(tmp_path / "run")) == str(checkpoint)
+    (tmp_path / "run" / "summary.json").write_text(json.dumps({"status": "stopped"}))
+    with pytest.raises(RayAlignError, match="without a trained checkpoint"):
+        models.resolve_model(str(tmp_path / "run"))
 
 
 def test_a_missing_model_package_names_the_install_command():
