@@ -19,8 +19,8 @@ Backbones:
 ``pool_layers`` pools hidden states other than the last (side by side). A frozen backbone's middle
 layers carry more of what separates the responses of a pair than its last: on the HH-RLHF sample,
 SmolLM2-135M-Instruct frozen, response-mean-pooled at layers 15 and 22 of 30, with a linear head
-fitted by `fit_head` reaches 0.69 held-out accuracy (0.66 averaged over ten other splits) where its
-last token gives 0.63 (``jobs/discriminator_curve.py``).
+fitted by `fit_head` reaches 0.69 held-out accuracy (0.66 averaged over ten splits) where its last
+token gives 0.63 (``jobs/discriminator_hh.py``; the README has the details).
 
 Truncation keeps what a reward depends on most: the response keeps its beginning and at least
 half the token budget; the prompt keeps its end (the latest turn).
