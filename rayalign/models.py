@@ -14,6 +14,7 @@ The cache lives in ``rayalign.files.cache_root()`` (``$RAYALIGN_CACHE``), under 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 from rayalign.errors import MissingPackageError, RayAlignError
@@ -86,8 +87,6 @@ def resolve_model(name: str) -> str:
     if path.is_dir():
         summary = path / "summary.json"
         if not (path / "config.json").is_file() and summary.is_file():
-            import json
-
             run = json.loads(summary.read_text())
             checkpoint = (run.get("train") or run).get("checkpoint")  # a pipeline's training, or `rayalign train`'s
             if not checkpoint:

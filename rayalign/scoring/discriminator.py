@@ -206,12 +206,9 @@ class Discriminator:
         """r(prompt, response) for each pair, in order."""
         if len(prompts) != len(responses):
             raise RayAlignError(f"score: {len(prompts)} prompts but {len(responses)} responses; give one each")
-        self.backbone.eval()
-        scores: list[float] = []
-        for start in range(0, len(prompts), batch_size):
-            batch = self._encode(prompts[start:start + batch_size], responses[start:start + batch_size])
-            scores.extend(self._rewards(batch).tolist())
-        return scores
+        if not prompts:
+            return []
+        return self.head(self.features(prompts, responses, batch_size)).squeeze(-1).tolist()
 
     def update(self, pairs: list[dict], epochs: int | None = None,
                on_step: Callable[[int, float], None] | None = None) -> dict:
