@@ -16,9 +16,7 @@ memory: activations, logits, gradients, AdamW state). Medians and rayalign/naive
 absolute figures, are the numbers to compare: shared and laptop machines are noisy, a median
 ignores the odd slow step, and a ratio measured in one run cancels part of the machine's speed.
 
-Peak memory is the kernel's per-process high-water mark (VmHWM), not ``ru_maxrss``: on Linux a
-spawned child's ``ru_maxrss`` starts at its parent's peak (it survives fork + exec), so it would
-report the parent's memory whenever that is larger.
+Peak memory is the kernel's per-process high-water mark (`rayalign.memory`).
 
 `rayalign bench --peer trl` is the other comparison, whole processes against TRL: `rayalign.peer_bench`.
 """
@@ -26,43 +24,22 @@ report the parent's memory whenever that is larger.
 from __future__ import annotations
 
 import math
-import re
-import resource
 import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
-from pathlib import Path
 
 import torch
 
 from rayalign.config import LossConfig
 from rayalign.errors import RayAlignError
 from rayalign.logprobs import ResponseLogps, naive_token_logps
+from rayalign.memory import memory_mib, reset_peak
 from rayalign.models import load_causal_lm, resolve_model
 from rayalign.train.step import clip_gradients, micro_step, optimizer_step, pair_batch
 
 VARIANTS = ("rayalign", "naive")
-
-
-def _memory_mib() -> tuple[float, float]:
-    """(current RSS, peak RSS) of this process in MiB; where /proc is missing, both are ru_maxrss."""
-    try:
-        fields = dict(re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M))
-        return int(fields["VmRSS"]) / 1024, int(fields["VmHWM"]) / 1024
-    except (OSError, KeyError):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
-        return peak, peak
-
-
-def _reset_peak() -> bool:
-    """Reset this process's peak RSS to its current RSS (Linux); False where that is not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def synthetic_pairs(vocab: int, batch: int, seq_len: int) -> list:
@@ -104,14 +81,14 @@ def _measure(variant: str, model_path: str, steps: int, batch: int, seq_len: int
     optimizer = torch.optim.AdamW(lm.parameters(), lr=1e-6)
     data = pair_batch(synthetic_pairs(lm.config.vocab_size, batch, seq_len), 0, "cpu", variant == "rayalign")
     reference = data["response_mask"] * -math.log(lm.config.vocab_size)  # fixed: a cached reference's values
-    rss_after_load, load_peak = _memory_mib()
-    exact = _reset_peak()  # from here the high-water mark is the steps' own
+    rss_after_load, load_peak = memory_mib()
+    exact = reset_peak()  # from here the high-water mark is the steps' own
     times, losses = [], []
     for _ in range(steps + 1):
         began = time.perf_counter()
         losses.append(bench_step(model, optimizer, data, reference))
         times.append(time.perf_counter() - began)
-    step_peak = _memory_mib()[1]
+    step_peak = memory_mib()[1]
     median = statistics.median(times[1:])
     return {
         "median_step_s": median, "step_times_s": times[1:], "warmup_step_s": times[0],

@@ -86,6 +86,11 @@ def cmd_models(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.what == "memory":
+        from rayalign.memory_bench import run_memory_bench
+
+        print(json.dumps(run_memory_bench(args.params, args.workers or 2, args.out)))
+        return 0
     if args.what == "serve":
         from rayalign.serve_bench import bench_serve, summary_lines
 
@@ -180,8 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="train: tokens/s and peak memory of the trainer's step vs the naive "
                            "one, or with --peer trl whole DPO runs against TRL; and of the sampler (batched vs one prompt at a time); serve: the discriminator's "
-                           "and the sampler's HTTP endpoints under load (errors, p50/p99, req/s) and bad requests")
-    bench.add_argument("what", nargs="?", default="train", choices=["train", "serve"])
+                           "and the sampler's HTTP endpoints under load (errors, p50/p99, req/s) and bad requests; memory: each rank's "
+                           "peak RSS rise while a model built from a config loads, trains, saves and resumes")
+    bench.add_argument("what", nargs="?", default="train", choices=["train", "serve", "memory"])
     bench.add_argument("--model", default="smollm2-135m-instruct")
     bench.add_argument("--steps", type=int, default=5)
     bench.add_argument("--batch", type=int, default=4, help="preference pairs per step")
@@ -193,8 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3, help="--peer: runs of each tool (medians)")
     bench.add_argument("--gpu", action="store_true", help="--peer: train on the GPU (bf16) instead of the CPU")
     bench.add_argument("--workers", type=int, default=0, help="--peer: rayalign's train.num_workers (0: Ray Train's "
-                       "local mode, the loop in the rayalign process; 1: one Ray Train worker on a local Ray cluster)")
+                       "local mode, the loop in the rayalign process; 1: one Ray Train worker on a local Ray cluster); "
+                       "memory: Ray Train workers (default 2)")
     bench.add_argument("--skip-sampler", action="store_true", help="skip the sampler's batched vs one-at-a-time run")
+    bench.add_argument("--params", type=float, default=5e8, help="memory: parameters of the Llama built from a config")
+    bench.add_argument("--out", help="memory: directory for the model, data and runs (default: a new temporary one)")
     bench.add_argument("--requests", type=int, default=1000, help="serve: requests per endpoint")
     bench.add_argument("--concurrency", type=int, default=32, help="serve: requests in flight")
     bench.add_argument("--max-tokens", type=int, default=8, help="serve: new tokens per completion")

@@ -22,6 +22,18 @@ from rayalign.tracking import PhaseClock, read_metrics
 from rayalign.train.checkpoint import existing_checkpoints
 
 
+def worker_env() -> dict[str, str]:
+    """The variables the training processes need from the driver's environment."""
+    import os
+
+    from rayalign.memory import PROBE_ENV
+
+    env = {"RAYALIGN_CACHE": str(cache_root())}
+    if os.environ.get(PROBE_ENV):
+        env[PROBE_ENV] = os.environ[PROBE_ENV]
+    return env
+
+
 def check_batch_arithmetic(cfg: config_lib.Config) -> int:
     """Gradient-accumulation steps, or a one-line error when the batch does not split evenly."""
     t = cfg.train
@@ -134,7 +146,7 @@ def run_training(cfg: config_lib.Config, prepared: PreparedData | None = None) -
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"config": config_lib.to_dict(cfg), "pairs": pairs, "run_dir": str(run_dir),
-                           "env": {"RAYALIGN_CACHE": str(cache_root())}},
+                           "env": worker_env()},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(

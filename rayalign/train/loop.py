@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from rayalign import config as config_lib
 from rayalign.logprobs import ResponseLogps, takes_block_masks
-from rayalign.losses import LossInputs, metric_sums, needs_reference
+from rayalign.losses import metric_sums, needs_reference
 from rayalign.models import load_causal_lm, load_tokenizer, resolve_model, with_lora
 from rayalign.train import reference as ref_lib
 from rayalign.train.checkpoint import existing_checkpoints, load_training_state, save_checkpoint
@@ -259,9 +259,11 @@ def train_fn_per_worker(loop_config: dict) -> None:
     import ray.train.torch
     from ray.experimental.tqdm_ray import tqdm
 
+    from rayalign.memory import RiseProbe
     from rayalign.monitoring import record_train_step
     from rayalign.tracking import PhaseClock, Tracker
 
+    probe = RiseProbe()  # before anything of the model exists: `rayalign bench memory` reads the rise
     clock = PhaseClock()
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per report
     os.environ.update(loop_config["env"])
@@ -334,6 +336,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
             record_train_step(metrics, run=cfg.name)  # Ray metrics: dashboard / Prometheus
             bar.update(1)
     clock.lap("steps_s")
+    probe.finish(rank, step=done)
     if rank == 0:
         bar.close()
         tracker.finish()
