@@ -146,6 +146,26 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from rayalign import config as config_lib
+    from rayalign.plan import lines, plan
+
+    if args.gpus < 1 or args.nodes < 1 or args.nodes > args.gpus:
+        raise RayAlignError(f"--gpus {args.gpus} --nodes {args.nodes}: need 1 <= nodes <= gpus")
+    cfg = config_lib.load(args.config, ["train.use_gpu=true", *args.overrides])
+    result = plan(args.model, args.gpus, args.nodes, cfg)
+    print("\n".join(lines(result)) if not args.json else json.dumps(result))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from rayalign.export import export_checkpoint
+
+    checkpoint = export_checkpoint(args.source, args.out, args.dtype, args.merge_lora)
+    print(f"exported {checkpoint} to {args.out}")
+    return 0
+
+
 def cmd_serve(args) -> int:
     if args.what == "discriminator":
         if not args.checkpoint:
@@ -233,6 +253,26 @@ def build_parser() -> argparse.ArgumentParser:
                       "(e.g. the seeds of a method)")
     comp.add_argument("--out", default="runs/compare", help="output directory")
     comp.set_defaults(func=cmd_compare)
+
+    plan_cmd = sub.add_parser("plan", help="memory per GPU and per node, checkpoint sizes, from the real FSDP2 shard "
+                              "sizes (meta device, a fake process group of N ranks)")
+    plan_cmd.add_argument("model", help="llama-3.2-1b, llama-3-8b, llama-3-70b, or any model name rayalign loads")
+    plan_cmd.add_argument("--gpus", type=int, required=True, help="training GPUs (one Ray Train worker each)")
+    plan_cmd.add_argument("--nodes", type=int, default=1, help="nodes they are spread over")
+    plan_cmd.add_argument("--config", help="the job's YAML (its micro-batch, length, dtype, LoRA)")
+    plan_cmd.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    plan_cmd.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.micro_batch_size=2")
+    plan_cmd.set_defaults(func=cmd_plan)
+
+    export = sub.add_parser("export", help="write the HF model directory of a checkpoint (streamed layer by layer "
+                            "from its DCP shards, no trainer state)")
+    export.add_argument("source", help="a checkpoint directory, or a run directory (its newest checkpoint)")
+    export.add_argument("out", help="the HF directory to write")
+    export.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        help="weights' dtype (default: the run's train.export_dtype)")
+    export.add_argument("--merge-lora", action="store_true", help="LoRA runs: the base model with the adapters "
+                        "merged in, instead of the adapter directory")
+    export.set_defaults(func=cmd_export)
 
     serve = sub.add_parser("serve", help="serve a model on Ray Serve until Ctrl-C")
     serve.add_argument("what", choices=["discriminator", "sampler"])

@@ -28,8 +28,11 @@ class ModelConfig:
     """Policy model: a local HF directory, an embedded name (`rayalign models`), or a hub id."""
     reference: Optional[str] = None
     """Reference model; null means the starting policy (the usual DPO set-up)."""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Parameter dtype of the model as loaded: auto = float32 on CPU, bfloat16 mixed precision on GPU."""
+    dtype: Literal["auto", "float32", "bfloat16", "pure_bfloat16"] = "auto"
+    """Training numerics. auto: float32 on CPU, bfloat16 mixed precision on GPU. bfloat16: mixed precision (fp32
+    master weights and AdamW moments, bf16 compute, fp32 gradient reduction). pure_bfloat16: bf16 weights and bf16
+    AdamW moments (half the memory; updates below bf16's ~3 significant digits of a weight round away, which small
+    DPO learning rates hit)."""
     chunk_size: int = 512
     """Response tokens per slice of the vocabulary projection when computing log-probs."""
 
@@ -160,9 +163,12 @@ class TrainConfig:
     reference_cache: bool = True
     """Compute reference log-probs once (for the pairs the run uses) and cache them on disk; false recomputes them
     every step."""
-    activation_checkpointing: bool = False
+    activation_checkpointing: Optional[bool] = None
     """Recompute each decoder layer's activations in backward instead of keeping them: less memory for long
-    sequences and big batches, about a third more compute."""
+    sequences and big batches, about a third more compute. null: on when train.use_gpu."""
+    export_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Dtype of the HF model directory written at the end of training (and by `rayalign export` by default):
+    auto = bfloat16 for GPU runs, float32 on CPU."""
     fused_adamw: bool = False
     """torch's fused AdamW kernel (one kernel over all parameters) instead of its default implementation."""
     compile: bool = False
@@ -180,6 +186,10 @@ class TrainConfig:
     shared_prompt: bool = True
     """Run each pair's prompt once for both responses (one row per pair, a block attention mask); false pads chosen
     and rejected sequences as separate rows. Models whose attention takes no custom mask always use false."""
+
+    @property
+    def activation_checkpointing_on(self) -> bool:
+        return self.use_gpu if self.activation_checkpointing is None else self.activation_checkpointing
 
     @property
     def local_mode(self) -> bool:

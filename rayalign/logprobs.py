@@ -62,25 +62,39 @@ def takes_block_masks(lm: nn.Module) -> bool:
     return getattr(config, "_attn_implementation", "eager") in ("sdpa", "eager") and not sliding
 
 
+class LogpHead(nn.Module):
+    """The output projection as one module whose one forward scores every response position (in slices): FSDP2
+    gathers the head once around it, where calling the projection slice by slice would gather it per slice."""
+
+    def __init__(self, projection: nn.Module, chunk_size: int = 512, softcap: float | None = None):
+        super().__init__()
+        self.projection = projection
+        self.chunk_size = chunk_size
+        self.softcap = softcap
+
+    def forward(self, hidden: torch.Tensor, batch: dict) -> torch.Tensor:
+        return response_token_logps(hidden, self.projection, batch, self.chunk_size, self.softcap)
+
+
 class ResponseLogps(nn.Module):
     """A causal LM whose forward maps a `collate_pairs` batch to response-token log-probs [2B, R].
 
-    One module, one forward: FSDP2 gathers the root's parameters (embeddings, final norm, head)
-    around this forward, so the chunked projection above runs on full weights.
+    `head` is the LM's own output projection (the same module, not a copy), so FSDP2 can shard it as a unit of its
+    own: `rayalign.train.sharding`.
     """
 
     def __init__(self, lm: nn.Module, chunk_size: int = 512):
         super().__init__()
         self.lm = lm
-        self.chunk_size = chunk_size
+        self.head = LogpHead(lm.get_output_embeddings(), chunk_size,
+                             getattr(lm.config, "final_logit_softcapping", None))  # Gemma-2's logit soft-capping
 
     def forward(self, batch: dict) -> torch.Tensor:
         inputs = {k: batch[k] for k in MODEL_INPUTS}
         if inputs["attention_mask"].dim() == 4 and self.lm.config._attn_implementation == "eager":
             inputs["attention_mask"] = _additive(inputs["attention_mask"], self.lm.dtype)
         hidden = self.lm.get_decoder()(**inputs, use_cache=False).last_hidden_state
-        softcap = getattr(self.lm.config, "final_logit_softcapping", None)
-        return response_token_logps(hidden, self.lm.get_output_embeddings(), batch, self.chunk_size, softcap)
+        return self.head(hidden, batch)
 
 
 def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -98,8 +98,52 @@ def test_every_trainable_parameter_changes(runs):
     _assert_every_parameter_changed(runs[1]["base"][0])
 
 
-def test_two_workers_give_the_same_loss_curve(runs):
-    _assert_same_curve_as_base(runs, "two_workers", "train.num_workers=2", "train.micro_batch_size=2")
+def test_two_sharded_workers_accumulating_with_one_sync_a_step_give_the_same_loss_curve(runs):
+    """Two Ray Train workers load the model sharded (meta device, each its rows of the files) and reduce-scatter
+    once per optimizer step over two micro-batches each: the one unsharded worker's losses and weights."""
+    summary = _assert_same_curve_as_base(runs, "two_workers", "train.num_workers=2", "train.micro_batch_size=1")
+    for name, value in _weights(runs[1]["base"][0]).items():
+        torch.testing.assert_close(_weights(summary)[name], value, atol=1e-5, rtol=1e-4)
+
+
+def test_dcp_checkpoint_saved_at_two_workers_resumes_at_one_and_at_two(runs):
+    """Each of two workers writes its own shards (DCP) at step 3; the run resumes from them at two workers (Ray
+    Train's checkpoint) and, copied, at one (local mode): both end on the uninterrupted run's losses."""
+    import shutil
+
+    root, done = runs
+    two = ("train.num_workers=2", "train.micro_batch_size=2")
+    first, _ = _train(root, "dcp", *two, "train.stop_at_step=3")
+    checkpoint = root / "dcp" / "checkpoints" / "step_000003"
+    assert sorted(p.name for p in (checkpoint / "dcp").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    assert not (checkpoint / "model.safetensors").exists()  # a stopped run's checkpoint: shards only
+    shutil.copytree(root / "dcp", root / "dcp_at_one")
+    for name, overrides in (("dcp", two), ("dcp_at_one", (LOCAL,))):
+        final, rows = _train(root, name, *overrides)
+        assert final["resumed_from_step"] == 3 and [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+        assert _losses(rows) == pytest.approx(_losses(done["base"][1]), rel=1e-4, abs=1e-5), name
+
+
+def test_export_writes_the_trained_model_as_an_hf_directory(runs, tmp_path):
+    """`rayalign export` of a finished run's checkpoint (streamed from its DCP shards) is the model the trainer
+    wrote: fp32 bit for bit, bf16 its rounding; both load with AutoModelForCausalLM, trainer state left out."""
+    from rayalign.cli import main
+
+    root, done = runs
+    trained = _weights(done["base"][0])
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / dtype
+        assert main(["export", str(root / "base"), str(out), "--dtype", dtype]) == 0
+        exported = load_file(out / "model.safetensors")
+        assert exported.keys() == trained.keys()
+        for name, value in trained.items():
+            assert torch.equal(exported[name], value.to(getattr(torch, dtype))), name
+        assert not (out / "dcp").exists() and not (out / "trainer").exists()
+    ids = torch.tensor([[1, 9690, 198, 2683, 359, 253, 5356]])
+    with torch.no_grad():
+        logits = [AutoModelForCausalLM.from_pretrained(d)(input_ids=ids).logits
+                  for d in (tmp_path / "float32", done["base"][0]["checkpoint"])]
+    torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=0)
 
 
 def test_local_mode_trains_as_a_ray_worker_does_and_resumes_from_its_own_checkpoints(runs):
@@ -146,7 +190,10 @@ def test_lora_trains_every_adapter_and_nothing_else_and_its_checkpoint_loads(run
     assert rows[-1]["loss"] < rows[0]["loss"]
     first, last = (root / "lora" / "checkpoints" / f"step_00000{k}" for k in (1, 3))
     assert (last / "adapter_config.json").is_file() and not (last / "model.safetensors").exists()
-    adapters = [load_file(f"{d}/adapter_model.safetensors") for d in (first, last)]
+    from rayalign.export import export_checkpoint
+
+    export_checkpoint(str(first), str(root / "lora_step1"))  # a checkpoint before the end holds shards only
+    adapters = [load_file(f"{d}/adapter_model.safetensors") for d in (root / "lora_step1", last)]
     assert adapters[0].keys() == adapters[1].keys() and any("lora_A" in k for k in adapters[0])
     for name in adapters[0]:
         assert not torch.equal(adapters[0][name], adapters[1][name]), f"{name} did not change"
@@ -165,6 +212,11 @@ def test_lora_trains_every_adapter_and_nothing_else_and_its_checkpoint_loads(run
     changed = {k for k in frozen if not torch.equal(merged[k], frozen[k])}
     assert changed and all(k.endswith("proj.weight") for k in changed)  # only where adapters sit
 
+    export_checkpoint(str(last), str(root / "lora_merged"), merge_lora=True)  # W + (α/r)·B·A, layer by layer
+    with torch.no_grad():
+        through_merged = AutoModelForCausalLM.from_pretrained(str(root / "lora_merged"))(input_ids=ids).logits
+    torch.testing.assert_close(through_merged, through_peft, rtol=1e-5, atol=1e-5)
+
 
 def test_cached_reference_equals_live_reference(runs):
     root, done = runs
@@ -181,6 +233,26 @@ def test_a_bf16_run_never_reads_the_fp32_reference_cache(runs):
     root, _ = runs
     _, rows = _train(root, "bf16", "model.dtype=bfloat16", "train.max_steps=1", LOCAL)
     assert rows[0]["loss"] == pytest.approx(math.log(2), abs=5e-5)
+
+
+def _saved_dtypes(checkpoint) -> dict[str, set]:
+    from torch.distributed.checkpoint import FileSystemReader
+
+    saved = FileSystemReader(str(checkpoint / "dcp")).read_metadata().state_dict_metadata
+    kinds = {"weights": "model.", "moments": "optim.state."}
+    return {kind: {m.properties.dtype for k, m in saved.items() if k.startswith(prefix) and "exp_avg" in k
+                   or (prefix == "model." and k.startswith(prefix))} for kind, prefix in kinds.items()}
+
+
+def test_bf16_mixed_precision_keeps_fp32_master_weights_and_moments_and_pure_bf16_does_not(runs):
+    """model.dtype=bfloat16 computes in bf16 (its loss above) on fp32 weights and AdamW moments, as saved in its
+    checkpoint; only model.dtype=pure_bfloat16 stores them in bf16."""
+    root, _ = runs
+    assert _saved_dtypes(root / "bf16" / "checkpoints" / "step_000001") == {
+        "weights": {torch.float32}, "moments": {torch.float32}}
+    _train(root, "pure_bf16", "model.dtype=pure_bfloat16", "train.max_steps=1", LOCAL)
+    assert _saved_dtypes(root / "pure_bf16" / "checkpoints" / "step_000001") == {
+        "weights": {torch.bfloat16}, "moments": {torch.bfloat16}}
 
 
 def test_stopped_and_resumed_run_ends_where_an_uninterrupted_one_does(runs):

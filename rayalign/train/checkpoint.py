@@ -1,51 +1,43 @@
-"""Checkpoints: an HF model directory plus the state to resume training, and no pickles.
+"""Checkpoints: each rank writes its own shards (DCP) to resume; an HF directory is written for users, streamed.
 
 Layout of one checkpoint directory::
 
-    config.json, model.safetensors, tokenizer files   # AutoModelForCausalLM.from_pretrained loads it
-    trainer/state.json           # step, optimizer param groups, LR scheduler state
-    trainer/optimizer.safetensors  # AdamW moments, keyed "<param fqn>/<name>"
-    trainer/rng.safetensors      # each rank's torch RNG state
+    dcp/.metadata, dcp/__<rank>_0.distcp   # torch.distributed.checkpoint: the trainable weights ("model.<fqn>")
+                                           # and AdamW's state ("optim.<fqn>..."), each rank its own shards
+    trainer/state.json                     # step, scheduler, world size, each rank's RNG state, the base model
+    config.json, model*.safetensors, tokenizer files, rayalign.json
+                                           # the HF model (or peft adapter) directory: written for the run's final
+                                           # step, and by `rayalign export` for any checkpoint
 
-Every rank takes part in gathering the full (unsharded) state; rank 0 writes the files.
-Loading reads safetensors and JSON only, never ``torch.load`` of a pickle.
+DCP's `.metadata` is the one pickle: DCP's own index of which tensor chunks are in which file (names, shapes,
+dtypes, offsets), written and read by torch; every tensor is in the `.distcp` files as raw bytes. Because DCP
+records each tensor's global shape and every chunk's offsets, a checkpoint saved at one world size loads at any
+other. For LoRA runs only the adapters are in DCP (`ignore_frozen_params`): the frozen base comes from
+`model.name`.
+
+The HF directory is written one parameter at a time: every rank gathers one parameter's shards (a collective),
+rank 0 appends it, cast to the export dtype, to the current safetensors file, and a file is closed once it holds
+`max_shard_bytes`. Rank 0 never holds more than one file's worth of weights. `rayalign.json` records an identity
+made when the directory was written: the reference cache keys the directory by it instead of hashing its bytes.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import re
+import uuid
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_optimizer_state_dict,
-)
+from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+from rayalign.errors import RayAlignError
 
-
-def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    tensors = {}
-    for fqn, entries in state["state"].items():
-        for name, value in entries.items():
-            tensors[f"{fqn}/{name}"] = torch.as_tensor(value).contiguous()
-    return tensors, state["param_groups"]
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], param_groups: list[dict]) -> dict:
-    state: dict = {}
-    for key, value in tensors.items():
-        fqn, name = key.rsplit("/", 1)
-        state.setdefault(fqn, {})[name] = value
-    for group in param_groups:
-        if "betas" in group:
-            group["betas"] = tuple(group["betas"])
-    return {"state": state, "param_groups": param_groups}
+IDENTITY_FILE = "rayalign.json"
+MAX_SHARD_BYTES = 1 << 30  # 1 GiB a safetensors file: rank 0's working memory while it writes the HF directory
+_TRAINABLE = StateDictOptions(ignore_frozen_params=True)
 
 
 def existing_checkpoints(run_dir: Path) -> list[Path]:
@@ -53,42 +45,160 @@ def existing_checkpoints(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "checkpoints").glob("step_*"))
 
 
-def save_checkpoint(path: Path, model, lm, tokenizer, optimizer, scheduler, step: int,
-                    with_optimizer: bool = True) -> None:
-    """Collective: every rank calls it; rank 0 writes `path`. Without the optimizer state (AdamW's moments,
-    twice the weights) the checkpoint is a model to load, and a resume from it starts a fresh AdamW."""
-    weights = get_model_state_dict(lm, options=_FULL)
-    optim = get_optimizer_state_dict(model, optimizer, options=_FULL) if with_optimizer else None
-    rng = [None] * dist.get_world_size()
-    dist.all_gather_object(rng, torch.get_rng_state())
-    if dist.get_rank() != 0:
-        return
-    path.mkdir(parents=True, exist_ok=True)
-    lm.save_pretrained(path, state_dict=weights, safe_serialization=True)
-    tokenizer.save_pretrained(path)
-    (path / "trainer").mkdir(exist_ok=True)
-    groups = None
-    if optim is not None:
-        tensors, groups = _flatten_optimizer(optim)
-        save_file(tensors, path / "trainer" / "optimizer.safetensors")
-    save_file({f"rank{r}": state for r, state in enumerate(rng)}, path / "trainer" / "rng.safetensors")
-    meta = {"step": step, "param_groups": groups, "scheduler": scheduler.state_dict()}
-    (path / "trainer" / "state.json").write_text(json.dumps(meta, indent=1))
+def _rng_states() -> list[str]:
+    states: list = [None] * dist.get_world_size()
+    dist.all_gather_object(states, base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode())
+    return states
 
 
-def load_training_state(path: Path, model, optimizer, scheduler) -> int:
-    """Restore optimizer, scheduler and this rank's RNG from `path`; returns the step reached.
+def _trainable_state(lm) -> dict:
+    """The trainable weights' state dict (sharded where the model is). `ignore_frozen_params` alone keeps a frozen
+    weight tied to another name (a LoRA run's tied head): named by the parameters that train, it cannot."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    The weights themselves were loaded by building the model from `path` (an HF directory).
-    """
-    meta = json.loads((path / "trainer" / "state.json").read_text())
-    if meta["param_groups"] is not None:  # saved without it (train.save_optimizer=false): a fresh AdamW
-        tensors = load_file(path / "trainer" / "optimizer.safetensors")
-        optim = _unflatten_optimizer(tensors, meta["param_groups"])
-        set_optimizer_state_dict(model, optimizer, optim_state_dict=optim, options=_FULL)
+    names = {name for name, p in lm.named_parameters(remove_duplicate=False) if p.requires_grad}
+    return {k: v for k, v in get_model_state_dict(lm, options=_TRAINABLE).items() if k in names}
+
+
+def save_checkpoint(path: Path, model, lm, optimizer, scheduler, step: int, with_optimizer: bool,
+                    meta: dict) -> None:
+    """Collective: every rank writes its shards of the trainable weights (and AdamW's state) under `path`/dcp;
+    rank 0 writes trainer/state.json with `meta` (what an export needs: base model, LoRA settings)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    state = {"model": _trainable_state(lm)}
+    if with_optimizer:
+        state["optim"] = get_optimizer_state_dict(model, optimizer)
+    dcp.save(state, checkpoint_id=str(path / "dcp"))
+    rng = _rng_states()
+    if dist.get_rank() == 0:
+        (path / "trainer").mkdir(parents=True, exist_ok=True)
+        record = {"step": step, "optimizer": with_optimizer, "scheduler": scheduler.state_dict(),
+                  "world_size": dist.get_world_size(), "rng": rng, **meta}
+        (path / "trainer" / "state.json").write_text(json.dumps(record, indent=1))
+
+
+def read_state(path: Path) -> dict:
+    state = Path(path) / "trainer" / "state.json"
+    if not (Path(path) / "dcp" / ".metadata").is_file() or not state.is_file():
+        raise RayAlignError(f"{path} is not a rayalign checkpoint (no dcp/ and trainer/state.json); checkpoints "
+                            "written before sharded checkpoints cannot be resumed: start a new run from the model")
+    return json.loads(state.read_text())
+
+
+def load_checkpoint(path: Path, model, lm, optimizer, scheduler) -> int:
+    """Collective: load this rank's shards of the trainable weights and AdamW's state from `path` (saved at any
+    world size), the scheduler and this rank's RNG; returns the step reached."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    meta = read_state(path)
+    state = {"model": _trainable_state(lm)}
+    if meta["optimizer"]:  # saved without it (train.save_optimizer=false): a fresh AdamW
+        state["optim"] = get_optimizer_state_dict(model, optimizer)
+    dcp.load(state, checkpoint_id=str(Path(path) / "dcp"))
+    set_model_state_dict(lm, state["model"], options=StateDictOptions(strict=False))
+    if meta["optimizer"]:
+        set_optimizer_state_dict(model, optimizer, optim_state_dict=state["optim"])
     scheduler.load_state_dict(meta["scheduler"])
-    rng = load_file(path / "trainer" / "rng.safetensors")
-    mine = rng.get(f"rank{dist.get_rank()}")
-    if mine is not None:
-        torch.set_rng_state(mine)
+    if dist.get_rank() < len(meta["rng"]):
+        saved = base64.b64decode(meta["rng"][dist.get_rank()])
+        torch.set_rng_state(torch.frombuffer(bytearray(saved), dtype=torch.uint8))
     return int(meta["step"])
+
+
+class HFWriter:
+    """Writes an HF model directory tensor by tensor: safetensors files of at most `max_shard_bytes`, the index
+    when there is more than one, then config, tokenizer and the identity file."""
+
+    def __init__(self, out: Path, dtype: torch.dtype, max_shard_bytes: int = MAX_SHARD_BYTES):
+        self.out, self.dtype, self.max_bytes = Path(out), dtype, max_shard_bytes
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.buffer: dict[str, torch.Tensor] = {}
+        self.buffered = self.total = 0
+        self.files: list[tuple[str, list[str]]] = []
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        tensor = tensor.detach().to("cpu", self.dtype if tensor.is_floating_point() else tensor.dtype).contiguous()
+        size = tensor.numel() * tensor.element_size()
+        if self.buffer and self.buffered + size > self.max_bytes:
+            self._flush()
+        self.buffer[name] = tensor
+        self.buffered += size
+        self.total += size
+
+    def _flush(self) -> None:
+        from safetensors.torch import save_file
+
+        name = f"model-{len(self.files) + 1:05d}.safetensors"
+        save_file(self.buffer, str(self.out / name), metadata={"format": "pt"})
+        self.files.append((name, list(self.buffer)))
+        self.buffer, self.buffered = {}, 0
+
+    def close(self, config, tokenizer=None) -> None:
+        if self.buffer or not self.files:
+            self._flush()
+        if len(self.files) == 1:
+            (self.out / self.files[0][0]).rename(self.out / "model.safetensors")
+        else:
+            weight_map = {key: name for name, keys in self.files for key in keys}
+            (self.out / "model.safetensors.index.json").write_text(json.dumps(
+                {"metadata": {"total_size": self.total}, "weight_map": weight_map}, indent=1))
+        config.dtype = self.dtype
+        config.save_pretrained(self.out)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(self.out)
+        write_identity(self.out)
+
+
+def write_identity(out: Path) -> None:
+    """Record that rayalign wrote this model directory, with a new identity (the reference cache's key)."""
+    (Path(out) / IDENTITY_FILE).write_text(json.dumps({"identity": uuid.uuid4().hex}))
+
+
+def recorded_identity(directory: Path) -> str | None:
+    path = Path(directory) / IDENTITY_FILE
+    return json.loads(path.read_text())["identity"] if path.is_file() else None
+
+
+def export_model(out: Path, lm, tokenizer, dtype: torch.dtype, lora: bool) -> None:
+    """Collective: write the HF directory of the sharded model `lm` to `out` on rank 0, streamed (module doc).
+    LoRA: the peft adapter directory (the adapters are small: gathered whole)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    from torch.distributed.tensor import DTensor
+
+    if lora:
+        adapters = get_model_state_dict(lm, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
+                                                                     ignore_frozen_params=True))
+        if dist.get_rank() == 0:
+            lm.save_pretrained(out, state_dict=adapters)
+            tokenizer.save_pretrained(out)
+            write_identity(out)
+        return
+    writer = HFWriter(out, dtype) if dist.get_rank() == 0 else None
+    seen = set()
+    for name, value in get_model_state_dict(lm).items():
+        param = lm.get_parameter(name) if name.endswith(("weight", "bias")) else value
+        if id(param) in seen:  # a tied weight (the head is the embeddings): saved once, as HF does
+            continue
+        seen.add(id(param))
+        full = value.full_tensor() if isinstance(value, DTensor) else value
+        if writer is not None:
+            writer.add(name, full)
+        del full
+    if writer is not None:
+        writer.close(lm.config, tokenizer)
+
+
+def dcp_groups(keys: list[str]) -> list[list[str]]:
+    """The DCP model keys grouped by decoder layer (one group per layer, in order; the rest one group each)."""
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        layer = re.search(r"\.layers\.(\d+)\.", key)
+        groups.setdefault(f"layer{int(layer.group(1)):06d}" if layer else key, []).append(key)
+    return [groups[k] for k in groups]

@@ -23,7 +23,7 @@ from rayalign.logprobs import ResponseLogps, takes_block_masks
 from rayalign.losses import metric_sums, needs_reference
 from rayalign.models import load_causal_lm, load_tokenizer, resolve_model, with_lora
 from rayalign.train import reference as ref_lib
-from rayalign.train.checkpoint import existing_checkpoints, load_training_state, save_checkpoint
+from rayalign.train.checkpoint import existing_checkpoints, export_model, load_checkpoint, save_checkpoint
 from rayalign.train.step import clip_gradients, micro_step, optimizer_step, pair_batch
 
 METRIC_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
@@ -58,56 +58,79 @@ def warmup_cosine(step: int, total: int, warmup: int, schedule: str = "cosine") 
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _wrap(lm, chunk_size: int, mixed_precision: bool, device, compile_layers: bool = False):
-    """The `ResponseLogps` model the loop calls, its decoder layers compiled when asked. FSDP2 shards it over the
-    workers (`fully_shard` each decoder layer, then the root: embeddings, norm, head) and gives bf16 mixed
-    precision. A lone full-precision worker is left plain: there FSDP2 would only copy every parameter and gradient
-    in and out of its buffers at each step (a fifth of a CPU step)."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    shard = dist.get_world_size() > 1 or mixed_precision
-    kwargs = {"mesh": init_device_mesh(device.type, (dist.get_world_size(),))} if shard else {}
-    if mixed_precision:
-        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    model = ResponseLogps(lm, chunk_size)
-    for layer in lm.get_decoder().layers:
-        if compile_layers:
-            layer.compile()
-        if shard:
-            fully_shard(layer, **kwargs)
-    if shard:
-        fully_shard(model, **kwargs)
-    return model
-
-
 def numerics(cfg: config_lib.Config) -> tuple[str, bool]:
-    """(parameter dtype, bf16 mixed precision) of the models a run builds."""
-    return ("bfloat16" if cfg.model.dtype == "bfloat16" else "float32"), cfg.train.use_gpu and cfg.model.dtype == "auto"
+    """(parameter dtype, bf16 mixed precision) of the trainable model a run builds. Mixed precision keeps fp32
+    master weights and AdamW moments and computes in bf16; only `pure_bfloat16` stores bf16 weights and moments."""
+    dtype = cfg.model.dtype
+    if dtype == "pure_bfloat16":
+        return "bfloat16", False
+    return "float32", dtype == "bfloat16" or (dtype == "auto" and cfg.train.use_gpu)
 
 
-def build_model(name: str, cfg: config_lib.Config, device, trainable: bool, resume_dir: str | None = None):
-    """(the HF model, its FSDP2-sharded ResponseLogps wrapper) on `device`; a trainable one resumes from
-    `resume_dir` (a checkpoint: a model, or with LoRA an adapter on `name`) and gets the run's LoRA, activation
-    checkpointing and compilation switches.
+def _mesh(device):
+    from torch.distributed.device_mesh import init_device_mesh
 
-    dtype auto: float32 on CPU; on GPU float32 master weights with bf16 compute (mixed precision).
-    """
-    dtype, mixed_precision = numerics(cfg)
+    return init_device_mesh(device.type, (dist.get_world_size(),), mesh_dim_names=("fsdp",))
+
+
+def _plain(path: str, cfg, device, dtype: str, trainable: bool):
+    """One process, full precision: the model loaded whole, no FSDP (it would only copy every parameter and
+    gradient in and out of its buffers at each step: a fifth of a CPU step)."""
     t = cfg.train
-    lora = trainable and t.lora_r > 0
-    lm = load_causal_lm(name if lora or not resume_dir else resume_dir, dtype)
-    if lora:
-        lm = with_lora(lm, t.lora_r, t.lora_alpha, t.lora_dropout, t.lora_target_modules, resume_dir)
-    if trainable and t.activation_checkpointing:
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lm = load_causal_lm(path, dtype)
+    if trainable and t.lora_r > 0:
+        lm = with_lora(lm, t.lora_r, t.lora_alpha, t.lora_dropout, t.lora_target_modules)
+    _set_mode(lm, cfg, trainable)
     lm.to(device)
+    if trainable and t.compile:
+        for layer in lm.get_decoder().layers:
+            layer.compile()
+    return lm, ResponseLogps(lm, cfg.model.chunk_size)
+
+
+def _set_mode(lm, cfg, trainable: bool) -> None:
     if not trainable:
         lm.requires_grad_(False)
         lm.eval()
-    else:
-        lm.train()
-    return lm, _wrap(lm, cfg.model.chunk_size, mixed_precision, device, trainable and t.compile)
+        return
+    if cfg.train.activation_checkpointing_on:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lm.train()
+
+
+def build_model(name: str, cfg: config_lib.Config, device, trainable: bool, fill: bool = True):
+    """(the HF model, its `ResponseLogps` wrapper) on `device`. Over several workers, or with mixed precision, the
+    model is sharded from the start (`rayalign.train.sharding`: meta device, FSDP2 units, each rank reads its rows);
+    a lone full-precision worker loads it whole. A trainable one gets the run's LoRA adapters (new), activation
+    checkpointing and compilation switches; `fill=False` leaves its trainable parameters for a checkpoint to fill.
+
+    A frozen model under mixed precision is stored in bf16: it needs no fp32 master copy.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    from rayalign.train import sharding
+
+    dtype, mixed = numerics(cfg)
+    if not trainable and mixed:
+        dtype, mixed = "bfloat16", False
+    path = sharding.local_files(resolve_model(name))
+    if dist.get_world_size() == 1 and not mixed:
+        return _plain(path, cfg, device, dtype, trainable)
+    t = cfg.train
+    lm = sharding.meta_model(path, getattr(torch, dtype))
+    if trainable and t.lora_r > 0:
+        lm = with_lora(lm, t.lora_r, t.lora_alpha, t.lora_dropout, t.lora_target_modules)
+    _set_mode(lm, cfg, trainable)
+    model = ResponseLogps(lm, cfg.model.chunk_size)
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed else None
+    sharding.apply_fsdp(model, _mesh(device), policy, trainable and t.compile)
+    sharding.materialise(model, device)
+    weights = sharding.WeightFiles(path)
+    try:
+        sharding.fill_shards(lm, weights, seed=t.seed, skip_trainable=not fill)
+    finally:
+        weights.close()
+    return lm, model
 
 
 def make_optimizer(model, cfg: config_lib.Config):
@@ -135,6 +158,8 @@ def train_step(model, ref_model, ref_values, pairs, indices, cfg, pad_id, device
         elif ref_model is not None:
             with torch.no_grad():
                 reference = ref_model(batch)
+        if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: reduce-scatter once, after the last micro-batch
+            model.set_requires_gradient_sync(start + cfg.train.micro_batch_size >= per_rank)
         # Each rank's gradient is the mean over its share; FSDP averages the shares.
         inputs, out = micro_step(model, batch, reference, cfg.loss, progress, scale=1 / per_rank)
         for key, value in metric_sums(inputs, out).items():
@@ -200,10 +225,32 @@ def prepare_reference(cfg, pairs, indices: list[int] | None, pad_id: int, device
     return None, _broadcast(ref_lib.load_reference(path) if dist.get_rank() == 0 else None)
 
 
-def _save_and_report(metrics, model, lm, tokenizer, optimizer, scheduler, step: int, save: bool,
-                     with_optimizer: bool, local_run_dir: Path | None, keep: int) -> None:
-    """Report `metrics` to Ray Train, with a checkpoint when `save`. In local mode (`local_run_dir`) Ray Train
-    keeps no checkpoint, so it is written into the run directory here, where Ray Train would put it."""
+def checkpoint_meta(cfg: config_lib.Config) -> dict:
+    """What a checkpoint records beside its shards, for an export: the base model, LoRA settings, export dtype."""
+    t = cfg.train
+    lora = {"r": t.lora_r, "alpha": t.lora_alpha, "targets": "all-linear" if t.lora_target_modules == ["all-linear"]
+            else list(t.lora_target_modules)} if t.lora_r > 0 else None
+    return {"model": cfg.model.name, "lora": lora, "export_dtype": export_dtype(cfg)}
+
+
+def export_dtype(cfg: config_lib.Config) -> str:
+    return ("bfloat16" if cfg.train.use_gpu else "float32") if cfg.train.export_dtype == "auto" \
+        else cfg.train.export_dtype
+
+
+def write_checkpoint(path: Path, model, lm, tokenizer, optimizer, scheduler, step: int, cfg, export: bool) -> None:
+    """Collective: the step's DCP shards and trainer state under `path`, and with `export` the HF directory."""
+    save_checkpoint(path, model, lm, optimizer, scheduler, step, cfg.train.save_optimizer, checkpoint_meta(cfg))
+    if export:
+        export_model(path, lm, tokenizer, getattr(torch, export_dtype(cfg)), cfg.train.lora_r > 0)
+
+
+def _save_and_report(metrics, model, lm, tokenizer, optimizer, scheduler, step: int, save: bool, export: bool,
+                     cfg, local_run_dir: Path | None) -> None:
+    """Report `metrics` to Ray Train, with a checkpoint when `save`: every rank hands Ray Train the files it wrote
+    (its own DCP shards; rank 0 also the trainer state and the HF files), which Ray Train merges into one
+    directory in the run's storage. In local mode (`local_run_dir`) Ray Train keeps no checkpoint, so it is written
+    into the run directory here, where Ray Train would put it."""
     import tempfile
 
     import ray.train
@@ -213,16 +260,16 @@ def _save_and_report(metrics, model, lm, tokenizer, optimizer, scheduler, step: 
     elif local_run_dir is not None:
         from rayalign.files import atomic_write_dir
 
-        atomic_write_dir(local_run_dir / "checkpoints" / f"step_{step:06d}", lambda tmp: save_checkpoint(
-            tmp, model, lm, tokenizer, optimizer, scheduler, step, with_optimizer))
-        for old in existing_checkpoints(local_run_dir)[:-keep]:
+        atomic_write_dir(local_run_dir / "checkpoints" / f"step_{step:06d}", lambda tmp: write_checkpoint(
+            tmp, model, lm, tokenizer, optimizer, scheduler, step, cfg, export))
+        for old in existing_checkpoints(local_run_dir)[:-cfg.train.keep_checkpoints]:
             shutil.rmtree(old)
         ray.train.report(metrics)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(Path(tmp), model, lm, tokenizer, optimizer, scheduler, step, with_optimizer)
-            checkpoint = ray.train.Checkpoint.from_directory(tmp) if dist.get_rank() == 0 else None
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"step_{step:06d}")
+            write_checkpoint(Path(tmp), model, lm, tokenizer, optimizer, scheduler, step, cfg, export)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=f"step_{step:06d}")
 
 
 def _resume_directory(local_run_dir: Path | None):
@@ -281,11 +328,11 @@ def train_fn_per_worker(loop_config: dict) -> None:
     warmup = int(cfg.train.warmup_ratio * total)
 
     with _resume_directory(local_run_dir) as resume_dir:
-        lm, model = build_model(cfg.model.name, cfg, device, trainable=True, resume_dir=resume_dir)
+        lm, model = build_model(cfg.model.name, cfg, device, trainable=True, fill=resume_dir is None)
         optimizer = make_optimizer(model, cfg)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: warmup_cosine(s, total, warmup, cfg.train.lr_schedule))
-        start = load_training_state(Path(resume_dir), model, optimizer, scheduler) if resume_dir else 0
+        start = load_checkpoint(Path(resume_dir), model, lm, optimizer, scheduler) if resume_dir else 0
     clock.lap("model_load_s")
     stop = min(total, cfg.train.stop_at_step or total)
     shared_prompt = cfg.train.shared_prompt and takes_block_masks(lm)
@@ -328,8 +375,8 @@ def train_fn_per_worker(loop_config: dict) -> None:
         save = done == stop or bool(cfg.train.save_every and done % cfg.train.save_every == 0)
         if save or done % cfg.train.report_every == 0:
             clock.lap("steps_s")
-            _save_and_report(metrics, model, lm, tokenizer, optimizer, scheduler, done, save, cfg.train.save_optimizer,
-                             local_run_dir, cfg.train.keep_checkpoints)
+            _save_and_report(metrics, model, lm, tokenizer, optimizer, scheduler, done, save, done == total, cfg,
+                             local_run_dir)
             clock.lap("report_and_checkpoint_s")
         if rank == 0:
             tracker.log({k: v for k, v in metrics.items() if k not in ("status", "step")}, step=done)

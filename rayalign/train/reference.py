@@ -3,7 +3,7 @@
 The reference is frozen, so its per-token log-probs of every response are a constant of the
 dataset: computing them once (sharded over the workers) instead of at every step halves the
 forward passes of DPO training. Only the pairs the run's steps will use are scored (a run of
-8 steps × 4 pairs on 64 pairs scores 32). The cache file is keyed by a hash of the reference weights,
+8 steps × 4 pairs on 64 pairs scores 32). The cache file is keyed by the reference's identity (recorded when rayalign wrote it, else a hash of its weights),
 the tokenised data (which covers the tokenisation settings), the pairs scored, the numerics (parameter dtype,
 mixed precision) and the log-prob code's version,
 so a changed model or setting can never read a stale cache. Values are stored per token, flat
@@ -26,11 +26,15 @@ CACHE_VERSION = "2"  # 2: the shared-prompt layout
 
 
 def model_fingerprint(resolved: str) -> str:
-    """sha256 of a model directory's weight files, or of the hub id when it is not a directory."""
+    """The identity a model directory that rayalign wrote recorded (`rayalign.json`: no byte of the weights is
+    read), else the sha256 of its weight files, or of the hub id when it is not a directory."""
+    from rayalign.train.checkpoint import recorded_identity
+
     digest = hashlib.sha256(CACHE_VERSION.encode())
     path = Path(resolved)
-    if not path.is_dir():
-        digest.update(resolved.encode())
+    identity = recorded_identity(path) if path.is_dir() else None
+    if identity or not path.is_dir():
+        digest.update((identity or resolved).encode())
         return digest.hexdigest()
     for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
         with open(weights, "rb") as handle:

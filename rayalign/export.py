@@ -1,0 +1,120 @@
+"""`rayalign export RUN_OR_CHECKPOINT OUT`: the HF directory of a checkpoint, streamed from its DCP shards.
+
+Runs in one process with no process group: the checkpoint's tensors are read one decoder layer at a time
+(`dcp.load(..., no_dist=True)` of that layer's keys), cast to the dtype asked and appended to safetensors files
+(`HFWriter`), so memory holds one layer and one output file, whatever the model's size. Trainer state is left out.
+A LoRA run exports its peft adapter directory, or with `merge_lora` the base model with W + (α/r)·B·A in every
+adapted weight (the base read layer by layer from its own files).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rayalign.errors import RayAlignError
+from rayalign.train.checkpoint import HFWriter, dcp_groups, existing_checkpoints, read_state, write_identity
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def find_checkpoint(source: str) -> Path:
+    """A checkpoint directory, or a run directory's newest checkpoint."""
+    path = Path(source)
+    if (path / "dcp").is_dir():
+        return path
+    found = existing_checkpoints(path)
+    if not found:
+        raise RayAlignError(f"{source}: neither a checkpoint (with dcp/) nor a run directory with checkpoints/")
+    return found[-1]
+
+
+def _load(checkpoint: Path, keys: list[str], shapes: dict) -> dict[str, torch.Tensor]:
+    import torch.distributed.checkpoint as dcp
+
+    state = {key: torch.empty(shapes[key].size, dtype=shapes[key].properties.dtype) for key in keys}
+    dcp.load(state, checkpoint_id=str(checkpoint / "dcp"), no_dist=True)
+    return state
+
+
+def export_checkpoint(source: str, out: str, dtype: str | None = None, merge_lora: bool = False) -> Path:
+    """Write the HF directory (or peft adapter directory) of `source` to `out`; returns the checkpoint read."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from transformers import AutoConfig
+
+    from rayalign.models import load_tokenizer, resolve_model
+
+    checkpoint = find_checkpoint(source)
+    meta = read_state(checkpoint)
+    dtype = dtype or meta.get("export_dtype", "float32")
+    if dtype not in DTYPES:
+        raise RayAlignError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    shapes = FileSystemReader(str(checkpoint / "dcp")).read_metadata().state_dict_metadata
+    keys = [k for k in shapes if k.startswith("model.")]
+    base = resolve_model(meta["model"])
+    config, tokenizer, lora = AutoConfig.from_pretrained(base), load_tokenizer(meta["model"]), meta.get("lora")
+    out_dir = Path(out)
+    if lora and not merge_lora:
+        _write_adapters(out_dir, _load(checkpoint, keys, shapes), lora, meta["model"], DTYPES[dtype])
+    else:
+        writer = HFWriter(out_dir, DTYPES[dtype])
+        if lora:
+            _merge(writer, checkpoint, keys, shapes, base, lora)
+        else:
+            tied = getattr(config, "tie_word_embeddings", False)
+            for group in dcp_groups(keys):
+                for key, value in _load(checkpoint, group, shapes).items():
+                    if not (tied and key == "model.lm_head.weight"):
+                        writer.add(key.removeprefix("model."), value)
+        writer.close(config)
+    tokenizer.save_pretrained(out_dir)
+    return checkpoint
+
+
+def _write_adapters(out: Path, tensors: dict, lora: dict, base_name: str, dtype: torch.dtype) -> None:
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    adapters = {k.removeprefix("model.").replace(".default.", "."): v.to(dtype).contiguous()
+                for k, v in tensors.items()}
+    save_file(adapters, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], target_modules=lora["targets"], task_type="CAUSAL_LM",
+               base_model_name_or_path=base_name).save_pretrained(out)
+    write_identity(out)
+
+
+def _merge(writer: HFWriter, checkpoint: Path, keys: list[str], shapes: dict, base: str, lora: dict) -> None:
+    """Base weights in file order, layer by layer, each adapted one with its update added."""
+    from rayalign.train.sharding import WeightFiles
+
+    files = WeightFiles(base)
+    scale = lora["alpha"] / lora["r"]
+    by_layer = {}
+    for group in dcp_groups(keys):
+        by_layer.setdefault(_layer_of(group[0]), []).extend(group)
+    loaded: dict[str, dict] = {}
+    try:
+        for group in dcp_groups(files.keys()):
+            layer = _layer_of(group[0])
+            if layer not in loaded:  # one layer's adapters at a time (the rest, outside layers, once)
+                loaded = {layer: _load(checkpoint, by_layer.get(layer, []), shapes)}
+            adapters = loaded[layer]
+            for key in group:
+                weight = files.rows(key, 0, files.shape(key)[0]).float()
+                stem = "model.base_model.model." + key.removesuffix(".weight")
+                a, b = adapters.get(f"{stem}.lora_A.default.weight"), adapters.get(f"{stem}.lora_B.default.weight")
+                writer.add(key, weight if a is None else weight + scale * (b.float() @ a.float()))
+    finally:
+        files.close()
+
+
+def _layer_of(key: str) -> str:
+    import re
+
+    found = re.search(r"\.layers\.(\d+)\.", key)
+    return found.group(1) if found else "other"
+
+
+
