@@ -57,16 +57,17 @@ def export_checkpoint(source: str, out: str, dtype: str | None = None, merge_lor
     out_dir = Path(out)
     if lora and not merge_lora:
         _write_adapters(out_dir, _load(checkpoint, keys, shapes), lora, meta["model"], DTYPES[dtype])
+    elif lora:
+        _merge(out_dir, DTYPES[dtype], checkpoint, keys, shapes, base, lora, config)
     else:
-        writer = HFWriter(out_dir, DTYPES[dtype])
-        if lora:
-            _merge(writer, checkpoint, keys, shapes, base, lora)
-        else:
-            tied = getattr(config, "tie_word_embeddings", False)
-            for group in dcp_groups(keys):
-                for key, value in _load(checkpoint, group, shapes).items():
-                    if not (tied and key == "model.lm_head.weight"):
-                        writer.add(key.removeprefix("model."), value)
+        if getattr(config, "tie_word_embeddings", False):
+            keys = [k for k in keys if k != "model.lm_head.weight"]  # the embeddings, saved once as HF does
+        groups = dcp_groups(keys)
+        writer = HFWriter(out_dir, DTYPES[dtype], [(k.removeprefix("model."), list(shapes[k].size),
+                                                    shapes[k].properties.dtype) for g in groups for k in g])
+        for group in groups:
+            for key, value in _load(checkpoint, group, shapes).items():
+                writer.add(key.removeprefix("model."), value)
         writer.close(config)
     tokenizer.save_pretrained(out_dir)
     return checkpoint
@@ -85,11 +86,14 @@ def _write_adapters(out: Path, tensors: dict, lora: dict, base_name: str, dtype:
     write_identity(out)
 
 
-def _merge(writer: HFWriter, checkpoint: Path, keys: list[str], shapes: dict, base: str, lora: dict) -> None:
+def _merge(out: Path, dtype: torch.dtype, checkpoint: Path, keys: list[str], shapes: dict, base: str, lora: dict,
+           config) -> None:
     """Base weights in file order, layer by layer, each adapted one with its update added."""
     from rayalign.train.sharding import WeightFiles
 
     files = WeightFiles(base)
+    order = [key for group in dcp_groups(files.keys()) for key in group]
+    writer = HFWriter(out, dtype, [(key, files.shape(key), files.dtype(key)) for key in order])
     scale = lora["alpha"] / lora["r"]
     by_layer = {}
     for group in dcp_groups(keys):
@@ -108,6 +112,7 @@ def _merge(writer: HFWriter, checkpoint: Path, keys: list[str], shapes: dict, ba
                 writer.add(key, weight if a is None else weight + scale * (b.float() @ a.float()))
     finally:
         files.close()
+    writer.close(config)
 
 
 def _layer_of(key: str) -> str:

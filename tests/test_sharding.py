@@ -128,3 +128,30 @@ def test_a_directory_rayalign_wrote_is_keyed_by_its_recorded_identity(tmp_path):
     assert model_fingerprint(str(tmp_path)) == keyed != by_bytes
     write_identity(tmp_path)
     assert model_fingerprint(str(tmp_path)) != keyed
+
+
+def test_the_hf_writer_splits_files_and_writes_what_safetensors_and_transformers_read(tmp_path):
+    """Headers written before the values: several files with an index, each readable by safetensors, the whole
+    loadable by from_pretrained, with the values added."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from rayalign.train.checkpoint import HFWriter
+
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
+    torch.manual_seed(1)
+    state = LlamaForCausalLM(config).state_dict()
+    writer = HFWriter(tmp_path, torch.bfloat16, [(k, list(v.shape), v.dtype) for k, v in state.items()],
+                      max_shard_bytes=4096)
+    for name, value in state.items():
+        writer.add(name, value)
+    writer.close(config)
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"]
+    files = sorted(set(index.values()))
+    assert len(files) > 2 and files[0] == f"model-00001-of-{len(files):05d}.safetensors"
+    read = {k: v for f in files for k, v in load_file(tmp_path / f).items()}
+    assert read.keys() == state.keys()
+    assert all(torch.equal(read[k], v.to(torch.bfloat16)) for k, v in state.items())
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).state_dict()
+    assert all(torch.equal(loaded[k], read[k]) for k in state)

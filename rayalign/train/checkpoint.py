@@ -16,8 +16,8 @@ other. For LoRA runs only the adapters are in DCP (`ignore_frozen_params`): the 
 `model.name`.
 
 The HF directory is written one parameter at a time: every rank gathers one parameter's shards (a collective),
-rank 0 appends it, cast to the export dtype, to the current safetensors file, and a file is closed once it holds
-`max_shard_bytes`. Rank 0 never holds more than one file's worth of weights. `rayalign.json` records an identity
+and rank 0 appends its bytes, cast to the export dtype, to a safetensors file whose header it wrote first
+(`HFWriter`). Rank 0 never holds more than one whole parameter. `rayalign.json` records an identity
 made when the directory was written: the reference cache keys the directory by it instead of hashing its bytes.
 """
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import uuid
 from pathlib import Path
@@ -36,7 +37,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions
 from rayalign.errors import RayAlignError
 
 IDENTITY_FILE = "rayalign.json"
-MAX_SHARD_BYTES = 1 << 30  # 1 GiB a safetensors file: rank 0's working memory while it writes the HF directory
+MAX_SHARD_BYTES = 5 << 30  # 5 GiB a safetensors file, as HF hub models are split
 _TRAINABLE = StateDictOptions(ignore_frozen_params=True)
 
 
@@ -112,43 +113,73 @@ def load_checkpoint(path: Path, model, lm, optimizer, scheduler) -> int:
     return int(meta["step"])
 
 
-class HFWriter:
-    """Writes an HF model directory tensor by tensor: safetensors files of at most `max_shard_bytes`, the index
-    when there is more than one, then config, tokenizer and the identity file."""
+_CODES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+          torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+          torch.bool: "BOOL"}
 
-    def __init__(self, out: Path, dtype: torch.dtype, max_shard_bytes: int = MAX_SHARD_BYTES):
-        self.out, self.dtype, self.max_bytes = Path(out), dtype, max_shard_bytes
+
+class HFWriter:
+    """Writes an HF model directory one tensor at a time, holding none but the one being written.
+
+    The names and shapes are known before any value (`entries`, in the order `add` will be called), so each
+    safetensors file's header (names, dtypes, shapes, byte offsets) is written first and every tensor's bytes are
+    appended as it arrives. Files hold up to `max_shard_bytes`, named model-0000i-of-0000N as HF names them (one
+    file: model.safetensors), with the index, config, tokenizer and identity file beside them.
+    """
+
+    def __init__(self, out: Path, dtype: torch.dtype, entries: list[tuple[str, list[int], torch.dtype]],
+                 max_shard_bytes: int = MAX_SHARD_BYTES):
+        self.out, self.dtype = Path(out), dtype
         self.out.mkdir(parents=True, exist_ok=True)
-        self.buffer: dict[str, torch.Tensor] = {}
-        self.buffered = self.total = 0
-        self.files: list[tuple[str, list[str]]] = []
+        self.files: list[dict] = []
+        for name, shape, kept in entries:
+            size = math.prod(shape) * (dtype if kept.is_floating_point else kept).itemsize
+            if not self.files or (self.files[-1]["bytes"] and self.files[-1]["bytes"] + size > max_shard_bytes):
+                self.files.append({"header": {}, "bytes": 0})
+            last = self.files[-1]
+            code = _CODES[dtype if kept.is_floating_point else kept]
+            last["header"][name] = {"dtype": code, "shape": list(shape), "data_offsets": [last["bytes"],
+                                                                                          last["bytes"] + size]}
+            last["bytes"] += size
+        count = len(self.files)
+        for i, file in enumerate(self.files):
+            file["name"] = "model.safetensors" if count == 1 else f"model-{i + 1:05d}-of-{count:05d}.safetensors"
+        self.where = {name: i for i, file in enumerate(self.files) for name in file["header"]}
+        self.handle, self.current = None, -1
+
+    def _open(self, index: int) -> None:
+        if self.handle is not None:
+            self.handle.close()
+        file = self.files[index]
+        header = json.dumps({"__metadata__": {"format": "pt"}, **file["header"]}).encode()
+        header += b" " * (-len(header) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+        self.handle = open(self.out / file["name"], "wb")
+        self.handle.write(len(header).to_bytes(8, "little") + header)
+        self.current = index
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
+        index = self.where[name]
+        if index != self.current:
+            self._open(index)
+        spec = self.files[index]["header"][name]
         tensor = tensor.detach().to("cpu", self.dtype if tensor.is_floating_point() else tensor.dtype).contiguous()
-        size = tensor.numel() * tensor.element_size()
-        if self.buffer and self.buffered + size > self.max_bytes:
-            self._flush()
-        self.buffer[name] = tensor
-        self.buffered += size
-        self.total += size
+        if list(tensor.shape) != spec["shape"] or self.handle.tell() != self._data_start(index) + \
+                spec["data_offsets"][0]:
+            raise RuntimeError(f"HFWriter: {name} out of order or of another shape than announced")
+        self.handle.write(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
 
-    def _flush(self) -> None:
-        from safetensors.torch import save_file
-
-        name = f"model-{len(self.files) + 1:05d}.safetensors"
-        save_file(self.buffer, str(self.out / name), metadata={"format": "pt"})
-        self.files.append((name, list(self.buffer)))
-        self.buffer, self.buffered = {}, 0
+    def _data_start(self, index: int) -> int:
+        header = json.dumps({"__metadata__": {"format": "pt"}, **self.files[index]["header"]}).encode()
+        return 8 + len(header) + (-len(header) % 8)
 
     def close(self, config, tokenizer=None) -> None:
-        if self.buffer or not self.files:
-            self._flush()
-        if len(self.files) == 1:
-            (self.out / self.files[0][0]).rename(self.out / "model.safetensors")
-        else:
-            weight_map = {key: name for name, keys in self.files for key in keys}
+        if self.handle is not None:
+            self.handle.close()
+        if len(self.files) > 1:
+            weight_map = {name: file["name"] for file in self.files for name in file["header"]}
+            total = sum(file["bytes"] for file in self.files)
             (self.out / "model.safetensors.index.json").write_text(json.dumps(
-                {"metadata": {"total_size": self.total}, "weight_map": weight_map}, indent=1))
+                {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
         config.dtype = self.dtype
         config.save_pretrained(self.out)
         if tokenizer is not None:
@@ -180,13 +211,15 @@ def export_model(out: Path, lm, tokenizer, dtype: torch.dtype, lora: bool) -> No
             tokenizer.save_pretrained(out)
             write_identity(out)
         return
-    writer = HFWriter(out, dtype) if dist.get_rank() == 0 else None
-    seen = set()
+    state, seen = {}, set()
     for name, value in get_model_state_dict(lm).items():
         param = lm.get_parameter(name) if name.endswith(("weight", "bias")) else value
-        if id(param) in seen:  # a tied weight (the head is the embeddings): saved once, as HF does
-            continue
-        seen.add(id(param))
+        if id(param) not in seen:  # a tied weight (the head is the embeddings) is saved once, as HF does
+            seen.add(id(param))
+            state[name] = value
+    writer = HFWriter(out, dtype, [(k, list(v.shape), v.dtype) for k, v in state.items()]) \
+        if dist.get_rank() == 0 else None
+    for name, value in state.items():
         full = value.full_tensor() if isinstance(value, DTensor) else value
         if writer is not None:
             writer.add(name, full)

@@ -70,6 +70,9 @@ class WeightFiles:
     def shape(self, key: str) -> list[int]:
         return self._where[key][3]
 
+    def dtype(self, key: str) -> torch.dtype:
+        return self._where[key][2]
+
     def __contains__(self, key: str) -> bool:
         return key in self._where
 
