@@ -89,7 +89,7 @@ def cmd_bench(args) -> int:
     if args.what == "memory":
         from rayalign.memory_bench import run_memory_bench
 
-        print(json.dumps(run_memory_bench(args.params, args.workers or 2, args.out)))
+        print(json.dumps(run_memory_bench(args.params, args.workers or 2, args.out, args.overrides)))
         return 0
     if args.what == "serve":
         from rayalign.serve_bench import bench_serve, summary_lines
@@ -223,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "memory: Ray Train workers (default 2)")
     bench.add_argument("--skip-sampler", action="store_true", help="skip the sampler's batched vs one-at-a-time run")
     bench.add_argument("--params", type=float, default=5e8, help="memory: parameters of the Llama built from a config")
+    bench.add_argument("overrides", nargs="*", help="memory: config overrides of its runs, e.g. train.fused_adamw=true")
     bench.add_argument("--out", help="memory: directory for the model, data and runs (default: a new temporary one)")
     bench.add_argument("--requests", type=int, default=1000, help="serve: requests per endpoint")
     bench.add_argument("--concurrency", type=int, default=32, help="serve: requests in flight")

@@ -418,7 +418,8 @@ class Config:
     data.path), d2po (online rounds, then evaluate), bmc (pairs, edits, train, evaluate) or mujoco (the MuJoCo
     preference benchmark: loss.* on mujoco.*, scored by the environment's return)."""
     output_dir: str = "runs"
-    """Where run directories go."""
+    """Where run directories go: a local path, or a URI pyarrow's filesystems open (s3://bucket/runs, gs://...);
+    with a URI each process works in a staging copy under $RAYALIGN_CACHE/staging (rayalign.storage)."""
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
@@ -434,7 +435,18 @@ class Config:
 
     @property
     def run_dir(self) -> Path:
+        """Where this process reads and writes the run directory (with a URI output_dir: its staging copy)."""
+        from rayalign.storage import is_uri, staging_dir
+
+        if is_uri(self.output_dir):
+            return staging_dir(f"{self.output_dir.rstrip('/')}/{self.name}")
         return Path(self.output_dir) / self.name
+
+    def storage(self):
+        """The run directory's `RunStorage` (opens the URI's filesystem: a bad URI is a one-line error)."""
+        from rayalign.storage import RunStorage
+
+        return RunStorage(self.output_dir, self.name)
 
 
 def to_dict(config: Any) -> dict:

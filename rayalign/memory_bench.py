@@ -63,8 +63,9 @@ def make_pairs(path: Path, count: int, vocab: int, tokens: int = 16) -> None:
                             for _ in range(count)))
 
 
-def run_memory_bench(params: float, workers: int, out: str | None = None) -> dict:
-    """Build, train 2 steps, checkpoint, resume for a 3rd on `workers` Ray Train workers; the JSON line's dict."""
+def run_memory_bench(params: float, workers: int, out: str | None = None, extra: list[str] | None = None) -> dict:
+    """Build, train 2 steps, checkpoint, resume for a 3rd on `workers` Ray Train workers (`extra`: config overrides
+    of the runs); the JSON line's dict."""
     import os
 
     from rayalign import config as config_lib
@@ -84,7 +85,7 @@ def run_memory_bench(params: float, workers: int, out: str | None = None) -> dic
     overrides = [f"model.name={model_dir}", f"data.path={root / 'pairs.jsonl'}", "data.format=token_ids",
                  f"train.num_workers={workers}", f"train.batch_size={workers}", "train.micro_batch_size=1",
                  "train.max_steps=3", "train.warmup_ratio=0", "train.lr=1e-5", "tracking.wandb=disabled",
-                 f"output_dir={root}", "name=run"]
+                 f"output_dir={root}", "name=run", *(extra or [])]
     began = time.time()
     try:
         for stop in ("train.stop_at_step=2", "train.stop_at_step=null"):

@@ -83,7 +83,15 @@ def resolve_model(name: str) -> str:
 
     A run directory (`rayalign run`'s, with summary.json) stands for the policy it trained, so one job can
     start from another's result."""
+    from rayalign.storage import download_model, is_uri
+
+    if is_uri(name):  # a checkpoint in a run's storage (s3://...)
+        return download_model(name)
     path = Path(name).expanduser()
+    if path.is_dir() and (path / "dcp").is_dir() and not (path / "config.json").is_file() \
+            and not (path / "adapter_config.json").is_file():
+        raise RayAlignError(f"model '{name}' is a checkpoint with training shards only (written before the run's "
+                            f"end): make its model directory with `rayalign export {name} OUT_DIR`, then name OUT_DIR")
     if path.is_dir():
         summary = path / "summary.json"
         if not (path / "config.json").is_file() and summary.is_file():

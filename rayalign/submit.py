@@ -5,7 +5,8 @@ as `python -m rayalign.cli ...` so the shipped copy of the project is the code t
 copy of the working directory, shipped by Ray's runtime environment without runs/, wandb/,
 caches and .git. Relative paths in the config therefore resolve as they do locally when you
 submit from the project root; the copy on the cluster is temporary, so point `output_dir=` at
-storage the cluster shares (a mounted volume, NFS) to keep the run directory.
+storage the cluster shares (s3://bucket/runs or another URI pyarrow opens, a mounted volume, NFS) to keep the
+run directory.
 
 Secrets (WANDB_API_KEY, `--env-var NAME`) travel in the runtime environment's env_vars: only
 their names are printed, and job logs we print have their values masked. Ray keeps runtime
@@ -301,9 +302,9 @@ def cmd_submit(args) -> int:
     print(f"submitted: {command}")
     if cfg is not None:
         print(f"trainer: {trainer_resources(cfg)}; run directory on the cluster: {cfg.run_dir}")
-        if not Path(cfg.output_dir).is_absolute():
+        if not Path(cfg.output_dir).is_absolute() and "://" not in cfg.output_dir:
             print("note: a relative output_dir ends up in the job's temporary copy of the project; "
-                  "pass output_dir=/shared/storage/path to keep the run")
+                  "pass output_dir=s3://bucket/runs (or /shared/storage/path) to keep the run")
     if env:
         print(f"env passed to the job (values not shown): {', '.join(sorted(env))}")
     print(f"job id: {job_id}")

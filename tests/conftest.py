@@ -16,6 +16,21 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
+def free_port() -> int:
+    """Bind port 0 and let the OS pick: other test runs may have Serve on 8000 already."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# The local S3-compatible server of tests/test_storage.py: its address and credentials are in the environment
+# before the test session's Ray cluster starts, as a cluster's nodes have theirs (every Ray process inherits them).
+S3_PORT = free_port()
+S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",
+          "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}", "AWS_EC2_METADATA_DISABLED": "true"}
+os.environ.update(S3_ENV)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A real local Ray cluster (2 CPUs), started once and shut down at the end."""
@@ -32,9 +47,3 @@ def hh_sample() -> Path:
         pytest.skip(f"the HH-RLHF sample is not present at {HH_SAMPLE} (it ships in the team's shared/ folder)")
     return HH_SAMPLE
 
-
-def free_port() -> int:
-    """Bind port 0 and let the OS pick: other test runs may have Serve on 8000 already."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

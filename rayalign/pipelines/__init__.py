@@ -18,6 +18,19 @@ def run_pipeline(cfg: config_lib.Config) -> dict:
         raise ConfigError(f"train.lora_r works with `rayalign train` (pipeline train) only so far, not the "
                           f"{cfg.pipeline} pipeline, whose later phases load full checkpoints; set train.lora_r=0")
     cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, group=cfg.tracking.group or cfg.name))
+    if cfg.pipeline == "train":
+        return _dispatch(cfg)
+    # With a URI output_dir the pipeline works in its staging copy: pulled first (a rerun resumes from what is
+    # there), pushed when it ends or fails (its inner runs' checkpoints with it; its own training's go to the URI).
+    storage = cfg.storage()
+    storage.pull()
+    try:
+        return _dispatch(cfg)
+    finally:
+        storage.push()
+
+
+def _dispatch(cfg: config_lib.Config) -> dict:
     if cfg.pipeline == "sdpo":
         from rayalign.pipelines.sdpo import run_sdpo
 

@@ -15,11 +15,11 @@ from rayalign import monitoring
 from rayalign.cluster_fit import check_local, trainer_demand, watch_waiting
 from rayalign.data import PreparedData, attach_marks, prepare_data
 from rayalign.errors import ConfigError, TrainingError
+from rayalign.files import atomic_write_text
 from rayalign.losses import get_loss
 from rayalign.models import cache_root, load_tokenizer, resolve_model
 from rayalign.ray_setup import init_ray
 from rayalign.tracking import PhaseClock, read_metrics
-from rayalign.train.checkpoint import existing_checkpoints
 
 
 def worker_env() -> dict[str, str]:
@@ -72,12 +72,12 @@ def phase_seconds(driver: PhaseClock, fit_ended: float, state: dict, local: bool
     return {k: round(v, 2) for k, v in seconds.items()}
 
 
-def _summary(cfg, prepared, clock: PhaseClock, fit_ended: float) -> dict:
+def _summary(cfg, storage, prepared, clock: PhaseClock, fit_ended: float) -> dict:
     rows = read_metrics(cfg.run_dir)
     speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
     last = rows[-1] if rows else {}
-    checkpoints = existing_checkpoints(cfg.run_dir.resolve())
-    checkpoint = str(checkpoints[-1]) if checkpoints else None
+    checkpoints = storage.checkpoints()
+    checkpoint = checkpoints[-1] if checkpoints else None
     state = json.loads((cfg.run_dir / "train_state.json").read_text())
     return {
         "status": state["status"],
@@ -124,8 +124,10 @@ def run_training(cfg: config_lib.Config, prepared: PreparedData | None = None) -
     run_dir = cfg.run_dir.resolve()
     get_loss(cfg.loss.name)
     check_batch_arithmetic(cfg)
-    if cfg.train.resume == "never" and existing_checkpoints(run_dir):
-        raise ConfigError(f"{run_dir} already has checkpoints: use a new name= or train.resume=auto")
+    storage = cfg.storage()
+    if cfg.train.resume == "never" and storage.checkpoints():
+        raise ConfigError(f"{storage.uri or run_dir} already has checkpoints: use a new name= or train.resume=auto")
+    storage.pull(checkpoints=cfg.train.local_mode)  # a URI run: its files so far (local mode: its checkpoints too)
     # Before Ray's start, not beside it: in a submitted job, data read while `ray.init` connected missed its relative
     # path (tests/test_submit.py), as `ray.init` sets up the job's working directory.
     prepared = _prepare(cfg, prepared)
@@ -143,14 +145,15 @@ def run_training(cfg: config_lib.Config, prepared: PreparedData | None = None) -
         demand = trainer_demand(cfg.train)
         check_local(demand)
     pairs = prepared.pairs if local else ray.put(prepared.pairs)
+    storage_path, storage_filesystem = storage.checkpoint_root()
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"config": config_lib.to_dict(cfg), "pairs": pairs, "run_dir": str(run_dir),
-                           "env": worker_env()},
+                           "storage": storage, "env": worker_env()},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(
-            name="checkpoints", storage_path=str(run_dir),
+            name="checkpoints", storage_path=storage_path, storage_filesystem=storage_filesystem,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
         ),
@@ -164,8 +167,10 @@ def run_training(cfg: config_lib.Config, prepared: PreparedData | None = None) -
     finally:
         stop_watch()
         torch.set_num_threads(threads)
-    summary = _summary(cfg, prepared, clock, time.time())
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    storage.pull(checkpoints=False)  # what rank 0 wrote (metrics, training state), wherever it ran
+    summary = _summary(cfg, storage, prepared, clock, time.time())
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    storage.push()
     if summary["status"] == "non_finite_loss":
         raise TrainingError(
             f"the loss became NaN/inf at step {summary['steps']}; training stopped. Last good checkpoint: "

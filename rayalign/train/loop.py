@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from rayalign import config as config_lib
+from rayalign.files import atomic_write_text
 from rayalign.logprobs import ResponseLogps, takes_block_masks
 from rayalign.losses import metric_sums, needs_reference
 from rayalign.models import load_causal_lm, load_tokenizer, resolve_model, with_lora
@@ -246,7 +247,7 @@ def write_checkpoint(path: Path, model, lm, tokenizer, optimizer, scheduler, ste
 
 
 def _save_and_report(metrics, model, lm, tokenizer, optimizer, scheduler, step: int, save: bool, export: bool,
-                     cfg, local_run_dir: Path | None) -> None:
+                     cfg, local_run_dir: Path | None, storage) -> None:
     """Report `metrics` to Ray Train, with a checkpoint when `save`: every rank hands Ray Train the files it wrote
     (its own DCP shards; rank 0 also the trainer state and the HF files), which Ray Train merges into one
     directory in the run's storage. In local mode (`local_run_dir`) Ray Train keeps no checkpoint, so it is written
@@ -262,8 +263,10 @@ def _save_and_report(metrics, model, lm, tokenizer, optimizer, scheduler, step: 
 
         atomic_write_dir(local_run_dir / "checkpoints" / f"step_{step:06d}", lambda tmp: write_checkpoint(
             tmp, model, lm, tokenizer, optimizer, scheduler, step, cfg, export))
+        storage.push(f"checkpoints/step_{step:06d}")
         for old in existing_checkpoints(local_run_dir)[:-cfg.train.keep_checkpoints]:
             shutil.rmtree(old)
+            storage.remove(f"checkpoints/{old.name}")
         ray.train.report(metrics)
     else:
         with tempfile.TemporaryDirectory() as tmp:
@@ -343,7 +346,10 @@ def train_fn_per_worker(loop_config: dict) -> None:
     clock.lap("reference_s")
 
     tracker = bar = None
+    storage = loop_config["storage"]
     if rank == 0:
+        if not local:
+            storage.pull()  # this node's copy of the metrics so far (a URI run resumed on another node)
         tracker = Tracker(run_dir, cfg.tracking, cfg.name, config_lib.flatten(loop_config["config"]), "train")
         tracker.truncate_after(start)
         if tracker.where:
@@ -376,7 +382,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
         if save or done % cfg.train.report_every == 0:
             clock.lap("steps_s")
             _save_and_report(metrics, model, lm, tokenizer, optimizer, scheduler, done, save, done == total, cfg,
-                             local_run_dir)
+                             local_run_dir, storage)
             clock.lap("report_and_checkpoint_s")
         if rank == 0:
             tracker.log({k: v for k, v in metrics.items() if k not in ("status", "step")}, step=done)
@@ -388,7 +394,8 @@ def train_fn_per_worker(loop_config: dict) -> None:
         bar.close()
         tracker.finish()
         # The driver reads how training ended from here (Ray's result holds the last checkpoint's metrics).
-        (run_dir / "train_state.json").write_text(json.dumps({
+        atomic_write_text(run_dir / "train_state.json", json.dumps({
             "status": status, "step": done, "total": total, "resumed_from": start,
             "started_at": clock.started_at, "finished_at": clock.last, "phases_s": clock.seconds,
             "cuda_peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None}))
+        storage.push()  # with a URI output_dir, the driver reads these from there

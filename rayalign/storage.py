@@ -1,0 +1,136 @@
+"""Where a run's directory lives: a local path, or a URI (s3://, gs://, abfs://, hdfs://, ...) that pyarrow's
+filesystems understand, the filesystems Ray Train's `storage_path` uses.
+
+With a URI, every process works in a staging directory on its own node's disk (under $RAYALIGN_CACHE/staging,
+named by the URI) and the URI is the truth: the driver pulls the run directory before it starts (a resumed run
+finds its metrics, data and state), training workers hand their checkpoints to Ray Train (each rank uploads its
+own shards to the URI), rank 0 pushes the metrics and the training state it wrote, and the driver pulls them
+after training and pushes the summary and reports. No process reads a file another node wrote except through the
+URI. A model named by a URI (a checkpoint of such a run) is downloaded once per node into the cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rayalign.errors import RayAlignError
+
+
+def is_uri(path: str | Path) -> bool:
+    return "://" in str(path)
+
+
+def _filesystem(uri: str, what: str):
+    """(pyarrow filesystem, path inside it) of `uri`; a URI pyarrow cannot open is a one-line error about `what`."""
+    import pyarrow.fs as pafs
+
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+        bucket = path.split("/", 1)[0]  # object stores: the bucket (reaching it checks the credentials too)
+        found = fs.get_file_info(bucket if not path.startswith("/") else path)
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        raise RayAlignError(f"{what}: {str(error).splitlines()[0]} (a URI pyarrow's filesystems open, "
+                            "e.g. s3://bucket/runs, with the store's credentials in the environment)") from None
+    if not path.startswith("/") and found.type == pafs.FileType.NotFound:
+        raise RayAlignError(f"{what}: the bucket '{bucket}' does not exist; create it or fix the URI")
+    return fs, path
+
+
+def staging_dir(uri: str) -> Path:
+    """This node's working copy of the run directory at `uri`."""
+    from rayalign.files import cache_key, cache_root
+
+    return cache_root() / "staging" / cache_key(uri) / uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+class RunStorage:
+    """A run directory: `local` is where this process reads and writes it; `uri` (None for a local output_dir)
+    where it lives. Picklable: Ray Train's workers get it with the filesystem the driver opened."""
+
+    def __init__(self, output_dir: str, name: str):
+        self.uri = f"{output_dir.rstrip('/')}/{name}" if is_uri(output_dir) else None
+        self.fs = self.path = None
+        if self.uri:
+            self.fs, self.path = _filesystem(self.uri, f"output_dir {output_dir}")
+            self.local = staging_dir(self.uri)
+        else:
+            self.local = Path(output_dir) / name
+
+    def checkpoint_root(self) -> tuple[str, object]:
+        """(storage_path, storage_filesystem) for Ray Train: its runs land in <run>/checkpoints."""
+        return (self.path, self.fs) if self.uri else (str(self.local.resolve()), None)
+
+    def checkpoints(self) -> list[str]:
+        """The run's checkpoint directories (URIs when remote), oldest first."""
+        if not self.uri:
+            return [str(p) for p in sorted((self.local.resolve() / "checkpoints").glob("step_*"))]
+        import pyarrow.fs as pafs
+
+        infos = self.fs.get_file_info(pafs.FileSelector(f"{self.path}/checkpoints", allow_not_found=True))
+        names = sorted(i.base_name for i in infos if i.base_name.startswith("step_")
+                       and i.type == pafs.FileType.Directory)
+        return [f"{self.uri}/checkpoints/{n}" for n in names]
+
+    def pull(self, checkpoints: bool = False) -> None:
+        """Copy the run directory from the URI into `local` (checkpoints too when asked: then the local ones are
+        replaced, as a stale staging copy must never be resumed from)."""
+        if not self.uri:
+            return
+        import shutil
+
+        import pyarrow.fs as pafs
+
+        if checkpoints:
+            shutil.rmtree(self.local / "checkpoints", ignore_errors=True)
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True, allow_not_found=True))
+        for info in infos:
+            relative = info.path[len(self.path) + 1:]
+            if info.type != pafs.FileType.File or (not checkpoints and relative.startswith("checkpoints/")):
+                continue
+            target = self.local / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            pafs.copy_files(info.path, str(target), source_filesystem=self.fs,
+                            destination_filesystem=pafs.LocalFileSystem())
+
+    def push(self, relative: str = "") -> None:
+        """Copy `local`/`relative` (a file or directory) to the URI; by default the whole run directory but its
+        checkpoints (pushed as they are written)."""
+        if not self.uri:
+            return
+        import pyarrow.fs as pafs
+
+        if not relative:
+            for entry in self.local.iterdir() if self.local.is_dir() else []:
+                if entry.name != "checkpoints":
+                    self.push(entry.name)
+            return
+        source = self.local / relative
+        if source.exists():
+            pafs.copy_files(str(source), f"{self.path}/{relative}", source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=self.fs)
+
+    def remove(self, relative: str) -> None:
+        if self.uri:
+            self.fs.delete_dir(f"{self.path}/{relative}")
+
+
+def download_model(uri: str) -> str:
+    """A local copy of the model directory at `uri` (a checkpoint: written once, so the URI is its key)."""
+    import pyarrow.fs as pafs
+
+    from rayalign.files import atomic_write_dir, cache_key, cache_root
+
+    local = cache_root() / "remote_models" / cache_key(uri)
+    if not (local / "config.json").is_file() and not (local / "adapter_config.json").is_file():
+        fs, path = _filesystem(uri, f"model {uri}")
+
+        def fetch(tmp: Path) -> None:
+            for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+                relative = info.path[len(path) + 1:]
+                if info.type == pafs.FileType.File and not relative.startswith(("dcp/", "trainer/")):
+                    (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
+                    pafs.copy_files(info.path, str(tmp / relative), source_filesystem=fs,
+                                    destination_filesystem=pafs.LocalFileSystem())
+
+        atomic_write_dir(local, fetch)
+    return str(local)
