@@ -20,7 +20,15 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def find_checkpoint(source: str) -> Path:
-    """A checkpoint directory, or a run directory's newest checkpoint."""
+    """A checkpoint directory, or a run directory's newest checkpoint (a URI's: downloaded first)."""
+    from rayalign.storage import RunStorage, download_model, is_uri
+
+    if is_uri(source):
+        parent, name = source.rstrip("/").rsplit("/", 1)
+        found = [source] if name.startswith("step_") else RunStorage(parent, name).checkpoints()
+        if not found:
+            raise RayAlignError(f"{source}: no checkpoints there")
+        return Path(download_model(found[-1], with_state=True))
     path = Path(source)
     if (path / "dcp").is_dir():
         return path

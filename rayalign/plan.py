@@ -17,7 +17,7 @@ are applied (`rayalign.train.sharding.apply_fsdp`) over a fake process group of 
 
 Host RAM per node counts what a rank holds on the CPU while loading (one parameter's shard read from the files) on
 top of a runtime allowance per process (CUDA context, torch, Ray: `RUNTIME_BYTES`, an assumption), and rank 0's
-node adds the HF export's one safetensors file.
+node adds the HF export's one whole parameter in fp32 (the largest).
 """
 
 from __future__ import annotations
@@ -89,8 +89,6 @@ def shard_bytes(config, world: int, lora_r: int = 0, lora_targets=("all-linear",
 
 def plan(model: str, gpus: int, nodes: int, cfg) -> dict:
     """The figures `rayalign plan` prints, in bytes, for `cfg`'s numerics, micro-batch and length."""
-    from rayalign.train.checkpoint import MAX_SHARD_BYTES
-
     config = model_config(model)
     t = cfg.train
     counted = shard_bytes(config, gpus, t.lora_r, t.lora_target_modules)
@@ -117,7 +115,7 @@ def plan(model: str, gpus: int, nodes: int, cfg) -> dict:
         "trainable_params": counted["trainable_params"], "micro_batch_size": t.micro_batch_size,
         "max_length": cfg.data.max_length, "activation_checkpointing": checkpointing,
         "dtype": cfg.model.dtype, "per_gpu_bytes": per_gpu,
-        "host_ram_per_node_bytes": host, "host_ram_rank0_node_bytes": host + MAX_SHARD_BYTES,
+        "host_ram_per_node_bytes": host, "host_ram_rank0_node_bytes": host + counted["largest_param"] * 4,
         "checkpoint_bytes": counted["trainable_params"] * (master + (2 * moment if t.save_optimizer else 0)),
         "export_bytes": counted["params"] * export_bytes,
         "shards_counted": {k: counted[k] for k in ("trainable_local", "frozen_local", "largest_units")},

@@ -114,20 +114,21 @@ class RunStorage:
             self.fs.delete_dir(f"{self.path}/{relative}")
 
 
-def download_model(uri: str) -> str:
-    """A local copy of the model directory at `uri` (a checkpoint: written once, so the URI is its key)."""
+def download_model(uri: str, with_state: bool = False) -> str:
+    """A local copy of the model directory at `uri` (a checkpoint: written once, so the URI is its key); with
+    `with_state` its DCP shards and trainer state too (what `rayalign export` reads)."""
     import pyarrow.fs as pafs
 
     from rayalign.files import atomic_write_dir, cache_key, cache_root
 
-    local = cache_root() / "remote_models" / cache_key(uri)
-    if not (local / "config.json").is_file() and not (local / "adapter_config.json").is_file():
+    local = cache_root() / "remote_models" / cache_key(f"{uri}:{with_state}")
+    if not local.is_dir():
         fs, path = _filesystem(uri, f"model {uri}")
 
         def fetch(tmp: Path) -> None:
             for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
                 relative = info.path[len(path) + 1:]
-                if info.type == pafs.FileType.File and not relative.startswith(("dcp/", "trainer/")):
+                if info.type == pafs.FileType.File and (with_state or not relative.startswith(("dcp/", "trainer/"))):
                     (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
                     pafs.copy_files(info.path, str(tmp / relative), source_filesystem=fs,
                                     destination_filesystem=pafs.LocalFileSystem())

@@ -7,8 +7,9 @@ import math
 
 import pytest
 
-from rayalign.bench import _memory_mib, run_bench
+from rayalign.bench import run_bench
 from rayalign.errors import RayAlignError
+from rayalign.memory import memory_mib
 
 # tiny-llama has SmolLM2's 49k vocabulary, so the logits dominate its memory. At 2 pairs x 64
 # tokens they are 50 MB, lost in the ~200 MB the allocator and autograd add to any first step;
@@ -61,7 +62,7 @@ def test_naive_step_needs_more_memory(result):
 
 
 def test_memory_reading():
-    current, peak = _memory_mib()
+    current, peak = memory_mib()
     assert 0 < current <= peak
 
 

@@ -10,6 +10,7 @@ import os
 import shutil
 
 import pytest
+import torch
 
 from rayalign import config
 from rayalign.cli import main
@@ -78,3 +79,15 @@ def test_an_output_dir_that_cannot_be_opened_is_one_line(s3, capsys, tmp_path, u
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith(f"error: output_dir {uri}: ")
     assert says in err
+
+
+def test_export_reads_a_checkpoint_in_the_bucket(s3, tmp_path):
+    """`rayalign export` of a run directory URI: its newest checkpoint, downloaded with its shards."""
+    from safetensors.torch import load_file
+
+    from rayalign.models import resolve_model
+
+    assert main(["export", f"s3://{BUCKET}/runs/s3run0", str(tmp_path / "out")]) == 0
+    trained = load_file(f"{resolve_model(f's3://{BUCKET}/runs/s3run0/checkpoints/step_000004')}/model.safetensors")
+    exported = load_file(tmp_path / "out" / "model.safetensors")
+    assert exported.keys() == trained.keys() and all(torch.equal(exported[k], v) for k, v in trained.items())

@@ -166,7 +166,7 @@ class HFWriter:
         if list(tensor.shape) != spec["shape"] or self.handle.tell() != self._data_start(index) + \
                 spec["data_offsets"][0]:
             raise RuntimeError(f"HFWriter: {name} out of order or of another shape than announced")
-        self.handle.write(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        self.handle.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))  # no copy of the bytes
 
     def _data_start(self, index: int) -> int:
         header = json.dumps({"__metadata__": {"format": "pt"}, **self.files[index]["header"]}).encode()
