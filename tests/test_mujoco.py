@@ -13,6 +13,7 @@ import yaml
 
 from rayalign import config as config_lib
 from rayalign.errors import ConfigError
+
 from rayalign.mujoco_po.data import PairSettings, branch, generate, load_pairs
 from rayalign.mujoco_po.experts import ACTION_NOISE, Controllers, make_env, state
 from rayalign.mujoco_po.policy import (

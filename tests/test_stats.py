@@ -7,16 +7,8 @@ import math
 
 import pytest
 
-from rayalign.stats import (
-    bootstrap_interval,
-    compare_models,
-    describe,
-    mean_stderr,
-    prompt_differences,
-    prompt_win_scores,
-    prompts_needed,
-    wilson_interval,
-)
+from rayalign.stats import (bootstrap_interval, compare_models, describe, mean_stderr, prompt_differences,
+                            prompt_win_scores, prompts_needed, wilson_interval)
 
 # 4 prompts x 2 samples per model. Per prompt, all 4 (A sample, B sample) pairs:
 #   prompt 1: 3>2, 3>2, 1<2, 1<2      -> 2 wins of 4        = 0.5

@@ -21,16 +21,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from rayalign.data.bad_rows import (
-    EMPTY_RESPONSE,
-    IDENTICAL_RESPONSES,
-    MISSING_FIELD,
-    NOT_A_TRANSCRIPT,
-    PROMPT_MISMATCH,
-    UNDECODABLE_TEXT,
-    WRONG_TYPE,
-    BadRow,
-)
+from rayalign.data.bad_rows import (EMPTY_RESPONSE, IDENTICAL_RESPONSES, MISSING_FIELD, NOT_A_TRANSCRIPT,
+                                    PROMPT_MISMATCH, UNDECODABLE_TEXT, WRONG_TYPE, BadRow)
 
 Messages = list[dict[str, str]]
 FORMS = ("standard", "conversational", "hh_rlhf", "ultrafeedback")

@@ -17,16 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from rayalign.config import DataConfig
-from rayalign.data.bad_rows import (
-    EMPTY_PROMPT,
-    EMPTY_RESPONSE,
-    IDENTICAL_RESPONSES,
-    MISSING_FIELD,
-    NO_ROOM_FOR_RESPONSE,
-    OUT_OF_VOCABULARY,
-    WRONG_TYPE,
-    BadRow,
-)
+from rayalign.data.bad_rows import (EMPTY_PROMPT, EMPTY_RESPONSE, IDENTICAL_RESPONSES, MISSING_FIELD,
+                                    NO_ROOM_FOR_RESPONSE, OUT_OF_VOCABULARY, WRONG_TYPE, BadRow)
 from rayalign.data.formats import Messages, PreferenceExample
 
 
