@@ -45,12 +45,21 @@ class RiseProbe:
         self.where = os.environ.get(PROBE_ENV)
         self.base = memory_mib()[0] if self.where else 0.0
         self.exact = reset_peak() if self.where else False
+        self.phases: dict[str, float] = {}
+
+    def mark(self, phase: str) -> None:
+        """Record the peak rise since the last mark as `phase`'s (the largest, if the phase recurs)."""
+        if self.where:
+            rise = memory_mib()[1] - self.base
+            self.phases[phase] = max(rise, self.phases.get(phase, 0.0))
+            reset_peak()
 
     def finish(self, rank: int, **extra) -> None:
         if not self.where:
             return
-        peak = memory_mib()[1]
-        record = {"rank": rank, "pid": os.getpid(), "base_mib": self.base, "peak_mib": peak,
-                  "rise_mib": peak - self.base, "exact": self.exact, **extra}
+        self.mark("end")
+        rise = max(self.phases.values())
+        record = {"rank": rank, "pid": os.getpid(), "base_mib": self.base, "rise_mib": rise,
+                  "phase_rise_mib": self.phases, "exact": self.exact, **extra}
         Path(self.where).mkdir(parents=True, exist_ok=True)
         (Path(self.where) / f"{os.getpid()}_{rank}.json").write_text(json.dumps(record))

@@ -95,8 +95,11 @@ def run_memory_bench(params: float, workers: int, out: str | None = None, extra:
     records = [json.loads(p.read_text()) for p in sorted(probes.glob("*.json"))]
     full = FULL_STATE_BYTES_PER_PARAM * size
     rise = max(r["rise_mib"] for r in records) * 2**20
+    names = dict.fromkeys(p for r in records for p in r["phase_rise_mib"])
+    phases = {p: round(max(r["phase_rise_mib"].get(p, 0) for r in records)) for p in names}
     return {"params": size, "workers": workers, "full_state_bytes": full, "peak_rss_bytes_per_rank": int(rise),
             "peak_rss_ratio": round(rise / (full / workers), 3), "steps": summary["steps"],
             "resumed_from_step": summary["resumed_from_step"], "rank_processes": len(records),
+            "phase_peak_rise_mib": phases,
             "peak_exact": all(r["exact"] for r in records), "wall_s": round(time.time() - began, 1),
             "run_dir": str(root / "run")}

@@ -337,6 +337,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
             optimizer, lambda s: warmup_cosine(s, total, warmup, cfg.train.lr_schedule))
         start = load_checkpoint(Path(resume_dir), model, lm, optimizer, scheduler) if resume_dir else 0
     clock.lap("model_load_s")
+    probe.mark("load")
     stop = min(total, cfg.train.stop_at_step or total)
     shared_prompt = cfg.train.shared_prompt and takes_block_masks(lm)
     ref_model, ref_values = prepare_reference(cfg, pairs, used_pairs(cfg, len(pairs), total),
@@ -344,6 +345,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
                                               Path(loop_config["env"]["RAYALIGN_CACHE"]) / "reference", shared_prompt,
                                               policy=None if start else model)
     clock.lap("reference_s")
+    probe.mark("reference")
 
     tracker = bar = None
     storage = loop_config["storage"]
@@ -365,6 +367,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
         indices = step_indices(step, len(pairs), cfg.train.batch_size, cfg.train.seed)
         sums = train_step(model, ref_model, ref_values, pairs, indices, cfg, tokenizer.pad_token_id,
                           device, progress=step / total, shared_prompt=shared_prompt)
+        probe.mark("forward_backward")
         grad_norm = clip_gradients(model, cfg.train.max_grad_norm)
         metrics = _reduce(sums, cfg.train.batch_size, device)
         done = step + 1
@@ -374,6 +377,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
             break
         metrics.update({"grad_norm": grad_norm, "learning_rate": scheduler.get_last_lr()[0]})
         optimizer_step(optimizer, scheduler)
+        probe.mark("optimizer")
         elapsed = time.perf_counter() - began
         metrics.update({"tokens_per_s": metrics["num_tokens"] / elapsed, "step_time_s": elapsed,
                         "epoch": done / max(1, steps_per_epoch(len(pairs), cfg.train.batch_size)),
@@ -383,6 +387,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
             clock.lap("steps_s")
             _save_and_report(metrics, model, lm, tokenizer, optimizer, scheduler, done, save, done == total, cfg,
                              local_run_dir, storage)
+            probe.mark("checkpoint")
             clock.lap("report_and_checkpoint_s")
         if rank == 0:
             tracker.log({k: v for k, v in metrics.items() if k not in ("status", "step")}, step=done)
