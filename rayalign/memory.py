@@ -63,3 +63,19 @@ class RiseProbe:
                   "phase_rise_mib": self.phases, "exact": self.exact, **extra}
         Path(self.where).mkdir(parents=True, exist_ok=True)
         (Path(self.where) / f"{os.getpid()}_{rank}.json").write_text(json.dumps(record))
+
+
+def return_freed_blocks(threshold: int = 128 << 10) -> bool:
+    """Have glibc map every block above `threshold` bytes on its own, so that a freed one goes back to the OS.
+
+    glibc's threshold otherwise rises with each freed mapped block, up to 32 MiB, and blocks below it come from its
+    heaps, which keep what is freed. A sharded CPU rank gathers and frees every unit's parameters and gradients at
+    each step, so with the default it holds on to those transients (measured on 4 gloo ranks of a 0.5B model: one
+    forward/backward peaked 3.3 GiB above the load with the default, 1.9 GiB with this). False where it cannot.
+    """
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6").mallopt(-3, threshold) == 1  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False

@@ -309,7 +309,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
     import ray.train.torch
     from ray.experimental.tqdm_ray import tqdm
 
-    from rayalign.memory import RiseProbe
+    from rayalign.memory import RiseProbe, return_freed_blocks
     from rayalign.monitoring import record_train_step
     from rayalign.tracking import PhaseClock, Tracker
 
@@ -324,6 +324,8 @@ def train_fn_per_worker(loop_config: dict) -> None:
     rank, local_run_dir = dist.get_rank(), run_dir if local else None
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL and FSDP allocate on the current device
+    elif dist.get_world_size() > 1 or numerics(cfg)[1]:
+        return_freed_blocks()  # a sharded CPU rank frees gathered units each step: give them back to the OS
     torch.manual_seed(cfg.train.seed)
     torch.set_num_threads(cfg.train.threads or cfg.train.cpus_per_worker)
     tokenizer = load_tokenizer(cfg.model.name)
