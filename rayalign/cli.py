@@ -297,7 +297,11 @@ _STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, stray = parser.parse_known_args(argv)
+    if stray:  # key=value overrides after an option (`plan MODEL --gpus 8 train.micro_batch_size=2`) are overrides
+        if not hasattr(args, "overrides") or not all("=" in token and not token.startswith("-") for token in stray):
+            parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        args.overrides = [*(args.overrides or []), *stray]
     try:
         return args.func(args)
     except RayAlignError as error:
