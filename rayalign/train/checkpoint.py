@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions
 
 from rayalign.errors import RayAlignError
+from rayalign.train.sharding import SAFETENSORS_DTYPES
 
 IDENTITY_FILE = "rayalign.json"
 MAX_SHARD_BYTES = 5 << 30  # 5 GiB a safetensors file, as HF hub models are split
@@ -113,9 +114,7 @@ def load_checkpoint(path: Path, model, lm, optimizer, scheduler) -> int:
     return int(meta["step"])
 
 
-_CODES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-          torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-          torch.bool: "BOOL"}
+_CODES = {dtype: code for code, dtype in SAFETENSORS_DTYPES.items()}
 
 
 class HFWriter:

@@ -29,7 +29,7 @@ from torch import nn
 
 from rayalign.errors import RayAlignError
 
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
            "BOOL": torch.bool}
 
@@ -60,7 +60,7 @@ class WeightFiles:
             header = json.loads(handle.read(length))
             header.pop("__metadata__", None)
             for key, entry in header.items():
-                self._where[key] = (handle, 8 + length + entry["data_offsets"][0], _DTYPES[entry["dtype"]],
+                self._where[key] = (handle, 8 + length + entry["data_offsets"][0], SAFETENSORS_DTYPES[entry["dtype"]],
                                     entry["shape"])
 
     def keys(self) -> list[str]:
