@@ -30,8 +30,8 @@ from torch import nn
 from rayalign.errors import RayAlignError
 
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool}
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                      "U8": torch.uint8, "BOOL": torch.bool}
 
 
 class WeightFiles:
@@ -60,8 +60,8 @@ class WeightFiles:
             header = json.loads(handle.read(length))
             header.pop("__metadata__", None)
             for key, entry in header.items():
-                self._where[key] = (handle, 8 + length + entry["data_offsets"][0], SAFETENSORS_DTYPES[entry["dtype"]],
-                                    entry["shape"])
+                dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+                self._where[key] = (handle, 8 + length + entry["data_offsets"][0], dtype, entry["shape"])
 
     def keys(self) -> list[str]:
         return list(self._where)
