@@ -182,8 +182,6 @@ def apply_fsdp(model, mesh, mp_policy=None, compile_layers: bool = False):
         # The head runs last in forward and first in backward: keeping it gathered in between saves a gather.
         last = unit[-1] is model.head
         fully_shard(unit if len(unit) > 1 else unit[0], reshard_after_forward=not last, **kwargs)
-        if unit == [model.lm.get_input_embeddings()]:
-            unit[0].set_unshard_in_backward(False)  # an embedding's backward needs its indices, not its weight
     # The head is also reachable as the LM's own output module, which is no FSDP unit: the root must not shard
     # its (already sharded) weight a second time.
     fully_shard(model, ignored_params=set(model.head.parameters()), **kwargs)
