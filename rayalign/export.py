@@ -2,7 +2,8 @@
 
 Runs in one process with no process group: the checkpoint's tensors are read one decoder layer at a time
 (`dcp.load(..., no_dist=True)` of that layer's keys), cast to the dtype asked and appended to safetensors files
-(`HFWriter`), so memory holds one layer and one output file, whatever the model's size. Trainer state is left out.
+(`HFWriter`, which writes each file's header first), so memory holds one layer, whatever the model's size. The
+directory appears whole or not at all (built beside OUT, then renamed). Trainer state is left out.
 A LoRA run exports its peft adapter directory, or with `merge_lora` the base model with W + (α/r)·B·A in every
 adapted weight (the base read layer by layer from its own files).
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 from rayalign.errors import RayAlignError
+from rayalign.files import atomic_write_dir
 from rayalign.train.checkpoint import HFWriter, dcp_groups, existing_checkpoints, read_state, write_identity
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -63,22 +65,35 @@ def export_checkpoint(source: str, out: str, dtype: str | None = None, merge_lor
     base = resolve_model(meta["model"])
     config, tokenizer, lora = AutoConfig.from_pretrained(base), load_tokenizer(meta["model"]), meta.get("lora")
     out_dir = Path(out)
-    if lora and not merge_lora:
-        _write_adapters(out_dir, _load(checkpoint, keys, shapes), lora, meta["model"], DTYPES[dtype])
-    elif lora:
-        _merge(out_dir, DTYPES[dtype], checkpoint, keys, shapes, base, lora, config)
-    else:
-        if getattr(config, "tie_word_embeddings", False):
-            keys = [k for k in keys if k != "model.lm_head.weight"]  # the embeddings, saved once as HF does
-        groups = dcp_groups(keys)
-        writer = HFWriter(out_dir, DTYPES[dtype], [(k.removeprefix("model."), list(shapes[k].size),
-                                                    shapes[k].properties.dtype) for g in groups for k in g])
-        for group in groups:
-            for key, value in _load(checkpoint, group, shapes).items():
-                writer.add(key.removeprefix("model."), value)
-        writer.close(config)
-    tokenizer.save_pretrained(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise RayAlignError(f"{out} exists and is not empty; export into a new directory")
+    if out_dir.exists():
+        out_dir.rmdir()  # an empty one: the export is renamed into its place
+
+    def build(tmp: Path) -> None:
+        if lora and not merge_lora:
+            _write_adapters(tmp, _load(checkpoint, keys, shapes), lora, meta["model"], DTYPES[dtype])
+        elif lora:
+            _merge(tmp, DTYPES[dtype], checkpoint, keys, shapes, base, lora, config)
+        else:
+            _write_model(tmp, DTYPES[dtype], checkpoint, keys, shapes, config)
+        tokenizer.save_pretrained(tmp)
+
+    atomic_write_dir(out_dir, build)
     return checkpoint
+
+
+def _write_model(out: Path, dtype: torch.dtype, checkpoint: Path, keys: list[str], shapes: dict, config) -> None:
+    """The trained weights, one decoder layer's keys at a time."""
+    if getattr(config, "tie_word_embeddings", False):
+        keys = [k for k in keys if k != "model.lm_head.weight"]  # the embeddings, saved once as HF does
+    groups = dcp_groups(keys)
+    writer = HFWriter(out, dtype, [(k.removeprefix("model."), list(shapes[k].size), shapes[k].properties.dtype)
+                                   for g in groups for k in g])
+    for group in groups:
+        for key, value in _load(checkpoint, group, shapes).items():
+            writer.add(key.removeprefix("model."), value)
+    writer.close(config)
 
 
 def _write_adapters(out: Path, tensors: dict, lora: dict, base_name: str, dtype: torch.dtype) -> None:

@@ -139,6 +139,7 @@ def test_export_writes_the_trained_model_as_an_hf_directory(runs, tmp_path):
         for name, value in trained.items():
             assert torch.equal(exported[name], value.to(getattr(torch, dtype))), name
         assert not (out / "dcp").exists() and not (out / "trainer").exists()
+    assert main(["export", str(root / "base"), str(tmp_path / "float32")]) == 2  # never over an earlier export
     ids = torch.tensor([[1, 9690, 198, 2683, 359, 253, 5356]])
     with torch.no_grad():
         logits = [AutoModelForCausalLM.from_pretrained(d)(input_ids=ids).logits
