@@ -32,7 +32,7 @@ def find_checkpoint(source: str) -> Path:
             raise RayAlignError(f"{source}: no checkpoints there")
         return Path(download_model(found[-1], with_state=True))
     path = Path(source)
-    if (path / "dcp").is_dir():
+    if (path / "trainer" / "state.json").is_file():
         return path
     found = existing_checkpoints(path)
     if not found:
@@ -43,6 +43,8 @@ def find_checkpoint(source: str) -> Path:
 def _load(checkpoint: Path, keys: list[str], shapes: dict) -> dict[str, torch.Tensor]:
     import torch.distributed.checkpoint as dcp
 
+    if not keys:
+        return {}
     state = {key: torch.empty(shapes[key].size, dtype=shapes[key].properties.dtype) for key in keys}
     dcp.load(state, checkpoint_id=str(checkpoint / "dcp"), no_dist=True)
     return state
@@ -60,7 +62,8 @@ def export_checkpoint(source: str, out: str, dtype: str | None = None, merge_lor
     dtype = dtype or meta.get("export_dtype", "float32")
     if dtype not in DTYPES:
         raise RayAlignError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
-    shapes = FileSystemReader(str(checkpoint / "dcp")).read_metadata().state_dict_metadata
+    shapes = FileSystemReader(str(checkpoint / "dcp")).read_metadata().state_dict_metadata \
+        if (checkpoint / "dcp").is_dir() else {}
     keys = [k for k in shapes if k.startswith("model.")]
     base = resolve_model(meta["model"])
     config, tokenizer, lora = AutoConfig.from_pretrained(base), load_tokenizer(meta["model"]), meta.get("lora")
@@ -75,6 +78,8 @@ def export_checkpoint(source: str, out: str, dtype: str | None = None, merge_lor
             _write_adapters(tmp, _load(checkpoint, keys, shapes), lora, meta["model"], DTYPES[dtype])
         elif lora:
             _merge(tmp, DTYPES[dtype], checkpoint, keys, shapes, base, lora, config)
+        elif meta.get("weights", "dcp") == "hf":  # a finished run's lossless export holds the weights
+            _merge(tmp, DTYPES[dtype], checkpoint, [], {}, str(checkpoint), None, config)
         else:
             _write_model(tmp, DTYPES[dtype], checkpoint, keys, shapes, config)
         tokenizer.save_pretrained(tmp)
@@ -109,15 +114,16 @@ def _write_adapters(out: Path, tensors: dict, lora: dict, base_name: str, dtype:
     write_identity(out)
 
 
-def _merge(out: Path, dtype: torch.dtype, checkpoint: Path, keys: list[str], shapes: dict, base: str, lora: dict,
-           config) -> None:
-    """Base weights in file order, layer by layer, each adapted one with its update added."""
+def _merge(out: Path, dtype: torch.dtype, checkpoint: Path, keys: list[str], shapes: dict, base: str,
+           lora: dict | None, config) -> None:
+    """The weights of the HF directory `base` in file order, layer by layer, each adapted one (`lora`: its adapters
+    in the checkpoint's DCP `keys`) with its update added."""
     from rayalign.train.sharding import WeightFiles
 
     files = WeightFiles(base)
     order = [key for group in dcp_groups(files.keys()) for key in group]
     writer = HFWriter(out, dtype, [(key, files.shape(key), files.dtype(key)) for key in order])
-    scale = lora["alpha"] / lora["r"]
+    scale = lora["alpha"] / lora["r"] if lora else 0.0
     by_layer = {}
     for group in dcp_groups(keys):
         by_layer.setdefault(_layer_of(group[0]), []).extend(group)

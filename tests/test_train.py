@@ -124,6 +124,22 @@ def test_dcp_checkpoint_saved_at_two_workers_resumes_at_one_and_at_two(runs):
         assert _losses(rows) == pytest.approx(_losses(done["base"][1]), rel=1e-4, abs=1e-5), name
 
 
+def test_a_finished_runs_lossless_export_holds_its_weights_once_and_a_rerun_resumes_from_it(runs, tmp_path):
+    """fp32, no optimizer state: the final checkpoint's HF files are its weights (no DCP copy); a rerun loads them
+    and ends where it was, and `rayalign export` of it gives them back."""
+    from rayalign.cli import main
+
+    root, _ = runs
+    done, _ = _train(root, "hf_only", LOCAL, "train.save_optimizer=false", "train.max_steps=2")
+    final = root / "hf_only" / "checkpoints" / "step_000002"
+    assert not (final / "dcp").exists() and json.loads((final / "trainer" / "state.json").read_text())["weights"] == "hf"
+    again, rows = _train(root, "hf_only", LOCAL, "train.save_optimizer=false", "train.max_steps=2")
+    assert again["resumed_from_step"] == 2 and again["steps"] == 2 and len(rows) == 2
+    assert main(["export", str(root / "hf_only"), str(tmp_path / "out")]) == 0
+    exported, trained = load_file(tmp_path / "out" / "model.safetensors"), _weights(done)
+    assert exported.keys() == trained.keys() and all(torch.equal(exported[k], v) for k, v in trained.items())
+
+
 def test_export_writes_the_trained_model_as_an_hf_directory(runs, tmp_path):
     """`rayalign export` of a finished run's checkpoint (streamed from its DCP shards) is the model the trainer
     wrote: fp32 bit for bit, bf16 its rounding; both load with AutoModelForCausalLM, trainer state left out."""

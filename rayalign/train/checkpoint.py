@@ -63,30 +63,37 @@ def _trainable_state(lm) -> dict:
 
 
 def save_checkpoint(path: Path, model, lm, optimizer, scheduler, step: int, with_optimizer: bool,
-                    meta: dict) -> None:
-    """Collective: every rank writes its shards of the trainable weights (and AdamW's state) under `path`/dcp;
-    rank 0 writes trainer/state.json with `meta` (what an export needs: base model, LoRA settings)."""
+                    meta: dict, weights: bool = True) -> None:
+    """Collective: every rank writes its shards of the trainable weights (unless `weights` is false: the HF files
+    beside them hold them) and AdamW's state under `path`/dcp; rank 0 writes trainer/state.json with `meta`
+    (what an export needs: base model, LoRA settings)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    state = {"model": _trainable_state(lm)}
+    state = {"model": _trainable_state(lm)} if weights else {}
     if with_optimizer:
         state["optim"] = get_optimizer_state_dict(model, optimizer)
-    dcp.save(state, checkpoint_id=str(path / "dcp"))
+    if state:  # no fsync per file: a checkpoint is whole once its directory is renamed or handed to Ray Train
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(str(path / "dcp"), sync_files=False))
     rng = _rng_states()
     if dist.get_rank() == 0:
         (path / "trainer").mkdir(parents=True, exist_ok=True)
-        record = {"step": step, "optimizer": with_optimizer, "scheduler": scheduler.state_dict(),
-                  "world_size": dist.get_world_size(), "rng": rng, **meta}
+        record = {"step": step, "optimizer": with_optimizer, "weights": "dcp" if weights else "hf",
+                  "scheduler": scheduler.state_dict(), "world_size": dist.get_world_size(), "rng": rng, **meta}
         (path / "trainer" / "state.json").write_text(json.dumps(record, indent=1))
 
 
 def read_state(path: Path) -> dict:
     state = Path(path) / "trainer" / "state.json"
-    if not (Path(path) / "dcp" / ".metadata").is_file() or not state.is_file():
-        raise RayAlignError(f"{path} is not a rayalign checkpoint (no dcp/ and trainer/state.json); checkpoints "
+    meta = json.loads(state.read_text()) if state.is_file() else None
+    if meta is None or (uses_dcp(meta) and not (Path(path) / "dcp" / ".metadata").is_file()):
+        raise RayAlignError(f"{path} is not a rayalign checkpoint (no trainer/state.json and dcp/); checkpoints "
                             "written before sharded checkpoints cannot be resumed: start a new run from the model")
-    return json.loads(state.read_text())
+    return meta
+
+
+def uses_dcp(meta: dict) -> bool:
+    return meta.get("weights", "dcp") == "dcp" or meta["optimizer"]
 
 
 def load_checkpoint(path: Path, model, lm, optimizer, scheduler) -> int:
@@ -100,11 +107,21 @@ def load_checkpoint(path: Path, model, lm, optimizer, scheduler) -> int:
     )
 
     meta = read_state(path)
-    state = {"model": _trainable_state(lm)}
+    state = {"model": _trainable_state(lm)} if meta.get("weights", "dcp") == "dcp" else {}
     if meta["optimizer"]:  # saved without it (train.save_optimizer=false): a fresh AdamW
         state["optim"] = get_optimizer_state_dict(model, optimizer)
-    dcp.load(state, checkpoint_id=str(Path(path) / "dcp"))
-    set_model_state_dict(lm, state["model"], options=StateDictOptions(strict=False))
+    if state:
+        dcp.load(state, checkpoint_id=str(Path(path) / "dcp"))
+    if "model" in state:
+        set_model_state_dict(lm, state["model"], options=StateDictOptions(strict=False))
+    else:  # the weights are the HF files of a finished run's lossless export
+        from rayalign.train.sharding import WeightFiles, fill_shards
+
+        files = WeightFiles(path)
+        try:
+            fill_shards(lm, files)
+        finally:
+            files.close()
     if meta["optimizer"]:
         set_optimizer_state_dict(model, optimizer, optim_state_dict=state["optim"])
     scheduler.load_state_dict(meta["scheduler"])

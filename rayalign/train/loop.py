@@ -240,8 +240,11 @@ def export_dtype(cfg: config_lib.Config) -> str:
 
 
 def write_checkpoint(path: Path, model, lm, tokenizer, optimizer, scheduler, step: int, cfg, export: bool) -> None:
-    """Collective: the step's DCP shards and trainer state under `path`, and with `export` the HF directory."""
-    save_checkpoint(path, model, lm, optimizer, scheduler, step, cfg.train.save_optimizer, checkpoint_meta(cfg))
+    """Collective: the step's DCP shards and trainer state under `path`, and with `export` the HF directory. A
+    lossless export (the training dtype, no LoRA) holds the weights already: then DCP gets no second copy."""
+    in_export = export and cfg.train.lora_r == 0 and export_dtype(cfg) == numerics(cfg)[0]
+    save_checkpoint(path, model, lm, optimizer, scheduler, step, cfg.train.save_optimizer, checkpoint_meta(cfg),
+                    weights=not in_export)
     if export:
         export_model(path, lm, tokenizer, getattr(torch, export_dtype(cfg)), cfg.train.lora_r > 0)
 
