@@ -13,7 +13,8 @@ DCP's `.metadata` is the one pickle: DCP's own index of which tensor chunks are 
 dtypes, offsets), written and read by torch; every tensor is in the `.distcp` files as raw bytes. Because DCP
 records each tensor's global shape and every chunk's offsets, a checkpoint saved at one world size loads at any
 other. For LoRA runs only the adapters are in DCP (`ignore_frozen_params`): the frozen base comes from
-`model.name`.
+`model.name`. A finished run's final checkpoint whose HF export is lossless (the training dtype, no LoRA) keeps its
+weights there only (`"weights": "hf"` in state.json; DCP then holds AdamW's state, if saved).
 
 The HF directory is written one parameter at a time: every rank gathers one parameter's shards (a collective),
 and rank 0 appends its bytes, cast to the export dtype, to a safetensors file whose header it wrote first
