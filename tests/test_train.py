@@ -254,12 +254,16 @@ def test_a_bf16_run_never_reads_the_fp32_reference_cache(runs):
 
 
 def _saved_dtypes(checkpoint) -> dict[str, set]:
+    """The dtypes of the weights (DCP's, or the HF files' where a lossless export holds them) and of AdamW's moments
+    that a checkpoint saved."""
     from torch.distributed.checkpoint import FileSystemReader
 
     saved = FileSystemReader(str(checkpoint / "dcp")).read_metadata().state_dict_metadata
-    kinds = {"weights": "model.", "moments": "optim.state."}
-    return {kind: {m.properties.dtype for k, m in saved.items() if k.startswith(prefix) and "exp_avg" in k
-                   or (prefix == "model." and k.startswith(prefix))} for kind, prefix in kinds.items()}
+    weights = {m.properties.dtype for k, m in saved.items() if k.startswith("model.")}
+    if not weights:
+        weights = {t.dtype for t in load_file(checkpoint / "model.safetensors").values()}
+    return {"weights": weights,
+            "moments": {m.properties.dtype for k, m in saved.items() if k.startswith("optim.state.") and "exp_avg" in k}}
 
 
 def test_bf16_mixed_precision_keeps_fp32_master_weights_and_moments_and_pure_bf16_does_not(runs):
