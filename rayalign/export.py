@@ -16,7 +16,7 @@ import torch
 
 from rayalign.errors import RayAlignError
 from rayalign.files import atomic_write_dir
-from rayalign.train.checkpoint import HFWriter, dcp_groups, existing_checkpoints, read_state, write_identity
+from rayalign.train.checkpoint import HFWriter, dcp_groups, existing_checkpoints, layer_of, read_state, write_identity
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -78,7 +78,7 @@ def export_checkpoint(source: str, out: str, dtype: str | None = None, merge_lor
             _write_adapters(tmp, _load(checkpoint, keys, shapes), lora, meta["model"], DTYPES[dtype])
         elif lora:
             _merge(tmp, DTYPES[dtype], checkpoint, keys, shapes, base, lora, config)
-        elif meta.get("weights", "dcp") == "hf":  # a finished run's lossless export holds the weights
+        elif meta["weights"] == "hf":  # a finished run's lossless export holds the weights
             _merge(tmp, DTYPES[dtype], checkpoint, [], {}, str(checkpoint), None, config)
         else:
             _write_model(tmp, DTYPES[dtype], checkpoint, keys, shapes, config)
@@ -121,16 +121,16 @@ def _merge(out: Path, dtype: torch.dtype, checkpoint: Path, keys: list[str], sha
     from rayalign.train.sharding import WeightFiles
 
     files = WeightFiles(base)
-    order = [key for group in dcp_groups(files.keys()) for key in group]
-    writer = HFWriter(out, dtype, [(key, files.shape(key), files.dtype(key)) for key in order])
+    groups = dcp_groups(files.keys())
+    writer = HFWriter(out, dtype, [(key, files.shape(key), files.dtype(key)) for group in groups for key in group])
     scale = lora["alpha"] / lora["r"] if lora else 0.0
-    by_layer = {}
-    for group in dcp_groups(keys):
-        by_layer.setdefault(_layer_of(group[0]), []).extend(group)
-    loaded: dict[str, dict] = {}
+    by_layer: dict[int | None, list[str]] = {}
+    for key in keys:
+        by_layer.setdefault(layer_of(key), []).append(key)
+    loaded: dict[int | None, dict] = {}
     try:
-        for group in dcp_groups(files.keys()):
-            layer = _layer_of(group[0])
+        for group in groups:
+            layer = layer_of(group[0])
             if layer not in loaded:  # one layer's adapters at a time (the rest, outside layers, once)
                 loaded = {layer: _load(checkpoint, by_layer.get(layer, []), shapes)}
             adapters = loaded[layer]
@@ -142,13 +142,3 @@ def _merge(out: Path, dtype: torch.dtype, checkpoint: Path, keys: list[str], sha
     finally:
         files.close()
     writer.close(config)
-
-
-def _layer_of(key: str) -> str:
-    import re
-
-    found = re.search(r"\.layers\.(\d+)\.", key)
-    return found.group(1) if found else "other"
-
-
-

@@ -94,7 +94,7 @@ def read_state(path: Path) -> dict:
 
 
 def uses_dcp(meta: dict) -> bool:
-    return meta.get("weights", "dcp") == "dcp" or meta["optimizer"]
+    return meta["weights"] == "dcp" or meta["optimizer"]
 
 
 def load_checkpoint(path: Path, model, lm, optimizer, scheduler) -> int:
@@ -108,7 +108,7 @@ def load_checkpoint(path: Path, model, lm, optimizer, scheduler) -> int:
     )
 
     meta = read_state(path)
-    state = {"model": _trainable_state(lm)} if meta.get("weights", "dcp") == "dcp" else {}
+    state = {"model": _trainable_state(lm)} if meta["weights"] == "dcp" else {}
     if meta["optimizer"]:  # saved without it (train.save_optimizer=false): a fresh AdamW
         state["optim"] = get_optimizer_state_dict(model, optimizer)
     if state:
@@ -162,7 +162,7 @@ class HFWriter:
         for i, file in enumerate(self.files):
             file["name"] = "model.safetensors" if count == 1 else f"model-{i + 1:05d}-of-{count:05d}.safetensors"
         self.where = {name: i for i, file in enumerate(self.files) for name in file["header"]}
-        self.handle, self.current = None, -1
+        self.handle, self.current, self.data_start = None, -1, 0
 
     def _open(self, index: int) -> None:
         if self.handle is not None:
@@ -172,7 +172,7 @@ class HFWriter:
         header += b" " * (-len(header) % 8)  # the data starts 8-byte aligned, as safetensors writes it
         self.handle = open(self.out / file["name"], "wb")
         self.handle.write(len(header).to_bytes(8, "little") + header)
-        self.current = index
+        self.current, self.data_start = index, 8 + len(header)
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         index = self.where[name]
@@ -180,14 +180,9 @@ class HFWriter:
             self._open(index)
         spec = self.files[index]["header"][name]
         tensor = tensor.detach().to("cpu", self.dtype if tensor.is_floating_point() else tensor.dtype).contiguous()
-        if list(tensor.shape) != spec["shape"] or self.handle.tell() != self._data_start(index) + \
-                spec["data_offsets"][0]:
+        if list(tensor.shape) != spec["shape"] or self.handle.tell() != self.data_start + spec["data_offsets"][0]:
             raise RuntimeError(f"HFWriter: {name} out of order or of another shape than announced")
         self.handle.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))  # no copy of the bytes
-
-    def _data_start(self, index: int) -> int:
-        header = json.dumps({"__metadata__": {"format": "pt"}, **self.files[index]["header"]}).encode()
-        return 8 + len(header) + (-len(header) % 8)
 
     def close(self, config, tokenizer=None) -> None:
         if self.handle is not None:
@@ -245,10 +240,16 @@ def export_model(out: Path, lm, tokenizer, dtype: torch.dtype, lora: bool) -> No
         writer.close(lm.config, tokenizer)
 
 
+def layer_of(key: str) -> int | None:
+    """The decoder layer a weight's name belongs to (`....layers.<i>....`), or None."""
+    found = re.search(r"\.layers\.(\d+)\.", key)
+    return int(found.group(1)) if found else None
+
+
 def dcp_groups(keys: list[str]) -> list[list[str]]:
-    """The DCP model keys grouped by decoder layer (one group per layer, in order; the rest one group each)."""
-    groups: dict[str, list[str]] = {}
+    """Weight names grouped by decoder layer (one group per layer, in order; the rest one group each)."""
+    groups: dict[object, list[str]] = {}
     for key in keys:
-        layer = re.search(r"\.layers\.(\d+)\.", key)
-        groups.setdefault(f"layer{int(layer.group(1)):06d}" if layer else key, []).append(key)
-    return [groups[k] for k in groups]
+        layer = layer_of(key)
+        groups.setdefault(key if layer is None else layer, []).append(key)
+    return list(groups.values())
