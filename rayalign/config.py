@@ -192,6 +192,11 @@ class TrainConfig:
         return self.use_gpu if self.activation_checkpointing is None else self.activation_checkpointing
 
     @property
+    def export_dtype_resolved(self) -> str:
+        """The dtype the HF export is written in: export_dtype, with auto resolved."""
+        return ("bfloat16" if self.use_gpu else "float32") if self.export_dtype == "auto" else self.export_dtype
+
+    @property
     def local_mode(self) -> bool:
         """Ray Train's local mode (num_workers 0): the training loop in the calling process."""
         return self.num_workers == 0
@@ -436,11 +441,9 @@ class Config:
     @property
     def run_dir(self) -> Path:
         """Where this process reads and writes the run directory (with a URI output_dir: its staging copy)."""
-        from rayalign.storage import is_uri, staging_dir
+        from rayalign.storage import local_run_dir
 
-        if is_uri(self.output_dir):
-            return staging_dir(f"{self.output_dir.rstrip('/')}/{self.name}")
-        return Path(self.output_dir) / self.name
+        return local_run_dir(self.output_dir, self.name)
 
     def storage(self):
         """The run directory's `RunStorage` (opens the URI's filesystem: a bad URI is a one-line error)."""

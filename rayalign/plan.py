@@ -97,7 +97,7 @@ def plan(model: str, gpus: int, nodes: int, cfg) -> dict:
     hidden, layers = config.hidden_size, config.num_hidden_layers
     tokens = 2 * t.micro_batch_size * cfg.data.max_length
     reference = counted["trainable_local"] + counted["frozen_local"] if cfg.model.reference else 0
-    checkpointing = t.activation_checkpointing is not False  # plan for GPU: on unless turned off
+    checkpointing = t.activation_checkpointing_on
     kept = layers * tokens * hidden * 2 if checkpointing else layers * tokens * 34 * hidden
     per_gpu = {
         "parameters": counted["trainable_local"] * master + counted["frozen_local"] * 2 + reference * 2,
@@ -109,7 +109,7 @@ def plan(model: str, gpus: int, nodes: int, cfg) -> dict:
     per_gpu["total"] = sum(per_gpu.values())
     per_node = -(-gpus // nodes)
     host = per_node * (RUNTIME_BYTES + counted["largest_param_local"] * 4)
-    export_bytes = 2 if t.use_gpu or t.export_dtype == "bfloat16" else 4
+    export_bytes = 2 if t.export_dtype_resolved == "bfloat16" else 4
     return {
         "model": model, "gpus": gpus, "nodes": nodes, "params": counted["params"],
         "trainable_params": counted["trainable_params"], "micro_batch_size": t.micro_batch_size,

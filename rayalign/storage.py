@@ -36,11 +36,26 @@ def _filesystem(uri: str, what: str):
     return fs, path
 
 
-def staging_dir(uri: str) -> Path:
-    """This node's working copy of the run directory at `uri`."""
+def local_run_dir(output_dir: str, name: str) -> Path:
+    """Where this process reads and writes the run directory `name`: under a local `output_dir`, or this node's
+    staging copy of it when `output_dir` is a URI."""
+    if not is_uri(output_dir):
+        return Path(output_dir) / name
     from rayalign.files import cache_key, cache_root
 
-    return cache_root() / "staging" / cache_key(uri) / uri.rstrip("/").rsplit("/", 1)[-1]
+    return cache_root() / "staging" / cache_key(f"{output_dir.rstrip('/')}/{name}") / name
+
+
+def _copy_down(fs, path: str, dest: Path, keep) -> None:
+    """Copy every file under `path` in `fs` whose relative path `keep` accepts to the same place under `dest`."""
+    import pyarrow.fs as pafs
+
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True)):
+        relative = info.path[len(path) + 1:]
+        if info.type == pafs.FileType.File and keep(relative):
+            (dest / relative).parent.mkdir(parents=True, exist_ok=True)
+            pafs.copy_files(info.path, str(dest / relative), source_filesystem=fs,
+                            destination_filesystem=pafs.LocalFileSystem())
 
 
 class RunStorage:
@@ -52,9 +67,7 @@ class RunStorage:
         self.fs = self.path = None
         if self.uri:
             self.fs, self.path = _filesystem(self.uri, f"output_dir {output_dir}")
-            self.local = staging_dir(self.uri)
-        else:
-            self.local = Path(output_dir) / name
+        self.local = local_run_dir(output_dir, name)
 
     def checkpoint_root(self) -> tuple[str, object]:
         """(storage_path, storage_filesystem) for Ray Train: its runs land in <run>/checkpoints."""
@@ -78,19 +91,10 @@ class RunStorage:
             return
         import shutil
 
-        import pyarrow.fs as pafs
-
         if checkpoints:
             shutil.rmtree(self.local / "checkpoints", ignore_errors=True)
-        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True, allow_not_found=True))
-        for info in infos:
-            relative = info.path[len(self.path) + 1:]
-            if info.type != pafs.FileType.File or (not checkpoints and relative.startswith("checkpoints/")):
-                continue
-            target = self.local / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            pafs.copy_files(info.path, str(target), source_filesystem=self.fs,
-                            destination_filesystem=pafs.LocalFileSystem())
+        _copy_down(self.fs, self.path, self.local, lambda relative: checkpoints
+                   or not relative.startswith("checkpoints/"))
 
     def push(self, relative: str = "") -> None:
         """Copy `local`/`relative` (a file or directory) to the URI; by default the whole run directory but its
@@ -117,21 +121,11 @@ class RunStorage:
 def download_model(uri: str, with_state: bool = False) -> str:
     """A local copy of the model directory at `uri` (a checkpoint: written once, so the URI is its key); with
     `with_state` its DCP shards and trainer state too (what `rayalign export` reads)."""
-    import pyarrow.fs as pafs
-
     from rayalign.files import atomic_write_dir, cache_key, cache_root
 
     local = cache_root() / "remote_models" / cache_key(f"{uri}:{with_state}")
     if not local.is_dir():
         fs, path = _filesystem(uri, f"model {uri}")
-
-        def fetch(tmp: Path) -> None:
-            for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
-                relative = info.path[len(path) + 1:]
-                if info.type == pafs.FileType.File and (with_state or not relative.startswith(("dcp/", "trainer/"))):
-                    (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
-                    pafs.copy_files(info.path, str(tmp / relative), source_filesystem=fs,
-                                    destination_filesystem=pafs.LocalFileSystem())
-
-        atomic_write_dir(local, fetch)
+        atomic_write_dir(local, lambda tmp: _copy_down(
+            fs, path, tmp, lambda relative: with_state or not relative.startswith(("dcp/", "trainer/"))))
     return str(local)

@@ -231,22 +231,17 @@ def checkpoint_meta(cfg: config_lib.Config) -> dict:
     t = cfg.train
     lora = {"r": t.lora_r, "alpha": t.lora_alpha, "targets": "all-linear" if t.lora_target_modules == ["all-linear"]
             else list(t.lora_target_modules)} if t.lora_r > 0 else None
-    return {"model": cfg.model.name, "lora": lora, "export_dtype": export_dtype(cfg)}
-
-
-def export_dtype(cfg: config_lib.Config) -> str:
-    return ("bfloat16" if cfg.train.use_gpu else "float32") if cfg.train.export_dtype == "auto" \
-        else cfg.train.export_dtype
+    return {"model": cfg.model.name, "lora": lora, "export_dtype": cfg.train.export_dtype_resolved}
 
 
 def write_checkpoint(path: Path, model, lm, tokenizer, optimizer, scheduler, step: int, cfg, export: bool) -> None:
     """Collective: the step's DCP shards and trainer state under `path`, and with `export` the HF directory. A
     lossless export (the training dtype, no LoRA) holds the weights already: then DCP gets no second copy."""
-    in_export = export and cfg.train.lora_r == 0 and export_dtype(cfg) == numerics(cfg)[0]
+    in_export = export and cfg.train.lora_r == 0 and cfg.train.export_dtype_resolved == numerics(cfg)[0]
     save_checkpoint(path, model, lm, optimizer, scheduler, step, cfg.train.save_optimizer, checkpoint_meta(cfg),
                     weights=not in_export)
     if export:
-        export_model(path, lm, tokenizer, getattr(torch, export_dtype(cfg)), cfg.train.lora_r > 0)
+        export_model(path, lm, tokenizer, getattr(torch, cfg.train.export_dtype_resolved), cfg.train.lora_r > 0)
 
 
 def _save_and_report(metrics, model, lm, tokenizer, optimizer, scheduler, step: int, save: bool, export: bool,
