@@ -1,11 +1,11 @@
 """FSDP2 from the first byte: a model built on the meta device, sharded, then filled slice by slice.
 
-No process ever holds the whole model. `build_sharded` builds the LM's structure on the meta device (its buffers,
-such as rotary frequencies, real: they are small and computed, not loaded), applies FSDP2 to each decoder layer,
-to the embeddings and to the output head (one unit when they share their weight), then to the root (the final
-norm), allocates each rank's shards only (`to_empty`), and copies into every shard its rows of the weights, read
-with `safe_open(...).get_slice` from the model's safetensors files (memory-mapped: a rank touches only the bytes of
-its rows). The largest tensor a rank ever materialises is one parameter's shard. This is torchtitan's and NeMo-RL's
+No process ever holds the whole model. The trainer's `build_model` builds the LM's structure on the meta device
+(`meta_model`: its buffers, such as rotary frequencies, real: they are small and computed, not loaded), applies
+FSDP2 to each decoder layer, to the embeddings and to the output head (one unit when they share their weight), then
+to the root (the final norm) (`apply_fsdp`), allocates each rank's shards only (`materialise`), and copies into
+every shard its rows of the weights, read from the model's safetensors files with positioned reads (`WeightFiles`,
+`fill_shards`). The largest tensor a rank ever materialises is one parameter's shard. This is torchtitan's and NeMo-RL's
 shape (meta-device init, per-rank slices of the checkpoint files).
 
 FSDP2 shards dim 0 as `torch.chunk` does: rank r of W holds rows [r·c, min((r+1)·c, n)) with c = ceil(n / W).
@@ -42,16 +42,16 @@ class WeightFiles:
     file). The format is an 8-byte header length, a JSON header (dtype, shape, byte offsets), then the bytes.
     """
 
-    def __init__(self, directory: str | Path, filename: str = "model.safetensors"):
+    def __init__(self, directory: str | Path):
         directory = Path(directory)
-        index = directory / f"{filename}.index.json"
+        index = directory / "model.safetensors.index.json"
         if index.is_file():
             files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        elif (directory / filename).is_file():
-            files = [filename]
+        elif (directory / "model.safetensors").is_file():
+            files = ["model.safetensors"]
         else:
-            raise RayAlignError(f"{directory}: no {filename} (or its index) to load weights from; a sharded run "
-                                "loads safetensors files (save the model with save_pretrained)")
+            raise RayAlignError(f"{directory}: no model.safetensors (or its index) to load weights from; a sharded "
+                                "run loads safetensors files (save the model with save_pretrained)")
         self._stack = ExitStack()
         self._where: dict[str, tuple] = {}
         for name in files:
@@ -148,14 +148,14 @@ def local_files(resolved: str) -> str:
     return snapshot_download(resolved, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
 
 
-def meta_model(path: str, dtype: torch.dtype, attn_implementation: str | None = None) -> nn.Module:
+def meta_model(path: str, dtype: torch.dtype) -> nn.Module:
     """The causal LM of the HF directory `path` with its parameters on the meta device and its buffers real."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(path)
     with init_empty_weights(include_buffers=False):
-        lm = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+        lm = AutoModelForCausalLM.from_config(config, dtype=dtype)
     lm.tie_weights()  # from_pretrained ties a tied head to the embeddings; from_config leaves that to the loader
     return lm
 
