@@ -16,7 +16,15 @@ import torch
 
 from rayalign.errors import RayAlignError
 from rayalign.files import atomic_write_dir
-from rayalign.train.checkpoint import HFWriter, dcp_groups, existing_checkpoints, layer_of, read_state, write_identity
+from rayalign.train.checkpoint import (
+    HFWriter,
+    dcp_groups,
+    existing_checkpoints,
+    layer_of,
+    read_state,
+    weights_in,
+    write_identity,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -78,7 +86,7 @@ def export_checkpoint(source: str, out: str, dtype: str | None = None, merge_lor
             _write_adapters(tmp, _load(checkpoint, keys, shapes), lora, meta["model"], DTYPES[dtype])
         elif lora:
             _merge(tmp, DTYPES[dtype], checkpoint, keys, shapes, base, lora, config)
-        elif meta["weights"] == "hf":  # a finished run's lossless export holds the weights
+        elif weights_in(meta) == "hf":  # a finished run's lossless export holds the weights
             _merge(tmp, DTYPES[dtype], checkpoint, [], {}, str(checkpoint), None, config)
         else:
             _write_model(tmp, DTYPES[dtype], checkpoint, keys, shapes, config)

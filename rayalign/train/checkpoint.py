@@ -93,8 +93,14 @@ def read_state(path: Path) -> dict:
     return meta
 
 
+def weights_in(meta: dict) -> str:
+    """Where a checkpoint keeps its trainable weights: "dcp", or "hf" (its lossless export). A checkpoint written
+    before the field existed kept them in DCP."""
+    return meta.get("weights", "dcp")
+
+
 def uses_dcp(meta: dict) -> bool:
-    return meta["weights"] == "dcp" or meta["optimizer"]
+    return weights_in(meta) == "dcp" or meta["optimizer"]
 
 
 def load_checkpoint(path: Path, model, lm, optimizer, scheduler) -> int:
@@ -108,7 +114,7 @@ def load_checkpoint(path: Path, model, lm, optimizer, scheduler) -> int:
     )
 
     meta = read_state(path)
-    state = {"model": _trainable_state(lm)} if meta["weights"] == "dcp" else {}
+    state = {"model": _trainable_state(lm)} if weights_in(meta) == "dcp" else {}
     if meta["optimizer"]:  # saved without it (train.save_optimizer=false): a fresh AdamW
         state["optim"] = get_optimizer_state_dict(model, optimizer)
     if state:
