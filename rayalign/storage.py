@@ -2,7 +2,7 @@
 filesystems understand, the filesystems Ray Train's `storage_path` uses.
 
 With a URI, every process works in a staging directory on its own node's disk (under $RAYALIGN_CACHE/staging,
-named by the URI) and the URI is the truth: the driver pulls the run directory before it starts (a resumed run
+at the URI's path) and the URI is the truth: the driver pulls the run directory before it starts (a resumed run
 finds its metrics, data and state), training workers hand their checkpoints to Ray Train (each rank uploads its
 own shards to the URI), rank 0 pushes the metrics and the training state it wrote, and the driver pulls them
 after training and pushes the summary and reports. No process reads a file another node wrote except through the
@@ -38,12 +38,22 @@ def _filesystem(uri: str, what: str):
 
 def local_run_dir(output_dir: str, name: str) -> Path:
     """Where this process reads and writes the run directory `name`: under a local `output_dir`, or this node's
-    staging copy of it when `output_dir` is a URI."""
+    staging copy of it when `output_dir` is a URI. The staging tree mirrors the URI's path, so a run nested in
+    another (sDPO's stages, D2PO's rounds) stages inside its pipeline's staging copy, as it lives inside it."""
     if not is_uri(output_dir):
         return Path(output_dir) / name
-    from rayalign.files import cache_key, cache_root
+    from urllib.parse import urlsplit
 
-    return cache_root() / "staging" / cache_key(f"{output_dir.rstrip('/')}/{name}") / name
+    from rayalign.files import cache_root
+
+    uri = urlsplit(f"{output_dir.rstrip('/')}/{name}")
+    return cache_root() / "staging" / uri.scheme / uri.netloc / uri.path.lstrip("/")
+
+
+def _outside_checkpoints(relative: str) -> bool:
+    """Whether a run directory's file is not in a `checkpoints` directory (its own or a nested run's): Ray Train's
+    workers upload those themselves, and a pipeline's copy must not carry its stages' checkpoints down or back."""
+    return "checkpoints" not in relative.split("/")[:-1]
 
 
 def _copy_down(fs, path: str, dest: Path, keep) -> None:
@@ -69,6 +79,12 @@ class RunStorage:
             self.fs, self.path = _filesystem(self.uri, f"output_dir {output_dir}")
         self.local = local_run_dir(output_dir, name)
 
+    @property
+    def root(self) -> str:
+        """The run directory as the `output_dir` of runs nested in it (sDPO's stages, D2PO's rounds): its URI, so
+        their workers write there too, or its local path."""
+        return self.uri or str(self.local.resolve())
+
     def checkpoint_root(self) -> tuple[str, object]:
         """(storage_path, storage_filesystem) for Ray Train: its runs land in <run>/checkpoints."""
         return (self.path, self.fs) if self.uri else (str(self.local.resolve()), None)
@@ -93,29 +109,42 @@ class RunStorage:
 
         if checkpoints:
             shutil.rmtree(self.local / "checkpoints", ignore_errors=True)
-        _copy_down(self.fs, self.path, self.local, lambda relative: checkpoints
-                   or not relative.startswith("checkpoints/"))
+        _copy_down(self.fs, self.path, self.local, lambda relative: _outside_checkpoints(relative)
+                   or (checkpoints and relative.startswith("checkpoints/")))
 
     def push(self, relative: str = "") -> None:
-        """Copy `local`/`relative` (a file or directory) to the URI; by default the whole run directory but its
-        checkpoints (pushed as they are written)."""
+        """Copy `local`/`relative` (a file or directory) to the URI; by default every file of the run directory
+        outside checkpoint directories (pushed as they are written)."""
         if not self.uri:
             return
         import pyarrow.fs as pafs
 
-        if not relative:
-            for entry in self.local.iterdir() if self.local.is_dir() else []:
-                if entry.name != "checkpoints":
-                    self.push(entry.name)
+        local = pafs.LocalFileSystem()
+        if relative:
+            if (self.local / relative).exists():
+                pafs.copy_files(str(self.local / relative), f"{self.path}/{relative}", source_filesystem=local,
+                                destination_filesystem=self.fs)
             return
-        source = self.local / relative
-        if source.exists():
-            pafs.copy_files(str(source), f"{self.path}/{relative}", source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=self.fs)
+        for file in sorted(self.local.rglob("*")) if self.local.is_dir() else []:
+            name = file.relative_to(self.local).as_posix()
+            if file.is_file() and _outside_checkpoints(name):
+                pafs.copy_files(str(file), f"{self.path}/{name}", source_filesystem=local,
+                                destination_filesystem=self.fs)
 
     def remove(self, relative: str) -> None:
-        if self.uri:
+        """Delete `relative` (a directory) from the URI, if it is there."""
+        import pyarrow.fs as pafs
+
+        if self.uri and self.fs.get_file_info(f"{self.path}/{relative}").type != pafs.FileType.NotFound:
             self.fs.delete_dir(f"{self.path}/{relative}")
+
+    def remove_checkpoint(self, checkpoint: str) -> None:
+        """Delete one of `checkpoints()`: from the URI and from this node's staging copy."""
+        import shutil
+
+        name = checkpoint.rstrip("/").rsplit("/", 1)[-1]
+        self.remove(f"checkpoints/{name}")
+        shutil.rmtree(self.local / "checkpoints" / name, ignore_errors=True)
 
 
 def download_model(uri: str, with_state: bool = False) -> str:

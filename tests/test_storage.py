@@ -6,6 +6,7 @@ read from the bucket."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 
@@ -91,3 +92,33 @@ def test_export_reads_a_checkpoint_in_the_bucket(s3, tmp_path):
     trained = load_file(f"{resolve_model(f's3://{BUCKET}/runs/s3run0/checkpoints/step_000004')}/model.safetensors")
     exported = load_file(tmp_path / "out" / "model.safetensors")
     assert exported.keys() == trained.keys() and all(torch.equal(exported[k], v) for k, v in trained.items())
+
+
+def test_sdpo_stages_live_in_the_bucket_and_resume_from_it(s3, ray_local):
+    """A pipeline's nested runs (sDPO's stages) write their checkpoints to the URI too: stopped in stage 1, every
+    staging copy deleted, the rerun resumes stage 1 from the bucket, and stage 2 starts from stage 1's checkpoint
+    there (policy = reference = M_1, so its first loss is log 2)."""
+    from rayalign.files import cache_root
+    from rayalign.pipelines import run_pipeline
+    from rayalign.tracking import read_metrics
+
+    overrides = ["model.name=tiny-llama", f"data.path={QUICKSTART_DATA}", "data.limit=16", "data.max_length=128",
+                 "train.batch_size=4", "train.micro_batch_size=4", "train.save_every=1", "train.warmup_ratio=0.0",
+                 "train.lr=1e-3", "train.num_workers=0", "tracking.wandb=disabled", "eval.enabled=false",
+                 "pipeline=sdpo", "sdpo.stages=2", f"output_dir=s3://{BUCKET}/runs", "name=sdpo"]
+    stopped = run_pipeline(config.load(None, overrides + ["train.stop_at_step=1"]))
+    assert stopped["train"]["status"] == "stopped"
+    assert "stage_1/checkpoints/step_000001/trainer/state.json" in _keys(s3, "runs/sdpo/")
+    shutil.rmtree(cache_root() / "staging")
+
+    cfg = config.load(None, overrides)
+    finished = run_pipeline(cfg)["train"]
+    stage1, stage2 = finished["stages"]
+    assert stage1["resumed_from_step"] == 1 and stage1["steps"] == 2 and stage2["steps"] == 2
+    assert stage1["checkpoint"] == f"s3://{BUCKET}/runs/sdpo/stage_1/checkpoints/step_000002"
+    assert stage2["checkpoint"] == f"s3://{BUCKET}/runs/sdpo/stage_2/checkpoints/step_000002"
+    assert read_metrics(cfg.run_dir / "stage_2")[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    stored = _keys(s3, "runs/sdpo/")
+    assert {"summary.json", "chunks.json", "stage_2/summary.json", "stage_2/metrics.jsonl",
+            "stage_2/checkpoints/step_000002/model.safetensors"} <= stored, stored
+    assert not any(key.startswith("checkpoints/") for key in stored)  # the pipeline itself trains nothing

@@ -46,6 +46,7 @@ from pathlib import Path
 from rayalign import config as config_lib
 from rayalign.errors import ConfigError
 from rayalign.files import atomic_write_text, read_jsonl, truncate_jsonl
+from rayalign.storage import RunStorage, is_uri
 
 STATE_FILE, GOLD_LOG, GOLD_PAIRS = "d2po_state.json", "gold_calls.jsonl", "gold_pairs.jsonl"
 
@@ -156,6 +157,7 @@ class Round:
 
         d = cfg.d2po
         self.cfg, self.run_dir, self.task = cfg, run_dir, get_task(d.task)
+        self.storage = cfg.storage()
         tokenizer = load_tokenizer(cfg.model.name)
         self.prompts = self.task.prompts("train", d.rounds * d.prompts_per_round, d.seed)
         self.prompt_ids = [encode_prompt([{"role": "user", "content": p}], tokenizer, cfg.data.chat_template)
@@ -190,6 +192,7 @@ def run_round(live: Round, r: int, state: State) -> tuple[State, dict]:
     cfg, d = live.cfg, live.cfg.d2po
     round_dir = live.run_dir / "rounds" / f"round_{r:03d}"
     shutil.rmtree(round_dir, ignore_errors=True)  # a round interrupted half-way is redone whole
+    live.storage.remove(f"rounds/{round_dir.name}")  # with its checkpoints in the run's URI
     round_dir.mkdir(parents=True)
     began = time.perf_counter()
     span = slice((r - 1) * d.prompts_per_round, r * d.prompts_per_round)
@@ -211,9 +214,10 @@ def run_round(live: Round, r: int, state: State) -> tuple[State, dict]:
     rows = state.carry + _pair_rows(r, prompts, prompt_ids, outputs, scores, labels, gold)
     policy, carry = _train(live, r, rows, state.policy, round_dir, metrics)
     if policy != state.policy:
+        from rayalign.models import resolve_model
         from rayalign.sampling.hf import read_checkpoint
 
-        live.pools.serving(policy, read_checkpoint(policy))  # a state dict, through the object store
+        live.pools.serving(policy, read_checkpoint(resolve_model(policy)))  # a state dict, through the object store
     metrics.update({"gold/used": live.labeller.used, "pairs": len(rows) - len(carry), "round_s":
                     time.perf_counter() - began})
     return State(r, policy, discriminator, live.labeller.used, carry), metrics
@@ -299,7 +303,7 @@ def _train(live: Round, r: int, rows: list[dict], policy: str, round_dir: Path, 
         return policy, rows
     path = write_pairs(rows, round_dir / "pairs.parquet", _pair_columns())
     round_cfg = dataclasses.replace(
-        cfg, output_dir=str(round_dir), name="train",
+        cfg, output_dir=_round_root(live, round_dir), name="train",
         model=dataclasses.replace(cfg.model, name=policy, reference=cfg.model.reference or cfg.model.name),
         data=dataclasses.replace(cfg.data, path=str(path), format="token_ids"),
         train=dataclasses.replace(cfg.train, save_optimizer=False))  # the round, not the step, is what resumes
@@ -336,7 +340,7 @@ def run_d2po(cfg: config_lib.Config) -> dict:
                     tracker.log({k: v for k, v in metrics.items() if v is not None}, step=r)
                     record_d2po_round(metrics, run=cfg.name)
                     state.save(run_dir)
-                    _drop_old_weights(run_dir, state)
+                    _drop_old_weights(live, state)
                     print(f"rayalign: d2po round {r}/{cfg.d2po.rounds}: " + ", ".join(
                         f"{k} {v:.3g}" for k, v in metrics.items() if isinstance(v, float | int)), flush=True)
             finally:
@@ -352,13 +356,26 @@ def run_d2po(cfg: config_lib.Config) -> dict:
     return summary
 
 
-def _drop_old_weights(run_dir: Path, state: State) -> None:
+def _round_root(live: Round, round_dir: Path) -> str:
+    """Where a round's training run lives: inside the run directory, or inside its URI (so its workers write there)."""
+    return f"{live.storage.root}/rounds/{round_dir.name}"
+
+
+def _drop_old_weights(live: Round, state: State) -> None:
     """Once a round's state is saved, earlier policy and discriminator weights are never read again."""
-    keep = {Path(state.policy).resolve(), Path(state.discriminator or run_dir).resolve()}
-    for round_dir in sorted((run_dir / "rounds").glob("round_*"))[:-1]:
-        for weights in [*(round_dir / "train" / "checkpoints").glob("step_*"), round_dir / "discriminator"]:
-            if weights.is_dir() and weights.resolve() not in keep:
-                shutil.rmtree(weights)
+    keep = {_where(state.policy), _where(state.discriminator or live.run_dir)}
+    for round_dir in sorted((live.run_dir / "rounds").glob("round_*"))[:-1]:
+        train = RunStorage(_round_root(live, round_dir), "train")
+        for checkpoint in train.checkpoints():
+            if _where(checkpoint) not in keep:
+                train.remove_checkpoint(checkpoint)
+        discriminator = round_dir / "discriminator"
+        if discriminator.is_dir() and _where(discriminator) not in keep:
+            shutil.rmtree(discriminator)
+
+
+def _where(path: str | Path) -> str:
+    return str(path) if is_uri(path) else str(Path(path).resolve())
 
 
 def _round_rows(run_dir: Path) -> list[dict]:

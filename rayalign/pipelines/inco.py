@@ -161,7 +161,7 @@ def run_inco(cfg: config_lib.Config) -> dict:
             from rayalign.models import load_tokenizer
             from rayalign.pipelines.sdpo import run_stages
 
-            train = run_stages(train_cfg, prepare_data(train_cfg.data, load_tokenizer(cfg.model.name)), run_dir)
+            train = run_stages(train_cfg, prepare_data(train_cfg.data, load_tokenizer(cfg.model.name)))
         else:
             train = run_training(train_cfg)
         evaluated = evaluate_run(cfg, run_dir, train["checkpoint"], pools)

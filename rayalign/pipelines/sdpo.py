@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-from pathlib import Path
 
 import torch
 
@@ -101,8 +100,9 @@ def reference_margin(model_name: str, pairs, pad_id: int) -> float | None:
     return float((stats[:, 0] - stats[:, 1]).mean())
 
 
-def _stage_done(stage_dir: Path) -> dict | None:
-    path = stage_dir / "summary.json"
+def _stage_done(stage_cfg: config_lib.Config) -> dict | None:
+    stage_cfg.storage().pull()  # a URI run: the stage's summary, if an earlier attempt finished it
+    path = stage_cfg.run_dir / "summary.json"
     if not path.is_file():
         return None
     summary = json.loads(path.read_text())
@@ -126,8 +126,9 @@ def _sources(cfg: config_lib.Config, prepared) -> list[str]:
     return sources
 
 
-def run_stages(cfg: config_lib.Config, prepared, run_dir: Path) -> dict:
-    """Train T stages on `prepared` (tokenised pairs) under `run_dir/stage_<t>/`; returns the summary."""
+def run_stages(cfg: config_lib.Config, prepared) -> dict:
+    """Train T stages on `prepared` (tokenised pairs) as runs `stage_<t>` inside `cfg`'s run directory (inside its
+    URI when output_dir is one, so a stage's workers write there); returns the summary."""
     from rayalign.data import PreparedData
     from rayalign.models import load_tokenizer
     from rayalign.train.driver import run_training
@@ -138,14 +139,15 @@ def run_stages(cfg: config_lib.Config, prepared, run_dir: Path) -> dict:
     margins = pair_margins(response_logps(cfg.model.name, pairs, pad_id), s.difficulty)
     sources = _sources(cfg, prepared) if s.split == "by_source" else None
     chunks, accuracies = split_chunks(margins, s.stages, s.split, s.chunk_sizes, s.seed, sources)
+    run_dir = cfg.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "chunks.json").write_text(json.dumps({"chunks": chunks, "accuracy": accuracies}))
-    previous, stages = cfg.model.name, []
+    previous, stages, root = cfg.model.name, [], cfg.storage().root
     for t, chunk in enumerate(chunks, start=1):
         stage_cfg = dataclasses.replace(
-            cfg, output_dir=str(run_dir), name=f"stage_{t}",
+            cfg, output_dir=root, name=f"stage_{t}",
             model=dataclasses.replace(cfg.model, name=previous, reference=previous))
-        summary = _stage_done(run_dir / f"stage_{t}")
+        summary = _stage_done(stage_cfg)
         if summary is None:
             print(f"rayalign: sDPO stage {t}/{len(chunks)}: {len(chunk)} pairs, reference {previous}", flush=True)
             subset = PreparedData(pairs=[pairs[i] for i in chunk], stats=dict(prepared.stats, rows_used=len(chunk)))
@@ -184,7 +186,7 @@ def run_sdpo(cfg: config_lib.Config) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     config_lib.save(cfg, run_dir / "config.yaml")
     prepared = prepare_data(cfg.data, load_tokenizer(cfg.model.name))
-    train = run_stages(cfg, prepared, run_dir)
+    train = run_stages(cfg, prepared)
     summary = {"pipeline": "sdpo", "train": train}
     if train["status"] == "ok":
         summary.update(evaluate_run(cfg, run_dir, train["checkpoint"]))
