@@ -311,7 +311,6 @@ def train_fn_per_worker(loop_config: dict) -> None:
     from rayalign.monitoring import record_train_step
     from rayalign.tracking import PhaseClock, Tracker
 
-    probe = RiseProbe()  # before anything of the model exists: `rayalign bench memory` reads the rise
     clock = PhaseClock()
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per report
     os.environ.update(loop_config["env"])
@@ -330,6 +329,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
     total = total_steps(cfg, len(pairs))
     warmup = int(cfg.train.warmup_ratio * total)
 
+    probe = RiseProbe()  # before anything of the model exists: `rayalign bench memory` reads the rise
     with _resume_directory(local_run_dir) as resume_dir:
         lm, model = build_model(cfg.model.name, cfg, device, trainable=True, fill=resume_dir is None)
         optimizer = make_optimizer(model, cfg)
