@@ -156,6 +156,10 @@ class TrainConfig:
     """Checkpoints kept on disk (the newest)."""
     save_optimizer: bool = True
     """Save AdamW's state with each checkpoint (to resume exactly); false keeps a model only: a third of the bytes."""
+    async_upload: Optional[bool] = None
+    """Upload each checkpoint in the background while training goes on (Ray Train's CheckpointUploadMode.ASYNC):
+    a step waits only for its ranks' local DCP writes, not for the object store. null: on when output_dir is a
+    URI. Local mode always writes in the step."""
     max_failures: int = 1
     """Times Ray Train restarts the workers from the last checkpoint after a worker dies."""
     resume: Literal["auto", "never"] = "auto"

@@ -100,36 +100,35 @@ class RunStorage:
                        and i.type == pafs.FileType.Directory)
         return [f"{self.uri}/checkpoints/{n}" for n in names]
 
-    def pull(self, checkpoints: bool = False) -> None:
+    def pull(self, checkpoints: bool = False, fresh: bool = False) -> None:
         """Copy the run directory from the URI into `local` (checkpoints too when asked: then the local ones are
-        replaced, as a stale staging copy must never be resumed from)."""
+        replaced, as a stale staging copy must never be resumed from). `fresh` (a run's start) first deletes this
+        node's staging copy: the URI is the truth, and a copy left by an earlier attempt may be older than it, or
+        of a run since deleted from it."""
         if not self.uri:
             return
         import shutil
 
+        if fresh:
+            shutil.rmtree(self.local, ignore_errors=True)
         if checkpoints:
             shutil.rmtree(self.local / "checkpoints", ignore_errors=True)
         _copy_down(self.fs, self.path, self.local, lambda relative: _outside_checkpoints(relative)
                    or (checkpoints and relative.startswith("checkpoints/")))
 
     def push(self, relative: str = "") -> None:
-        """Copy `local`/`relative` (a file or directory) to the URI; by default every file of the run directory
-        outside checkpoint directories (pushed as they are written)."""
+        """Copy `local`/`relative` (a file or directory, by default the whole run directory) to the URI, but for
+        the checkpoint directories inside it (each pushed as it is written)."""
         if not self.uri:
             return
         import pyarrow.fs as pafs
 
-        local = pafs.LocalFileSystem()
-        if relative:
-            if (self.local / relative).exists():
-                pafs.copy_files(str(self.local / relative), f"{self.path}/{relative}", source_filesystem=local,
-                                destination_filesystem=self.fs)
-            return
-        for file in sorted(self.local.rglob("*")) if self.local.is_dir() else []:
-            name = file.relative_to(self.local).as_posix()
-            if file.is_file() and _outside_checkpoints(name):
-                pafs.copy_files(str(file), f"{self.path}/{name}", source_filesystem=local,
-                                destination_filesystem=self.fs)
+        source = self.local / relative
+        files = [source] if source.is_file() else sorted(f for f in source.rglob("*") if f.is_file()
+                                                          and _outside_checkpoints(f.relative_to(source).as_posix()))
+        for file in files:
+            pafs.copy_files(str(file), f"{self.path}/{file.relative_to(self.local).as_posix()}",
+                            source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
 
     def remove(self, relative: str) -> None:
         """Delete `relative` (a directory) from the URI, if it is there."""

@@ -9,6 +9,8 @@ import json
 import math
 import os
 import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,6 +72,9 @@ def test_a_run_on_s3_finishes_resumes_and_writes_everything_there(s3, ray_local,
     assert "checkpoints/step_000004/model.safetensors" in _keys(s3, prefix)
     model = AutoModelForCausalLM.from_pretrained(resolve_model(summary["checkpoint"]))  # downloaded from the URI
     assert model.config.num_hidden_layers == 2
+    # A Ray Train worker uploads in the background (train.async_upload's default for a URI); what it wrote for
+    # each upload is gone once uploaded.
+    assert not list(Path(tempfile.gettempdir()).glob("rayalign-checkpoint-*"))
 
 
 @pytest.mark.parametrize("uri, says", [("nosuch://bucket/runs", "Unrecognized filesystem"),

@@ -23,7 +23,7 @@ def run_pipeline(cfg: config_lib.Config) -> dict:
     # With a URI output_dir the pipeline works in its staging copy: pulled first (a rerun resumes from what is
     # there), pushed when it ends or fails (its inner runs' checkpoints with it; its own training's go to the URI).
     storage = cfg.storage()
-    storage.pull()
+    storage.pull(fresh=True)
     try:
         return _dispatch(cfg)
     finally:

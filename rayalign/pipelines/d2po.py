@@ -340,6 +340,8 @@ def run_d2po(cfg: config_lib.Config) -> dict:
                     tracker.log({k: v for k, v in metrics.items() if v is not None}, step=r)
                     record_d2po_round(metrics, run=cfg.name)
                     state.save(run_dir)
+                    for finished in (f"rounds/round_{r:03d}", GOLD_LOG, GOLD_PAIRS, "metrics.jsonl", STATE_FILE):
+                        live.storage.push(finished)  # a URI run: a rerun on any node resumes after this round
                     _drop_old_weights(live, state)
                     print(f"rayalign: d2po round {r}/{cfg.d2po.rounds}: " + ", ".join(
                         f"{k} {v:.3g}" for k, v in metrics.items() if isinstance(v, float | int)), flush=True)
@@ -372,6 +374,7 @@ def _drop_old_weights(live: Round, state: State) -> None:
         discriminator = round_dir / "discriminator"
         if discriminator.is_dir() and _where(discriminator) not in keep:
             shutil.rmtree(discriminator)
+            live.storage.remove(f"rounds/{round_dir.name}/discriminator")
 
 
 def _where(path: str | Path) -> str:

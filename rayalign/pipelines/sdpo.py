@@ -101,7 +101,7 @@ def reference_margin(model_name: str, pairs, pad_id: int) -> float | None:
 
 
 def _stage_done(stage_cfg: config_lib.Config) -> dict | None:
-    stage_cfg.storage().pull()  # a URI run: the stage's summary, if an earlier attempt finished it
+    stage_cfg.storage().pull(fresh=True)  # a URI run: the stage's summary, if an earlier attempt finished it
     path = stage_cfg.run_dir / "summary.json"
     if not path.is_file():
         return None

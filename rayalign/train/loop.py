@@ -248,15 +248,18 @@ def _save_and_report(metrics, model, lm, tokenizer, optimizer, scheduler, step: 
                      cfg, local_run_dir: Path | None, storage) -> None:
     """Report `metrics` to Ray Train, with a checkpoint when `save`: every rank hands Ray Train the files it wrote
     (its own DCP shards; rank 0 also the trainer state and the HF files), which Ray Train merges into one
-    directory in the run's storage. In local mode (`local_run_dir`) Ray Train keeps no checkpoint, so it is written
-    into the run directory here, where Ray Train would put it."""
+    directory in the run's storage, in the background with `train.async_upload`. In local mode (`local_run_dir`)
+    Ray Train keeps no checkpoint, so it is written into the run directory here, where Ray Train would put it."""
     import tempfile
 
     import ray.train
 
     if not save:
         ray.train.report(metrics)
-    elif local_run_dir is not None:
+        return
+    if dist.get_rank() == 0:
+        storage.push("metrics.jsonl")  # with a URI: the curve up to the checkpoint a resumed run starts from
+    if local_run_dir is not None:
         from rayalign.files import atomic_write_dir
 
         atomic_write_dir(local_run_dir / "checkpoints" / f"step_{step:06d}", lambda tmp: write_checkpoint(
@@ -267,10 +270,13 @@ def _save_and_report(metrics, model, lm, tokenizer, optimizer, scheduler, step: 
             storage.remove(f"checkpoints/{old.name}")
         ray.train.report(metrics)
     else:
-        with tempfile.TemporaryDirectory() as tmp:
-            write_checkpoint(Path(tmp), model, lm, tokenizer, optimizer, scheduler, step, cfg, export)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=f"step_{step:06d}")
+        background = storage.uri is not None if cfg.train.async_upload is None else cfg.train.async_upload
+        tmp = tempfile.mkdtemp(prefix="rayalign-checkpoint-")  # Ray Train deletes it once uploaded
+        write_checkpoint(Path(tmp), model, lm, tokenizer, optimizer, scheduler, step, cfg, export)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=f"step_{step:06d}", delete_local_checkpoint_after_upload=True,
+                         checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC if background
+                         else ray.train.CheckpointUploadMode.SYNC)
 
 
 def _resume_directory(local_run_dir: Path | None):
