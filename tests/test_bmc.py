@@ -146,6 +146,7 @@ def _marked_tokens(run_dir) -> list[float]:
     return [row["marked_tokens"] for row in read_metrics(run_dir)]
 
 
+@pytest.mark.slow  # 60 s: an inco and an sdpo job; keeps the default suite under 15 min on 2 cores
 def test_bmc_gets_its_marks_in_inco_and_sdpo_jobs(tmp_path, ray_local):
     """Every training path marks the varied tokens: a path that dropped them would train plain DPO silently."""
     from rayalign.pipelines import run_pipeline
@@ -242,6 +243,7 @@ def test_llm_editor_edits_caches_and_names_a_dead_endpoint(tmp_path, ray_local):
 
 # ---------------------------------------------------------------- the pipeline
 
+@pytest.mark.slow  # 40 s: a BMC pipeline run twice; keeps the default suite under 15 min on 2 cores
 def test_pipeline_trains_on_the_edits_and_reruns_without_editing_again(tmp_path, ray_local, tokenizer):
     from rayalign.pipelines.bmc import run_bmc
 

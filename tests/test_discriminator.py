@@ -364,6 +364,7 @@ def _kill_replica_under_load(port: int, prefix: str, seconds_after_kill: float) 
     return answers, before, pid()
 
 
+@pytest.mark.slow  # 35 s: a replica killed under load, then replaced; keeps the default suite under 15 min on 2 cores
 def test_a_killed_replica_costs_requests_time_not_answers(trained, ray_local, tmp_path):
     """The model replica's process killed under load: every request is answered 200 (those in flight are
     resent to the replica Serve starts in its place), none waits past the gateway's limit, the replica is back.

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from rayalign.ray_setup import AUTH_LOGGER, CLEANER_LOGGER, quiet_ray_noise
 from tests.conftest import REPO
 
@@ -58,6 +60,7 @@ def test_the_auth_enabled_notice_is_dropped_and_the_disabled_warning_kept(caplog
         auth.filters.clear()
 
 
+@pytest.mark.slow  # 40 s: a whole `rayalign train` in a subprocess; keeps the default suite under 15 min on 2 cores
 def test_a_successful_run_prints_no_exception_text(tmp_path):
     """`rayalign train` end to end in its own process (its own Ray cluster): exit 0, and neither stream shows a
     traceback or an exception's name."""

@@ -107,6 +107,7 @@ def test_cmaes_takes_continuous_ranges_only(tmp_path):
         load_sweep(str(sweep_file))
 
 
+@pytest.mark.slow  # 50 s: CMA-ES generations through Ray Tune; keeps the default suite under 15 min on 2 cores
 def test_cmaes_through_ray_tune_moves_toward_a_known_optimum(tmp_path, ray_local):
     """The sweep's own searcher and Tune config on a toy fitness −‖x − (0.8, 0.2)‖²: 4 generations of 6."""
     from ray import tune

@@ -20,8 +20,8 @@ def run_pipeline(cfg: config_lib.Config) -> dict:
     cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, group=cfg.tracking.group or cfg.name))
     if cfg.pipeline == "train":
         return _dispatch(cfg)
-    # With a URI output_dir the pipeline works in its staging copy: pulled first (a rerun resumes from what is
-    # there), pushed when it ends or fails (its inner runs' checkpoints with it; its own training's go to the URI).
+    # With a URI output_dir the pipeline works in its staging copy: taken fresh from the URI first (a rerun resumes
+    # from what is there), pushed when it ends or fails (its nested runs write their checkpoints to the URI).
     storage = cfg.storage()
     storage.pull(fresh=True)
     try:

@@ -127,7 +127,7 @@ def run_training(cfg: config_lib.Config, prepared: PreparedData | None = None) -
     storage = cfg.storage()
     if cfg.train.resume == "never" and storage.checkpoints():
         raise ConfigError(f"{storage.uri or run_dir} already has checkpoints: use a new name= or train.resume=auto")
-    storage.pull(checkpoints=cfg.train.local_mode, fresh=True)  # a URI run: its files so far (local mode: its checkpoints too)
+    storage.pull(checkpoints=cfg.train.local_mode, fresh=True)  # a URI run's files (local mode: checkpoints too)
     # Before Ray's start, not beside it: in a submitted job, data read while `ray.init` connected missed its relative
     # path (tests/test_submit.py), as `ray.init` sets up the job's working directory.
     prepared = _prepare(cfg, prepared)
