@@ -32,10 +32,12 @@ START = "start"
 
 def run_checkpoint(run_dir: Path) -> str:
     """The final checkpoint a run's summary names (pipelines nest it under "train")."""
-    path = run_dir / "summary.json"
-    if not path.is_file():
-        raise RayAlignError(f"{run_dir}: no summary.json, so the run has not finished; rerun it or leave it out")
-    summary = json.loads(path.read_text())
+    from rayalign.summary import finished, read_summary
+
+    summary = read_summary(run_dir)
+    if not finished(summary):
+        raise RayAlignError(f"{run_dir}: the run has not finished (no summary.json, or its training stopped before "
+                            "its last step); rerun it or leave it out")
     checkpoint = summary.get("train", summary).get("checkpoint")
     if not checkpoint or not Path(checkpoint).is_dir():
         raise RayAlignError(f"{run_dir}: its summary names no checkpoint directory ({checkpoint}); rerun the run")

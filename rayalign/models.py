@@ -14,7 +14,6 @@ The cache lives in ``rayalign.files.cache_root()`` (``$RAYALIGN_CACHE``), under 
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 from rayalign.errors import MissingPackageError, RayAlignError
@@ -93,9 +92,10 @@ def resolve_model(name: str) -> str:
         raise RayAlignError(f"model '{name}' is a checkpoint with training shards only (written before the run's "
                             f"end): make its model directory with `rayalign export {name} OUT_DIR`, then name OUT_DIR")
     if path.is_dir():
-        summary = path / "summary.json"
-        if not (path / "config.json").is_file() and summary.is_file():
-            run = json.loads(summary.read_text())
+        from rayalign.summary import read_summary
+
+        run = None if (path / "config.json").is_file() else read_summary(path)
+        if run is not None:
             checkpoint = (run.get("train") or run).get("checkpoint")  # a pipeline's training, or `rayalign train`'s
             if not checkpoint:
                 raise RayAlignError(f"model '{name}' is a run directory without a trained checkpoint in "

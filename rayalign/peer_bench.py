@@ -187,11 +187,12 @@ def _rayalign_run(model: str, data: Path, steps: int, batch: int, gpu: bool, wor
     import yaml
 
     from rayalign import config as config_lib
+    from rayalign.summary import read_summary
 
     job = work / "job.yaml"
     job.write_text(yaml.safe_dump(config_lib.to_dict(config_lib.load(None, overrides))))
     run = _run_tool("rayalign", ["rayalign.cli", "train", str(job)], env, work)
-    summary = json.loads((work / "rayalign" / "summary.json").read_text())
+    summary = read_summary(work / "rayalign")
     return {**_figures(run, summary["tokens_per_s_median"], summary["steps"], summary.get("cuda_peak_mib"), gpu),
             "phases_s": summary["phases_s"]}
 

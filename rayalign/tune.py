@@ -33,7 +33,6 @@ same held-out samples, the seeds of each setting pooled, every pair of settings 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -44,6 +43,7 @@ from rayalign import config as config_lib
 from rayalign.config import _STRICT
 from rayalign.errors import ConfigError
 from rayalign.ray_setup import init_ray
+from rayalign.summary import finished, read_summary, write_summary
 
 METRICS = ("win_rate", "policy_reward", "mean_return")
 
@@ -203,7 +203,7 @@ def run_sweep(sweep: SweepConfig) -> dict:
     summary = _write_outputs(sweep, sweep_dir, results)
     if base.eval.enabled and base.pipeline != "mujoco":  # mujoco trials are scored by their return
         summary["compare"] = _compare_trials(sweep, sweep_dir)
-        (sweep_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        write_summary(sweep_dir, summary)
     return summary
 
 
@@ -219,7 +219,7 @@ def _compare_trials(sweep: SweepConfig, sweep_dir: Path) -> str:
     from rayalign.compare import compare
     from rayalign.stats import describe
 
-    trials = sorted(d for d in (sweep_dir / "trials").iterdir() if (d / "summary.json").is_file())
+    trials = sorted(d for d in (sweep_dir / "trials").iterdir() if finished(read_summary(d)))
     result = compare(trials, sweep_dir, [trial_label(d / "config.yaml", sweep) for d in trials])
     print("\ncompare (paired per prompt, seeds pooled):")
     for pair in result["pairs"]:
@@ -248,7 +248,7 @@ def _write_outputs(sweep: SweepConfig, sweep_dir: Path, results) -> dict:
                "trials": len(table), "table": str(sweep_dir / "trials.csv"), "best_config": str(sweep_dir / "best.yaml")}
     if groups is not None:  # with seeds, the best setting is the best mean, not the luckiest trial
         summary["best_over_seeds"] = groups.iloc[0].to_dict()
-    (sweep_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_summary(sweep_dir, summary)
     print(table.to_string(index=False))
     if groups is not None:
         print(f"\nover seeds:\n{groups.to_string(index=False)}")

@@ -342,7 +342,7 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path, ray_local):
         _train(tmp_path, "nan", "train.lr=1e30", "train.max_grad_norm=0", "train.max_steps=4",
                "train.save_every=1", LOCAL)
     summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
-    assert summary["status"] == "non_finite_loss"
+    assert summary["status"] == "failed" and summary["reason"] == "non_finite_loss"
     assert summary["checkpoint"] and summary["checkpoint"].endswith(f"step_{summary['steps'] - 1:06d}")
 
 

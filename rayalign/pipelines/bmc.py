@@ -177,6 +177,7 @@ def run_bmc(cfg: config_lib.Config) -> dict:
     """Pairs, edits, training, evaluation; writes the run directory (see the module docstring)."""
     from rayalign.pipelines.evaluate import evaluate_run
     from rayalign.sampling.pool import PhasePool
+    from rayalign.summary import finished, write_summary
     from rayalign.train.driver import run_training
 
     run_dir = cfg.run_dir.resolve()
@@ -188,9 +189,9 @@ def run_bmc(cfg: config_lib.Config) -> dict:
         pools.make_room(cfg.train)
         train = run_training(train_cfg)
         summary = {"pipeline": "bmc", "bridging": counts, "train": train}
-        if train["status"] == "ok":
+        if finished(train):
             summary.update(evaluate_run(cfg, run_dir, train["checkpoint"], pools))
     summary["sampler_pool_starts"] = pools.starts
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_summary(run_dir, summary)
     config_lib.save(cfg, run_dir / "config.yaml")  # training saved its own view; keep the pipeline's
     return summary

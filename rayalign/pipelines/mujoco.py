@@ -9,8 +9,6 @@ reference's and the expert's return, with t intervals over seeds.
 
 from __future__ import annotations
 
-import json
-
 from rayalign import config as config_lib
 
 EVAL_SEED = 10_000
@@ -118,9 +116,10 @@ def run_mujoco(cfg: config_lib.Config) -> dict:
     import torch
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from rayalign.files import atomic_write, atomic_write_text
+    from rayalign.files import atomic_write
     from rayalign.losses import get_loss
     from rayalign.ray_setup import init_ray
+    from rayalign.summary import write_summary
     from rayalign.tracking import Tracker
 
     if get_loss(cfg.loss.name).needs_token_logps:
@@ -154,19 +153,20 @@ def run_mujoco(cfg: config_lib.Config) -> dict:
                     step=row["step"])
     summary = summarise(cfg, results, expert)
     tracker.finish({"mean_return": summary["mean_return"], "reference_return": summary["reference_return"]})
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))  # last: it marks the run finished
+    write_summary(run_dir, summary)  # last: it marks the run finished
     _print(cfg, summary)
     return summary
 
 
 def _finished(run_dir, cfg: config_lib.Config) -> dict | None:
     """The summary of a finished run of the same config in `run_dir`, else None."""
-    summary, saved = run_dir / "summary.json", run_dir / "config.yaml"
-    if not (summary.is_file() and saved.is_file()):
+    from rayalign.summary import read_summary
+
+    saved = run_dir / "config.yaml"
+    summary = read_summary(run_dir)
+    if summary is None or not saved.is_file() or config_lib.to_dict(config_lib.load(saved)) != config_lib.to_dict(cfg):
         return None
-    if config_lib.to_dict(config_lib.load(saved)) != config_lib.to_dict(cfg):
-        return None
-    return json.loads(summary.read_text())
+    return summary
 
 
 def _print(cfg: config_lib.Config, summary: dict) -> None:

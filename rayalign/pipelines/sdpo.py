@@ -101,12 +101,11 @@ def reference_margin(model_name: str, pairs, pad_id: int) -> float | None:
 
 
 def _stage_done(stage_cfg: config_lib.Config) -> dict | None:
+    from rayalign.summary import finished, read_summary
+
     stage_cfg.storage().pull(fresh=True)  # a URI run: the stage's summary, if an earlier attempt finished it
-    path = stage_cfg.run_dir / "summary.json"
-    if not path.is_file():
-        return None
-    summary = json.loads(path.read_text())
-    return summary if summary.get("status") == "ok" and summary["steps"] == summary["total_steps"] else None
+    summary = read_summary(stage_cfg.run_dir)
+    return summary if finished(summary) else None
 
 
 def _sources(cfg: config_lib.Config, prepared) -> list[str]:
@@ -131,6 +130,7 @@ def run_stages(cfg: config_lib.Config, prepared) -> dict:
     URI when output_dir is one, so a stage's workers write there); returns the summary."""
     from rayalign.data import PreparedData
     from rayalign.models import load_tokenizer
+    from rayalign.summary import finished
     from rayalign.train.driver import run_training
 
     pairs, s = prepared.pairs, cfg.sdpo
@@ -152,7 +152,7 @@ def run_stages(cfg: config_lib.Config, prepared) -> dict:
             print(f"rayalign: sDPO stage {t}/{len(chunks)}: {len(chunk)} pairs, reference {previous}", flush=True)
             subset = PreparedData(pairs=[pairs[i] for i in chunk], stats=dict(prepared.stats, rows_used=len(chunk)))
             summary = run_training(stage_cfg, prepared=subset)
-            if summary["steps"] < summary["total_steps"]:  # stopped (train.stop_at_step): resume here later
+            if not finished(summary):  # stopped (train.stop_at_step): resume here later
                 stages.append(summary)
                 return {"stages": stages, "status": "stopped", "checkpoint": summary["checkpoint"],
                         "final_metrics": summary["final_metrics"], **_totals(stages)}
@@ -181,6 +181,7 @@ def run_sdpo(cfg: config_lib.Config) -> dict:
     from rayalign.data import prepare_data
     from rayalign.models import load_tokenizer
     from rayalign.pipelines.evaluate import evaluate_run
+    from rayalign.summary import finished, write_summary
 
     run_dir = cfg.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -188,7 +189,7 @@ def run_sdpo(cfg: config_lib.Config) -> dict:
     prepared = prepare_data(cfg.data, load_tokenizer(cfg.model.name))
     train = run_stages(cfg, prepared)
     summary = {"pipeline": "sdpo", "train": train}
-    if train["status"] == "ok":
+    if finished(train):
         summary.update(evaluate_run(cfg, run_dir, train["checkpoint"]))
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_summary(run_dir, summary)
     return summary

@@ -15,10 +15,10 @@ from rayalign import monitoring
 from rayalign.cluster_fit import check_local, trainer_demand, watch_waiting
 from rayalign.data import PreparedData, attach_marks, prepare_data
 from rayalign.errors import ConfigError, TrainingError
-from rayalign.files import atomic_write_text
 from rayalign.losses import get_loss
 from rayalign.models import cache_root, load_tokenizer, resolve_model
 from rayalign.ray_setup import init_ray
+from rayalign.summary import training_status, write_summary
 from rayalign.tracking import PhaseClock, read_metrics
 
 
@@ -80,7 +80,7 @@ def _summary(cfg, storage, prepared, clock: PhaseClock, fit_ended: float) -> dic
     checkpoint = checkpoints[-1] if checkpoints else None
     state = json.loads((cfg.run_dir / "train_state.json").read_text())
     return {
-        "status": state["status"],
+        **training_status(state["status"], state["step"], state["total"]),
         "steps": state["step"],
         "total_steps": state["total"],
         "resumed_from_step": state.get("resumed_from", 0),
@@ -169,9 +169,9 @@ def run_training(cfg: config_lib.Config, prepared: PreparedData | None = None) -
         torch.set_num_threads(threads)
     storage.pull(checkpoints=False)  # what rank 0 wrote (metrics, training state), wherever it ran
     summary = _summary(cfg, storage, prepared, clock, time.time())
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    write_summary(run_dir, summary)
     storage.push()
-    if summary["status"] == "non_finite_loss":
+    if summary.get("reason") == "non_finite_loss":
         raise TrainingError(
             f"the loss became NaN/inf at step {summary['steps']}; training stopped. Last good checkpoint: "
             f"{summary['checkpoint'] or 'none (set train.save_every)'}. Lower train.lr or check the data")
