@@ -189,7 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-5 loss.name=ipo")
     train.set_defaults(func=cmd_train)
 
-    run = sub.add_parser("run", help="run a pipeline job (the config's `pipeline`: train, inco, sdpo or d2po)")
+    from rayalign.recipes import RECIPES
+
+    run = sub.add_parser("run", help="run a pipeline job (the config's `pipeline`: " + ", ".join(RECIPES) + ")",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog="pipelines:\n" + "\n".join(f"  {r.name:8s} {r.help}" for r in RECIPES.values()))
     run.add_argument("config", help="YAML job (see jobs/)")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. inco.ratio=0.25")
     run.set_defaults(func=cmd_run)

@@ -42,9 +42,10 @@ def sampler_demand(num_actors: int, cpus: float, gpus: float) -> Demand:
 def job_demands(cfg) -> list[Demand]:
     """What a job's phases ask for, each phase on its own (they take turns): the trainer, and the sampler pool of
     a pipeline that samples (synthesis, online rounds, evaluation)."""
-    demands = [trainer_demand(cfg.train)]
-    samples = cfg.pipeline in ("inco", "d2po") or (cfg.pipeline == "bmc" and not cfg.data.path)
-    if samples or (cfg.pipeline != "train" and cfg.eval.enabled):
+    from rayalign.recipes import get_recipe
+
+    demands, recipe = [trainer_demand(cfg.train)], get_recipe(cfg.pipeline)
+    if recipe.samples(cfg) or (recipe.evaluates and cfg.eval.enabled):
         s = cfg.sampling
         demands.append(sampler_demand(s.num_actors, s.cpus_per_actor, s.gpus_per_actor))
     return demands

@@ -422,10 +422,14 @@ class EvalConfig:
 class Config:
     name: str = "run"
     """Run name: the run directory is <output_dir>/<name>."""
-    pipeline: Literal["train", "inco", "sdpo", "d2po", "bmc", "mujoco"] = "train"
-    """What `rayalign run` does: train (on data.path), inco (synthesise, train, evaluate), sdpo (stages on
-    data.path), d2po (online rounds, then evaluate), bmc (pairs, edits, train, evaluate) or mujoco (the MuJoCo
-    preference benchmark: loss.* on mujoco.*, scored by the environment's return)."""
+    pipeline: str = "train"
+    """What `rayalign run` does, a recipe of rayalign.recipes: train (on data.path), inco (synthesise, train,
+    evaluate), sdpo (stages on data.path), d2po (online rounds, then evaluate), bmc (pairs, edits, train,
+    evaluate), mujoco (the MuJoCo preference benchmark: loss.* on mujoco.*, scored by the environment's return),
+    or one a module in `recipes` registers."""
+    recipes: list[str] = dataclasses.field(default_factory=list)
+    """Python modules imported before the config is checked, each registering methods of its own with
+    rayalign.recipes.register_recipe (e.g. [my_methods.toy])."""
     output_dir: str = "runs"
     """Where run directories go: a local path, or a URI pyarrow's filesystems open (s3://bucket/runs, gs://...);
     with a URI each process works in a staging copy under $RAYALIGN_CACHE/staging (rayalign.storage)."""
@@ -541,9 +545,15 @@ def build(tree: dict, cls: type = Config) -> Any:
     if not isinstance(tree, dict):
         raise ConfigError(f"a config must be a mapping of keys, got {type(tree).__name__}")
     try:
-        return TypeAdapter(cls).validate_python(tree)
+        built = TypeAdapter(cls).validate_python(tree)
     except ValidationError as error:
         raise ConfigError(_describe(error)) from None
+    if cls is Config:
+        from rayalign.recipes import get_recipe, import_recipes
+
+        import_recipes(built.recipes)
+        get_recipe(built.pipeline)
+    return built
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict:

@@ -43,6 +43,7 @@ from rayalign import config as config_lib
 from rayalign.config import _STRICT
 from rayalign.errors import ConfigError
 from rayalign.ray_setup import init_ray
+from rayalign.recipes import get_recipe
 from rayalign.summary import finished, read_summary, write_summary
 
 METRICS = ("win_rate", "policy_reward", "mean_return")
@@ -59,9 +60,9 @@ class SweepConfig:
     search: dict[str, dict[str, list[Any]]] = dataclasses.field(default_factory=dict)
     """Dotted key (or comma-joined keys, values as lists) -> {grid|choice: [values]} or
     {uniform|loguniform: [low, high]}."""
-    metric: Literal["win_rate", "policy_reward", "mean_return"] = "win_rate"
-    """What the best trial maximises (or minimises, see mode); mean_return: the mujoco pipeline's return over its
-    seeds."""
+    metric: str = "win_rate"
+    """What the best trial maximises (or minimises, see mode): a figure the pipeline's trials report (evaluated
+    pipelines: win_rate, policy_reward, train_loss, ...; mujoco: mean_return over its seeds; rayalign.recipes)."""
     mode: Literal["max", "min"] = "max"
     """Direction of the metric."""
     num_samples: int = 1
@@ -102,7 +103,11 @@ def load_sweep(path: str, overrides: list[str] = ()) -> SweepConfig:
                           or not all(isinstance(v, list) and len(v) == width for v in values)):
             raise ConfigError(f"{path}: search key '{key}' joins {width} keys: give grid or choice a list of "
                               f"{width} values per point, e.g. [[1, a], [2, b]]")
-    config_lib.load(sweep.base, sweep.overrides)  # the base job must be valid before any trial starts
+    base = config_lib.load(sweep.base, sweep.overrides)  # the base job must be valid before any trial starts
+    figures = get_recipe(base.pipeline).figures
+    if sweep.metric not in figures:
+        raise ConfigError(f"{path}: metric '{sweep.metric}' is not a figure the {base.pipeline} pipeline's trials "
+                          f"report: one of {', '.join(figures)}")
     return sweep
 
 
@@ -136,16 +141,6 @@ def tune_config(sweep: SweepConfig):
                            max_concurrent_trials=sweep.max_concurrent_trials, search_alg=search_algorithm(sweep))
 
 
-def trial_metrics(summary: dict) -> dict:
-    """The figures a trial reports to Tune, from a pipeline summary."""
-    if summary["pipeline"] == "mujoco":
-        return {key: summary[key] for key in ("mean_return", "reference_return", "gain_over_reference")}
-    ev = summary.get("eval", {})
-    win = ev.get("win_rate", {})
-    return {"win_rate": win.get("win_rate"), "win_rate_low": win.get("ci_low"),
-            "win_rate_high": win.get("ci_high"), "policy_reward": ev.get("policy", {}).get("mean_reward"),
-            "reference_reward": ev.get("reference", {}).get("mean_reward"),
-            "pairs": summary.get("synthesis", {}).get("pairs"), "train_loss": summary["train"]["final_metrics"].get("loss")}
 
 
 def assignments(params: dict) -> list[str]:
@@ -172,8 +167,8 @@ def _trial(params: dict, sweep: SweepConfig, sweep_dir: str, cwd: str) -> None:
     name = tune.get_context().get_trial_name()
     overrides = [*sweep.overrides, *assignments(params),
                  f"output_dir={sweep_dir}/trials", f"name={name}", f"tracking.group={sweep.name}"]
-    summary = run_pipeline(config_lib.load(sweep.base, overrides))
-    tune.report(trial_metrics(summary))
+    cfg = config_lib.load(sweep.base, overrides)
+    tune.report(get_recipe(cfg.pipeline).trial_figures(run_pipeline(cfg)))
 
 
 def run_sweep(sweep: SweepConfig) -> dict:
@@ -201,7 +196,7 @@ def run_sweep(sweep: SweepConfig) -> dict:
     )
     results = tuner.fit()
     summary = _write_outputs(sweep, sweep_dir, results)
-    if base.eval.enabled and base.pipeline != "mujoco":  # mujoco trials are scored by their return
+    if base.eval.enabled and get_recipe(base.pipeline).evaluates:  # others are scored their own way (mujoco: its return)
         summary["compare"] = _compare_trials(sweep, sweep_dir)
         write_summary(sweep_dir, summary)
     return summary
@@ -233,7 +228,8 @@ def _write_outputs(sweep: SweepConfig, sweep_dir: Path, results) -> dict:
     keys = [f"config/{k}" for k in sweep.search]
     for key in keys:  # a joined key's values are lists: make them hashable for grouping
         frame[key] = frame[key].map(lambda v: ",".join(map(str, v)) if isinstance(v, list | tuple) else v)
-    columns = [c for c in ["trial_id", *keys, *METRICS, "win_rate_low", "win_rate_high", "pairs"] if c in frame]
+    figures = list(dict.fromkeys([sweep.metric, *METRICS]))  # a recipe's own metric (rayalign.recipes) too
+    columns = [c for c in ["trial_id", *keys, *figures, "win_rate_low", "win_rate_high", "pairs"] if c in frame]
     table = frame[columns].sort_values(sweep.metric, ascending=sweep.mode == "min")
     table.to_csv(sweep_dir / "trials.csv", index=False)
     groups = _seed_groups(table, sweep)
@@ -244,7 +240,7 @@ def _write_outputs(sweep: SweepConfig, sweep_dir: Path, results) -> dict:
     config_lib.save(config_lib.load(sweep.base, best_overrides), sweep_dir / "best.yaml")
     if keys:
         _plot(table, keys[0], sweep.metric, sweep_dir / "sweep.png")
-    summary = {"best": {"config": best.config, **{m: best.metrics.get(m) for m in METRICS}},
+    summary = {"best": {"config": best.config, **{m: best.metrics.get(m) for m in figures}},
                "trials": len(table), "table": str(sweep_dir / "trials.csv"), "best_config": str(sweep_dir / "best.yaml")}
     if groups is not None:  # with seeds, the best setting is the best mean, not the luckiest trial
         summary["best_over_seeds"] = groups.iloc[0].to_dict()

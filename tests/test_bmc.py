@@ -245,11 +245,11 @@ def test_llm_editor_edits_caches_and_names_a_dead_endpoint(tmp_path, ray_local):
 
 @pytest.mark.slow  # 40 s: a BMC pipeline run twice; keeps the default suite under 15 min on 2 cores
 def test_pipeline_trains_on_the_edits_and_reruns_without_editing_again(tmp_path, ray_local, tokenizer):
-    from rayalign.pipelines.bmc import run_bmc
+    from rayalign.pipelines import run_pipeline
 
     cfg = config.load(None, TINY_INCO + ["pipeline=bmc", f"output_dir={tmp_path}", "name=bmc", "eval.enabled=true",
                                          "eval.num_prompts=4", "eval.samples=1", "eval.max_new_tokens=6"])
-    summary = run_bmc(cfg)
+    summary = run_pipeline(cfg)
     run_dir = tmp_path / "bmc"
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "report.json", "data/bridged.parquet",
                  "data/bridging.json", "data/pairs.parquet"):
@@ -270,18 +270,18 @@ def test_pipeline_trains_on_the_edits_and_reruns_without_editing_again(tmp_path,
         else:
             assert row["chosen_ids"] == before["chosen_ids"]
     stamp = (run_dir / "data" / "bridged.parquet").stat().st_mtime_ns
-    run_bmc(cfg)
+    run_pipeline(cfg)
     assert (run_dir / "data" / "bridged.parquet").stat().st_mtime_ns == stamp, "the edits were made again"
     assert json.loads((run_dir / "summary.json").read_text())["bridging"] == counts
 
 
 def test_task_editor_on_a_users_file_needs_the_task(tmp_path):
-    from rayalign.pipelines.bmc import run_bmc
+    from rayalign.pipelines import run_pipeline
 
     cfg = config.load(None, ["pipeline=bmc", "model.name=tiny-llama", f"data.path={QUICKSTART_DATA}",
                              f"output_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="set bmc.task, or use bmc.editor=llm"):
-        run_bmc(cfg)
+        run_pipeline(cfg)
 
 
 @pytest.mark.slow  # a Serve endpoint, synthesis and a training run: about a minute on 2 cores
@@ -290,7 +290,7 @@ def test_llm_editor_pipeline_starts_its_own_endpoint_and_counts_every_outcome(tm
     gates and counts every answer, trains, and takes the endpoint down again."""
     from ray import serve
 
-    from rayalign.pipelines.bmc import run_bmc
+    from rayalign.pipelines import run_pipeline
 
     monkeypatch.delenv("RAYALIGN_LLM_BASE_URL", raising=False)
     cfg = config.load(None, TINY_INCO + ["pipeline=bmc", f"output_dir={tmp_path}", "name=llm", "bmc.editor=llm",
@@ -298,7 +298,7 @@ def test_llm_editor_pipeline_starts_its_own_endpoint_and_counts_every_outcome(tm
                                          "train.max_steps=1"])
     serve.shutdown()  # a proxy left on another port by an earlier test would serve the editor there
     try:
-        counts = run_bmc(cfg)["bridging"]
+        counts = run_pipeline(cfg)["bridging"]
         assert "llm-editor" not in serve.status().applications
     finally:
         serve.shutdown()

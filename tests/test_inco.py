@@ -11,7 +11,8 @@ import pytest
 from rayalign import config
 from rayalign.data import collate_pairs, encode_prompt, prepare_data
 from rayalign.models import load_causal_lm, load_tokenizer, resolve_model
-from rayalign.pipelines.inco import prefix_length, run_inco, select_pair, shard_seed, synthesise
+from rayalign.pipelines import run_pipeline
+from rayalign.pipelines.inco import prefix_length, select_pair, shard_seed, synthesise
 from rayalign.pipelines.pairs import Candidate
 from rayalign.sampling.base import SamplingParams
 from rayalign.sampling.hf import HFSampler
@@ -112,7 +113,7 @@ TINY = ["model.name=tiny-llama", "pipeline=inco", "inco.num_prompts=8", "inco.sh
 
 def test_pipeline_writes_every_file_and_reruns_without_synthesising_again(tmp_path, ray_local):
     cfg = config.load(None, TINY + [f"output_dir={tmp_path}", "name=inco_tiny"])
-    summary = run_inco(cfg)
+    summary = run_pipeline(cfg)
     run_dir = tmp_path / "inco_tiny"
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "report.json", "report.png", "data/pairs.parquet"):
         assert (run_dir / name).is_file(), name

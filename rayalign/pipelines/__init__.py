@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 from rayalign import config as config_lib
+from rayalign.recipes import get_recipe
+from rayalign.summary import read_summary, write_summary
 
 
 def run_pipeline(cfg: config_lib.Config) -> dict:
@@ -18,39 +22,28 @@ def run_pipeline(cfg: config_lib.Config) -> dict:
         raise ConfigError(f"train.lora_r works with `rayalign train` (pipeline train) only so far, not the "
                           f"{cfg.pipeline} pipeline, whose later phases load full checkpoints; set train.lora_r=0")
     cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, group=cfg.tracking.group or cfg.name))
+    run = get_recipe(cfg.pipeline).runner()
     if cfg.pipeline == "train":
-        return _dispatch(cfg)
+        return run(cfg)
     # With a URI output_dir the pipeline works in its staging copy: taken fresh from the URI first (a rerun resumes
     # from what is there), pushed when it ends or fails (its nested runs write their checkpoints to the URI).
     storage = cfg.storage()
     storage.pull(fresh=True)
     try:
-        return _dispatch(cfg)
+        summary = run(cfg)
+        # Every recipe's ending: its own config over its training's view of it, then the summary, last (it is
+        # what says the run ended: rayalign.summary); a rerun that found its run finished rewrites nothing.
+        if read_summary(cfg.run_dir) != json.loads(json.dumps(summary, default=str)):
+            config_lib.save(cfg, cfg.run_dir / "config.yaml")
+            write_summary(cfg.run_dir, summary)
+        return summary
     finally:
         storage.push()
 
 
-def _dispatch(cfg: config_lib.Config) -> dict:
-    if cfg.pipeline == "sdpo":
-        from rayalign.pipelines.sdpo import run_sdpo
-
-        return run_sdpo(cfg)
-    if cfg.pipeline == "d2po":
-        from rayalign.pipelines.d2po import run_d2po
-
-        return run_d2po(cfg)
-    if cfg.pipeline == "bmc":
-        from rayalign.pipelines.bmc import run_bmc
-
-        return run_bmc(cfg)
-    if cfg.pipeline == "mujoco":
-        from rayalign.pipelines.mujoco import run_mujoco
-
-        return run_mujoco(cfg)
-    if cfg.pipeline == "inco":
-        from rayalign.pipelines.inco import run_inco
-
-        return run_inco(cfg)
+def run_train(cfg: config_lib.Config) -> dict:
+    """The train recipe: `rayalign train` on data.path."""
     from rayalign.train.driver import run_training
 
     return {"pipeline": "train", "train": run_training(cfg)}
+

@@ -177,7 +177,7 @@ def run_bmc(cfg: config_lib.Config) -> dict:
     """Pairs, edits, training, evaluation; writes the run directory (see the module docstring)."""
     from rayalign.pipelines.evaluate import evaluate_run
     from rayalign.sampling.pool import PhasePool
-    from rayalign.summary import finished, write_summary
+    from rayalign.summary import finished
     from rayalign.train.driver import run_training
 
     run_dir = cfg.run_dir.resolve()
@@ -192,6 +192,4 @@ def run_bmc(cfg: config_lib.Config) -> dict:
         if finished(train):
             summary.update(evaluate_run(cfg, run_dir, train["checkpoint"], pools))
     summary["sampler_pool_starts"] = pools.starts
-    write_summary(run_dir, summary)
-    config_lib.save(cfg, run_dir / "config.yaml")  # training saved its own view; keep the pipeline's
     return summary

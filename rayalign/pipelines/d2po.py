@@ -47,7 +47,6 @@ from rayalign import config as config_lib
 from rayalign.errors import ConfigError
 from rayalign.files import atomic_write_text, read_jsonl, truncate_jsonl
 from rayalign.storage import RunStorage, is_uri
-from rayalign.summary import write_summary
 
 STATE_FILE, GOLD_LOG, GOLD_PAIRS = "d2po_state.json", "gold_calls.jsonl", "gold_pairs.jsonl"
 
@@ -355,7 +354,6 @@ def run_d2po(cfg: config_lib.Config) -> dict:
         if state.rounds_done == cfg.d2po.rounds:
             summary.update(evaluate_run(cfg, run_dir, state.policy, pools))
     summary["sampler_pool_starts"] = pools.starts
-    write_summary(run_dir, summary)
     return summary
 
 

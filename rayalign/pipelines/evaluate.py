@@ -11,8 +11,9 @@ from rayalign import config as config_lib
 
 def eval_config(cfg: config_lib.Config) -> config_lib.EvalConfig:
     """The run's evaluation settings with the task resolved (eval.task, else the pipeline's task)."""
-    pipeline_task = {"d2po": cfg.d2po.task, "bmc": cfg.bmc.task}.get(cfg.pipeline) or cfg.inco.task
-    return dataclasses.replace(cfg.eval, task=cfg.eval.task or pipeline_task)
+    from rayalign.recipes import get_recipe
+
+    return dataclasses.replace(cfg.eval, task=cfg.eval.task or get_recipe(cfg.pipeline).task(cfg))
 
 
 def evaluate_run(cfg: config_lib.Config, run_dir: Path, checkpoint: str, pools=None) -> dict:

@@ -147,7 +147,7 @@ def run_inco(cfg: config_lib.Config) -> dict:
     trainer fits beside it; writes the run directory."""
     from rayalign.pipelines.evaluate import evaluate_run
     from rayalign.sampling.pool import PhasePool
-    from rayalign.summary import finished, write_summary
+    from rayalign.summary import finished
     from rayalign.train.driver import run_training
 
     run_dir = cfg.run_dir.resolve()
@@ -168,6 +168,4 @@ def run_inco(cfg: config_lib.Config) -> dict:
         evaluated = evaluate_run(cfg, run_dir, train["checkpoint"], pools) if finished(train) else {}
     summary = {"pipeline": "inco", "synthesis": synthesis_stats(run_dir), "train": train, **evaluated,
                "sampler_pool_starts": pools.starts}
-    write_summary(run_dir, summary)
-    config_lib.save(cfg, run_dir / "config.yaml")  # training saved its own view; keep the pipeline's
     return summary

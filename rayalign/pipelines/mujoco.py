@@ -119,7 +119,6 @@ def run_mujoco(cfg: config_lib.Config) -> dict:
     from rayalign.files import atomic_write
     from rayalign.losses import get_loss
     from rayalign.ray_setup import init_ray
-    from rayalign.summary import write_summary
     from rayalign.tracking import Tracker
 
     if get_loss(cfg.loss.name).needs_token_logps:
@@ -153,7 +152,6 @@ def run_mujoco(cfg: config_lib.Config) -> dict:
                     step=row["step"])
     summary = summarise(cfg, results, expert)
     tracker.finish({"mean_return": summary["mean_return"], "reference_return": summary["reference_return"]})
-    write_summary(run_dir, summary)  # last: it marks the run finished
     _print(cfg, summary)
     return summary
 

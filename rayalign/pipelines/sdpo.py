@@ -181,7 +181,7 @@ def run_sdpo(cfg: config_lib.Config) -> dict:
     from rayalign.data import prepare_data
     from rayalign.models import load_tokenizer
     from rayalign.pipelines.evaluate import evaluate_run
-    from rayalign.summary import finished, write_summary
+    from rayalign.summary import finished
 
     run_dir = cfg.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -191,5 +191,4 @@ def run_sdpo(cfg: config_lib.Config) -> dict:
     summary = {"pipeline": "sdpo", "train": train}
     if finished(train):
         summary.update(evaluate_run(cfg, run_dir, train["checkpoint"]))
-    write_summary(run_dir, summary)
     return summary

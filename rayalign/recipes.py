@@ -1,0 +1,107 @@
+"""The methods `rayalign run` knows (a config's `pipeline`), in one registry that the config, the CLI, the
+evaluation, the cluster fit check and Tune all read.
+
+A recipe is a name, the function that runs it (``"module:function"``, imported only when it runs, so reading
+the registry stays cheap), and what the rest of rayalign needs to know about it without running it: whether it
+samples (the fit check adds the sampler pool), whether it ends with the held-out evaluation, the task that
+evaluation uses, and the figures a Tune trial reports. A new method is one module that calls `register_recipe`;
+a user's own module is named in the config's `recipes` list (imported before the config is checked).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from rayalign.errors import ConfigError
+
+
+def _no(cfg) -> bool:
+    return False
+
+
+def _inco_task(cfg) -> str | None:
+    return cfg.inco.task
+
+
+def eval_figures(summary: dict) -> dict:
+    """What a trial of an evaluated recipe reports to Tune: its win rate, rewards and training loss."""
+    ev = summary.get("eval", {})
+    win = ev.get("win_rate", {})
+    return {"win_rate": win.get("win_rate"), "win_rate_low": win.get("ci_low"),
+            "win_rate_high": win.get("ci_high"), "policy_reward": ev.get("policy", {}).get("mean_reward"),
+            "reference_reward": ev.get("reference", {}).get("mean_reward"),
+            "pairs": summary.get("synthesis", {}).get("pairs"),
+            "train_loss": summary["train"]["final_metrics"].get("loss")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    name: str
+    run: str
+    """"module:function" taking the Config and returning the run's summary (a dict with its training's under
+    "train")."""
+    help: str
+    """One line for `rayalign run --help`."""
+    samples: Callable[[Any], bool] = _no
+    """Whether a run of this config starts a sampler pool before its evaluation (synthesis, online rounds)."""
+    evaluates: bool = True
+    """Whether it ends with the held-out evaluation (`eval.*`) when eval.enabled."""
+    task: Callable[[Any], str | None] = _inco_task
+    """The task its evaluation uses when eval.task is null."""
+    trial_figures: Callable[[dict], dict] = eval_figures
+    """The figures a Tune trial reports, from the run's summary."""
+    figures: tuple[str, ...] = ("win_rate", "win_rate_low", "win_rate_high", "policy_reward", "reference_reward",
+                                "pairs", "train_loss")
+    """Their names (what a sweep's metric may be)."""
+
+    def runner(self) -> Callable[[Any], dict]:
+        module, _, function = self.run.partition(":")
+        return getattr(importlib.import_module(module), function)
+
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def register_recipe(recipe: Recipe) -> Recipe:
+    RECIPES[recipe.name] = recipe
+    return recipe
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ConfigError(f"config key 'pipeline': unknown pipeline '{name}'; one of {', '.join(RECIPES)}, or a "
+                          "recipe a module in the config's `recipes` registers")
+    return RECIPES[name]
+
+
+def import_recipes(modules: list[str]) -> None:
+    """Import the modules a config names in `recipes` (each registers its recipes); one line for a missing one."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ConfigError(f"config key 'recipes': cannot import '{module}' ({error}); name a module on the "
+                              "Python path, e.g. my_methods.toy") from None
+
+
+def _mujoco_figures(summary: dict) -> dict:
+    return {key: summary[key] for key in ("mean_return", "reference_return", "gain_over_reference")}
+
+
+for _recipe in (
+    Recipe("train", "rayalign.pipelines:run_train", "DPO (or loss.name) on data.path", evaluates=False),
+    Recipe("inco", "rayalign.pipelines.inco:run_inco", "InCo-DPO: synthesise pairs, train, evaluate",
+           samples=lambda cfg: True),
+    Recipe("sdpo", "rayalign.pipelines.sdpo:run_sdpo", "sDPO: stages on data.path, easy to hard, then evaluate"),
+    Recipe("d2po", "rayalign.pipelines.d2po:run_d2po", "D2PO: online rounds with a discriminator, then evaluate",
+           samples=lambda cfg: True, task=lambda cfg: cfg.d2po.task or cfg.inco.task),
+    Recipe("bmc", "rayalign.pipelines.bmc:run_bmc", "BMC: pairs, bridging edits, train, evaluate",
+           samples=lambda cfg: not cfg.data.path, task=lambda cfg: cfg.bmc.task or cfg.inco.task),
+    Recipe("mujoco", "rayalign.pipelines.mujoco:run_mujoco", "the MuJoCo preference benchmark (loss.* on mujoco.*)",
+           evaluates=False, trial_figures=_mujoco_figures,
+           figures=("mean_return", "reference_return", "gain_over_reference")),
+):
+    register_recipe(_recipe)
