@@ -46,4 +46,3 @@ def run_train(cfg: config_lib.Config) -> dict:
     from rayalign.train.driver import run_training
 
     return {"pipeline": "train", "train": run_training(cfg)}
-
