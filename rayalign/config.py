@@ -481,15 +481,20 @@ _SECTIONS = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig, "trai
              "d2po": D2POConfig, "bmc": BMCConfig, "eval": EvalConfig, "mujoco": MujocoConfig}
 
 
+def _default(info) -> Any:
+    """A field's default, its default factory's value for a list or dict field."""
+    return info.get_default(call_default_factory=True)
+
+
 def describe_fields() -> list[tuple[str, Any, str]]:
     """(dotted key, default, doc) for every field: the key list of `rayalign train --help`."""
     rows = []
     for name, info in Config.__pydantic_fields__.items():
         if name in _SECTIONS:
             for sub, sub_info in _SECTIONS[name].__pydantic_fields__.items():
-                rows.append((f"{name}.{sub}", sub_info.default, sub_info.description or ""))
+                rows.append((f"{name}.{sub}", _default(sub_info), sub_info.description or ""))
         else:
-            rows.append((name, info.default, info.description or ""))
+            rows.append((name, _default(info), info.description or ""))
     return rows
 
 

@@ -28,6 +28,9 @@ def test_help_lists_commands_and_config_keys():
     result = rayalign("train", "--help")
     assert result.returncode == 0
     assert "train.lr" in result.stdout and "loss.name" in result.stdout
+    # list-valued keys show their default factory's value, not pydantic's placeholder
+    assert "PydanticUndefined" not in result.stdout
+    assert "train.lora_target_modules = ['all-linear']" in result.stdout and "  recipes = []" in result.stdout
 
 
 @pytest.mark.parametrize("args, expected", [
