@@ -14,34 +14,35 @@ UNSAFE_CALLS = {("torch", "load"), ("pickle", "load"), ("pickle", "loads"), ("cl
                 ("cloudpickle", "loads"), ("joblib", "load"), ("dill", "load"), ("dill", "loads")}
 
 
-def _calls(tree):
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
-            yield node
+def unsafe_calls(source: str, where: str) -> list[str]:
+    """Calls in `source` that unpickle (UNSAFE_CALLS) or pass trust_remote_code anything but False."""
+    found = []
+    for call in (node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Call)):
+        func = call.func
+        named = isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
+        if named and (func.value.id, func.attr) in UNSAFE_CALLS:
+            found.append(f"{where}:{call.lineno} {func.value.id}.{func.attr}")
+        for keyword in call.keywords:
+            if keyword.arg == "trust_remote_code" and not (
+                    isinstance(keyword.value, ast.Constant) and keyword.value.value is False):
+                found.append(f"{where}:{call.lineno} trust_remote_code")
+    return found
 
 
 def test_no_module_unpickles_or_trusts_remote_code():
     """Checkpoints, caches and models are read as safetensors and JSON only, and never with trust_remote_code=True
     (a model directory's own Python would run): a call that does either anywhere in rayalign/ fails this."""
-    found = []
-    for path in sorted((REPO / "rayalign").rglob("*.py")):
-        for call in _calls(ast.parse(path.read_text())):
-            func = call.func
-            named = isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
-            if named and (func.value.id, func.attr) in UNSAFE_CALLS:
-                found.append(f"{path.relative_to(REPO)}:{call.lineno} {func.value.id}.{func.attr}")
-            for keyword in call.keywords:
-                if keyword.arg == "trust_remote_code" and not (
-                        isinstance(keyword.value, ast.Constant) and keyword.value.value is False):
-                    found.append(f"{path.relative_to(REPO)}:{call.lineno} trust_remote_code")
+    found = [hit for path in sorted((REPO / "rayalign").rglob("*.py"))
+             for hit in unsafe_calls(path.read_text(), str(path.relative_to(REPO)))]
     assert found == []
 
 
-def test_the_scan_would_see_an_unsafe_call(tmp_path):
-    tree = ast.parse("import torch\nstate = torch.load(path)\nm = f(x, trust_remote_code=True)\n")
-    calls = list(_calls(tree))
-    assert ("torch", "load") == (calls[0].func.value.id, calls[0].func.attr)
-    assert calls[1].keywords[0].arg == "trust_remote_code" and calls[1].keywords[0].value.value is True
+def test_the_scan_sees_unsafe_calls_and_passes_safe_ones():
+    bad = "import torch\nstate = torch.load(path)\nm = f(x, trust_remote_code=True)\nn = g(trust_remote_code=flag)\n"
+    assert unsafe_calls(bad, "bad.py") == ["bad.py:2 torch.load", "bad.py:3 trust_remote_code",
+                                           "bad.py:4 trust_remote_code"]
+    safe = "from safetensors.torch import load_file\nstate = load_file(path)\nm = f(x, trust_remote_code=False)\n"
+    assert unsafe_calls(safe, "safe.py") == []
 
 
 def test_secrets_in_the_environment_stay_out_of_the_run_directory(tmp_path, ray_local, monkeypatch):

@@ -8,7 +8,7 @@ import pytest
 
 from rayalign.errors import RayAlignError
 from rayalign.tasks import arithmetic, bullets, word_collector
-from rayalign.tasks.registry import TASKS, get_task, in_held_out, make_task, register_task
+from rayalign.tasks.registry import TASKS, get_task, make_task, register_task
 
 MATH_PROMPT = f"{arithmetic.INSTRUCTION}\n(3 + (4 * 2)) - 5"
 MATH_GOLD = "(3 + (4 * 2)) - 5\n(3 + 8) - 5\n11 - 5\n6"
@@ -107,8 +107,8 @@ def test_topic_split_is_by_topic_not_by_wording():
     expression = "(3 + (4 * 2)) - 5"
     assert set(arithmetic.sub_expressions(expression)) == {"(3 + (4 * 2)) - 5", "3 + (4 * 2)"}
     math_task = get_task("math")
-    assert math_task.is_held_out(expression) == any(in_held_out(k, math_task.held_out_share)
-                                                   for k in arithmetic.sub_expressions(expression))
+    trained = [topic for topic, _ in math_task.draw("train", 300, seed=0)]
+    assert not [t for t in trained if any(math_task.is_held_out(sub) for sub in arithmetic.sub_expressions(t))]
 
 
 def test_asking_for_more_prompts_than_a_split_has_is_an_error():
