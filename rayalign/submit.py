@@ -276,8 +276,11 @@ def validate(command: str, path: str, overrides: list[str]):
         load_sweep(path, overrides)
         return None
     from rayalign import config as config_lib
+    from rayalign.preflight import check_job
 
-    return config_lib.load(path, overrides)
+    cfg = config_lib.load(path, overrides)
+    check_job(cfg)
+    return cfg
 
 
 def cmd_submit(args) -> int:

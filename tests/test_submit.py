@@ -127,6 +127,18 @@ def test_bad_config_fails_before_submitting():
         "error: jobs/dpo_quickstart.yaml: unknown config key 'train.bogus': did you mean 'train.epochs'?"]
 
 
+@pytest.mark.parametrize("override, says", [
+    ("loss.name=dpoo", "loss.name 'dpoo' is unknown"),
+    ("train.batch_size=6", "train.batch_size (6) must be a multiple of train.micro_batch_size"),
+    ("data.path=no_such_pairs.jsonl", "data.path no_such_pairs.jsonl: no such file"),
+    ("eval.task=nosuch", "unknown task 'nosuch'"),
+])
+def test_what_would_fail_on_the_cluster_fails_here_without_contacting_it(override, says):
+    """The address answers nothing: a job refused before `submit` contacts the cluster says what is wrong instead."""
+    rc, out, err = rayalign("submit", "jobs/inco_dpo.yaml", override, "--address", "http://127.0.0.1:1")
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1 and says in err, err
+
+
 # --- a real two-node cluster ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

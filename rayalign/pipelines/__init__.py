@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from rayalign import config as config_lib
+from rayalign.preflight import check_pipeline_lora
 from rayalign.recipes import get_recipe
 from rayalign.summary import read_summary, write_summary
 
@@ -16,11 +17,7 @@ def run_pipeline(cfg: config_lib.Config) -> dict:
     """
     import dataclasses
 
-    if cfg.train.lora_r and cfg.pipeline != "train":
-        from rayalign.errors import ConfigError
-
-        raise ConfigError(f"train.lora_r works with `rayalign train` (pipeline train) only so far, not the "
-                          f"{cfg.pipeline} pipeline, whose later phases load full checkpoints; set train.lora_r=0")
+    check_pipeline_lora(cfg)
     cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, group=cfg.tracking.group or cfg.name))
     run = get_recipe(cfg.pipeline).runner()
     if cfg.pipeline == "train":

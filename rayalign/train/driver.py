@@ -17,6 +17,7 @@ from rayalign.data import PreparedData, attach_marks, prepare_data
 from rayalign.errors import ConfigError, TrainingError
 from rayalign.losses import get_loss
 from rayalign.models import cache_root, load_tokenizer, resolve_model
+from rayalign.preflight import check_job
 from rayalign.ray_setup import init_ray
 from rayalign.summary import training_status, write_summary
 from rayalign.tracking import PhaseClock, read_metrics
@@ -32,19 +33,6 @@ def worker_env() -> dict[str, str]:
     if os.environ.get(PROBE_ENV):
         env[PROBE_ENV] = os.environ[PROBE_ENV]
     return env
-
-
-def check_batch_arithmetic(cfg: config_lib.Config) -> int:
-    """Gradient-accumulation steps, or a one-line error when the batch does not split evenly."""
-    t = cfg.train
-    workers = max(1, t.num_workers)  # local mode (0) trains in one process
-    per_step = t.micro_batch_size * workers
-    if t.batch_size % per_step:
-        raise ConfigError(
-            f"train.batch_size ({t.batch_size}) must be a multiple of train.micro_batch_size x "
-            f"train.num_workers ({t.micro_batch_size} x {workers}{' in local mode' if t.local_mode else ''}); "
-            "change one of them")
-    return t.batch_size // per_step
 
 
 def mark_varied_tokens(cfg: config_lib.Config, tokenizer, prepared: PreparedData) -> None:
@@ -122,8 +110,7 @@ def run_training(cfg: config_lib.Config, prepared: PreparedData | None = None) -
 
     clock = PhaseClock()
     run_dir = cfg.run_dir.resolve()
-    get_loss(cfg.loss.name)
-    check_batch_arithmetic(cfg)
+    check_job(cfg)
     storage = cfg.storage()
     if cfg.train.resume == "never" and storage.checkpoints():
         raise ConfigError(f"{storage.uri or run_dir} already has checkpoints: use a new name= or train.resume=auto")
