@@ -9,7 +9,7 @@ from pathlib import Path
 from rayalign import config as config_lib
 from rayalign.errors import ConfigError, RayAlignError
 
-DATA_FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+DATA_FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".gz")
 
 
 def check_batch_arithmetic(cfg: config_lib.Config) -> int:
@@ -49,5 +49,4 @@ def check_job(cfg: config_lib.Config) -> None:
             raise ConfigError(f"{error} (set eval.task, or the {cfg.pipeline} pipeline's task key)") from None
     path = cfg.data.path
     if path and "://" not in path and Path(path).suffix in DATA_FILE_SUFFIXES and not Path(path).is_file():
-        raise ConfigError(f"data.path {path}: no such file (a path relative to where the job starts, or a hub "
-                          "dataset name)")
+        raise ConfigError(f"{path}: no such file; check data.path (a path relative to where the job starts)")

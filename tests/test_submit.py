@@ -130,7 +130,7 @@ def test_bad_config_fails_before_submitting():
 @pytest.mark.parametrize("override, says", [
     ("loss.name=dpoo", "loss.name 'dpoo' is unknown"),
     ("train.batch_size=6", "train.batch_size (6) must be a multiple of train.micro_batch_size"),
-    ("data.path=no_such_pairs.jsonl", "data.path no_such_pairs.jsonl: no such file"),
+    ("data.path=no_such_pairs.jsonl", "no_such_pairs.jsonl: no such file; check data.path"),
     ("eval.task=nosuch", "unknown task 'nosuch'"),
 ])
 def test_what_would_fail_on_the_cluster_fails_here_without_contacting_it(override, says):
