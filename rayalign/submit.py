@@ -396,7 +396,9 @@ def add_parsers(sub) -> None:
     submit.add_argument("overrides", nargs="*", help="dotted overrides, as for the local command")
     submit.add_argument("--address", help=address_help)
     submit.add_argument("--command", choices=COMMANDS, default="train", help="the rayalign command to run")
-    submit.add_argument("--wait", action="store_true", help="follow the logs; exit with the job's status")
+    submit.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
+                        help="follow the logs and exit with the job's status, as `ray job submit` does (the default); "
+                        "--no-wait prints the job id and returns")
     submit.add_argument("--num-cpus", type=float, help="CPUs reserved for the entrypoint (default 0)")
     submit.add_argument("--num-gpus", type=float, help="GPUs reserved for the entrypoint (default 0: the "
                         "trainer's workers ask for their own, from train.use_gpu and train.num_workers)")

@@ -99,6 +99,9 @@ def test_options_may_sit_between_the_config_and_its_overrides():
     args = build_parser().parse_args(["submit", "jobs/x.yaml", "--wait", "a=1", "--num-gpus", "1", "b=2"])
     assert (args.config, args.overrides, args.wait, args.num_gpus, args.command) == \
         ("jobs/x.yaml", ["a=1", "b=2"], True, 1.0, "train")
+    # it follows the job by default, as `ray job submit` does; --no-wait detaches
+    assert build_parser().parse_args(["submit", "jobs/x.yaml", "a=1"]).wait is True
+    assert build_parser().parse_args(["submit", "jobs/x.yaml", "--no-wait", "a=1"]).wait is False
 
 
 def test_address_from_flag_then_ray_address(monkeypatch):
@@ -217,7 +220,7 @@ def test_secrets_reach_the_job_but_are_never_printed_or_logged(failed, cluster):
 
 def test_jobs_stop_stops_a_running_job(cluster, tmp_path):
     rc, out, err = rayalign("submit", "jobs/dpo_quickstart.yaml", "model.name=tiny-llama", "train.max_steps=100000",
-                            "train.cpus_per_worker=1", "name=long", f"output_dir={tmp_path}",
+                            "train.cpus_per_worker=1", "name=long", f"output_dir={tmp_path}", "--no-wait",
                             "--address", cluster["RAY_ADDRESS"])
     assert rc == 0, out + err
     job_id, client = _job_id(out), _client(cluster)
