@@ -31,6 +31,8 @@ COMMANDS = ("train", "run", "sweep")
 EXCLUDES = ["runs/", "wandb/", ".git/", ".venv/", "venv/", "__pycache__/", "*.pyc", ".cache/",
             ".pytest_cache/", ".ruff_cache/", ".mypy_cache/", "*.egg-info/", ".ipynb_checkpoints/"]
 AUTO_SECRETS = ("WANDB_API_KEY",)
+FORWARDED_SETTINGS = ("RAYALIGN_NO_FIT_CHECK",)
+"""Settings the job reads as this process does (its own fit check), copied to it when set here."""
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
@@ -288,7 +290,8 @@ def cmd_submit(args) -> int:
     config_rel = config_in_working_dir(args.config, working_dir)
     cfg = None if args.no_validate else validate(args.command, args.config, list(args.overrides))
     env = secret_env(args.env_var or [])
-    renv = runtime_env(working_dir, env, args.pip or [], args.image_uri, args.runtime_env)
+    settings = {name: os.environ[name] for name in FORWARDED_SETTINGS if os.environ.get(name)}
+    renv = runtime_env(working_dir, {**settings, **env}, args.pip or [], args.image_uri, args.runtime_env)
     client, url = connect(args.address)
     job_id = args.submission_id or submission_id(cfg.name if cfg else Path(config_rel).stem)
     resources = entrypoint_resources(args.num_cpus, args.num_gpus)

@@ -221,9 +221,11 @@ def test_secrets_reach_the_job_but_are_never_printed_or_logged(failed, cluster):
 def test_jobs_stop_stops_a_running_job(cluster, tmp_path):
     rc, out, err = rayalign("submit", "jobs/dpo_quickstart.yaml", "model.name=tiny-llama", "train.max_steps=100000",
                             "train.cpus_per_worker=1", "name=long", f"output_dir={tmp_path}", "--no-wait",
-                            "--address", cluster["RAY_ADDRESS"])
+                            "--address", cluster["RAY_ADDRESS"], RAYALIGN_NO_FIT_CHECK="1")
     assert rc == 0, out + err
     job_id, client = _job_id(out), _client(cluster)
+    # the job's own fit check reads the setting this process has: submit forwards it
+    assert client.get_job_info(job_id).runtime_env["env_vars"]["RAYALIGN_NO_FIT_CHECK"] == "1"
     deadline = time.monotonic() + 60
     while str(client.get_job_status(job_id)) != "RUNNING" and time.monotonic() < deadline:
         time.sleep(0.5)
