@@ -148,6 +148,17 @@ def runtime_env(working_dir: Path, env: dict[str, str], pip: list[str], image_ur
     return renv
 
 
+def project_requirements() -> list[str]:
+    """rayalign's own dependencies, pyproject's one list (read from the installed package), but Ray, which the
+    cluster already runs: what `--with-deps` installs in the job's environment."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    wanted = [Requirement(line) for line in requires("rayalign") or []]
+    return [str(r) for r in wanted if r.marker is None and r.name != "ray"]
+
+
 def entrypoint_resources(num_cpus: float | None, num_gpus: float | None) -> dict:
     """Reserved for the entrypoint, the driver: nothing unless told. It mostly waits on its workers, and a CPU it
     held would be one the trainer could not have (on a 2-CPU head a 1-CPU entrypoint and 2-CPU trainer never
@@ -291,7 +302,8 @@ def cmd_submit(args) -> int:
     cfg = None if args.no_validate else validate(args.command, args.config, list(args.overrides))
     env = secret_env(args.env_var or [])
     settings = {name: os.environ[name] for name in FORWARDED_SETTINGS if os.environ.get(name)}
-    renv = runtime_env(working_dir, {**settings, **env}, args.pip or [], args.image_uri, args.runtime_env)
+    pip = [*(project_requirements() if args.with_deps else []), *(args.pip or [])]
+    renv = runtime_env(working_dir, {**settings, **env}, pip, args.image_uri, args.runtime_env)
     client, url = connect(args.address)
     job_id = args.submission_id or submission_id(cfg.name if cfg else Path(config_rel).stem)
     resources = entrypoint_resources(args.num_cpus, args.num_gpus)
@@ -407,6 +419,8 @@ def add_parsers(sub) -> None:
                         "trainer's workers ask for their own, from train.use_gpu and train.num_workers)")
     submit.add_argument("--env-var", action="append", metavar="NAME",
                         help="copy this variable from here to the job (repeatable; WANDB_API_KEY goes when set)")
+    submit.add_argument("--with-deps", action="store_true", help="install rayalign's dependencies (pyproject's "
+                        "list) in the job's environment: for a cluster image that has Ray but not them")
     submit.add_argument("--pip", action="append", metavar="REQ", help="pip requirement or requirements file")
     submit.add_argument("--image-uri", help="container image to run the job in")
     submit.add_argument("--runtime-env", metavar="YAML", help="a runtime_env YAML to start from")

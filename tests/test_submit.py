@@ -93,6 +93,18 @@ def test_runtime_env_ships_the_project_without_runs_and_adds_what_the_user_confi
     assert entrypoint_resources(None, None) == {"entrypoint_num_cpus": 0, "entrypoint_num_gpus": 0}
 
 
+def test_with_deps_installs_pyprojects_own_list_but_ray():
+    """One dependency list: what --with-deps installs is pyproject's (as installed), without Ray and the extras."""
+    import tomllib
+    from packaging.requirements import Requirement
+
+    from rayalign.submit import project_requirements
+
+    listed = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    expected = sorted(str(Requirement(r)) for r in listed if Requirement(r).name != "ray")
+    assert sorted(project_requirements()) == expected and "peft>=0.13" in expected
+
+
 def test_options_may_sit_between_the_config_and_its_overrides():
     from rayalign.cli import build_parser
 
