@@ -3,13 +3,16 @@
 Ray waits without a word for resources that no node has (a trainer worker asking for 4 CPUs on a
 2-CPU cluster waits forever), so the trainer, the sampler pool and `rayalign submit` check first and
 stop with one line naming what does not fit, what the cluster has, and the keys to change. This is a
-"can it ever" check against the cluster's total resources, not a wait for resources in use; a cluster
-that adds nodes on demand (an autoscaler) can run more than its nodes now hold, so
-``RAYALIGN_NO_FIT_CHECK=1`` turns the check off.
+"can it ever" check against the cluster's total resources, not a wait for resources in use. A cluster
+that adds nodes on demand (an autoscaler) can run more than its nodes now hold: it is checked against the
+nodes its description lets it grow to (`autoscaling_nodes`: a cluster launcher config or a KubeRay RayCluster,
+given to `rayalign submit --autoscaling FILE`, which hands them to the job in $RAYALIGN_CLUSTER_NODES so the
+job's own check follows the same rule). ``RAYALIGN_NO_FIT_CHECK=1`` turns the check off.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -87,14 +90,51 @@ def check_fit(demand: Demand, nodes: list[dict[str, float]], reserved_cpus: floa
     reserved = f" after {reserved_cpus:g} CPU for the entrypoint" if reserved_cpus else ""
     raise ConfigError(f"the cluster can never run {demand.count} {demand.what}(s) of {each} each: its nodes have "
                       f"{has}{reserved}, room for {units}; lower {demand.keys}, or add nodes (a cluster that "
-                      "autoscales: set RAYALIGN_NO_FIT_CHECK=1)")
+                      "autoscales: submit with --autoscaling CLUSTER_YAML, or set RAYALIGN_NO_FIT_CHECK=1)")
+
+
+NODES_ENV = "RAYALIGN_CLUSTER_NODES"
+"""JSON list of {"CPU", "GPU"}: the nodes an autoscaling cluster can grow to (set by `rayalign submit --autoscaling`)."""
 
 
 def check_local(demand: Demand) -> None:
-    """`check_fit` against the Ray cluster this process is connected to."""
+    """`check_fit` against the Ray cluster this process is connected to, or the nodes it can grow to."""
     import ray
 
-    check_fit(demand, node_resources(ray.nodes()))
+    grown = os.environ.get(NODES_ENV)
+    check_fit(demand, json.loads(grown) if grown else node_resources(ray.nodes()))
+
+
+def autoscaling_nodes(description: dict, where: str = "the cluster description") -> list[dict[str, float]]:
+    """Every node an autoscaling cluster can have at once: a cluster launcher config (available_node_types, each
+    with `resources` and `max_workers`; the head_node_type once) or a KubeRay RayCluster (the head group once, each
+    worker group `maxReplicas` times, with its container's cpu and nvidia.com/gpu limits)."""
+    if "available_node_types" in description:
+        nodes = []
+        for name, kind in description["available_node_types"].items():
+            resources = kind.get("resources") or {}
+            if "CPU" not in resources:
+                raise ConfigError(f"{where}: node type {name} has no resources.CPU; write its CPU (and GPU) count "
+                                  "there, as the autoscaler needs for a fit check")
+            count = 1 if name == description.get("head_node_type") else int(kind.get("max_workers", 0))
+            nodes += [{"CPU": float(resources["CPU"]), "GPU": float(resources.get("GPU", 0))}] * count
+        return nodes
+    spec = description.get("spec") or {}
+    if "headGroupSpec" not in spec:
+        raise ConfigError(f"{where}: neither a cluster launcher config (available_node_types) nor a KubeRay "
+                          "RayCluster (spec.headGroupSpec)")
+    groups = [(spec["headGroupSpec"], 1)] + [(g, int(g.get("maxReplicas", g.get("replicas", 0))))
+                                             for g in spec.get("workerGroupSpecs", [])]
+    return [_pod_resources(group) for group, count in groups for _ in range(count)]
+
+
+def _pod_resources(group: dict) -> dict[str, float]:
+    """A KubeRay group's node: Ray's own num-cpus/num-gpus start parameters, else its ray container's limits."""
+    params = group.get("rayStartParams") or {}
+    limits = group["template"]["spec"]["containers"][0].get("resources", {}).get("limits", {})
+    cpu = str(params.get("num-cpus", limits.get("cpu", 0)))
+    cpus = float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    return {"CPU": cpus, "GPU": float(params.get("num-gpus", limits.get("nvidia.com/gpu", 0)))}
 
 
 def trainer_fits_beside(train, pool_gpus: float) -> bool:

@@ -16,6 +16,7 @@ environments in its job API and runtime-env agent log: see cluster/README.md, "S
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -122,7 +123,7 @@ def secret_env(names: list[str]) -> dict[str, str]:
     return env
 
 
-def _load_yaml(path: str) -> dict:
+def _load_yaml(path: str, flag: str = "--runtime-env") -> dict:
     import yaml
 
     try:
@@ -130,7 +131,7 @@ def _load_yaml(path: str) -> dict:
     except (OSError, yaml.YAMLError) as error:
         tree = f"cannot read it as YAML ({str(error).splitlines()[0]})"
     if not isinstance(tree, dict):
-        raise RayAlignError(f"--runtime-env {path}: {tree if isinstance(tree, str) else 'must be a mapping'}")
+        raise RayAlignError(f"{flag} {path}: {tree if isinstance(tree, str) else 'must be a mapping'}")
     return tree
 
 
@@ -179,11 +180,12 @@ def cluster_nodes(url: str) -> list[dict[str, float]] | None:
             for r in rows if r.state == "ALIVE"]
 
 
-def check_cluster_fits(cfg, url: str, entrypoint_cpus: float) -> None:
-    """One line, before submitting, when the cluster can never run the job's trainer or samplers."""
+def check_cluster_fits(cfg, url: str, entrypoint_cpus: float, grown: list[dict] | None = None) -> None:
+    """One line, before submitting, when the cluster can never run the job's trainer or samplers (`grown`: the
+    nodes an autoscaling cluster can grow to, instead of those it has now)."""
     from rayalign.cluster_fit import check_fit, job_demands
 
-    nodes = cluster_nodes(url)
+    nodes = grown if grown is not None else cluster_nodes(url)
     if nodes is None:
         print(f"note: could not list the nodes of {url}; the job's resources are not checked")
         return
@@ -302,13 +304,19 @@ def cmd_submit(args) -> int:
     cfg = None if args.no_validate else validate(args.command, args.config, list(args.overrides))
     env = secret_env(args.env_var or [])
     settings = {name: os.environ[name] for name in FORWARDED_SETTINGS if os.environ.get(name)}
+    grown = None
+    if args.autoscaling:
+        from rayalign.cluster_fit import NODES_ENV, autoscaling_nodes
+
+        grown = autoscaling_nodes(_load_yaml(args.autoscaling, "--autoscaling"), f"--autoscaling {args.autoscaling}")
+        settings[NODES_ENV] = json.dumps(grown)  # the job's own fit check follows the same rule
     pip = [*(project_requirements() if args.with_deps else []), *(args.pip or [])]
     renv = runtime_env(working_dir, {**settings, **env}, pip, args.image_uri, args.runtime_env)
     client, url = connect(args.address)
     job_id = args.submission_id or submission_id(cfg.name if cfg else Path(config_rel).stem)
     resources = entrypoint_resources(args.num_cpus, args.num_gpus)
     if cfg is not None:
-        check_cluster_fits(cfg, url, resources["entrypoint_num_cpus"])
+        check_cluster_fits(cfg, url, resources["entrypoint_num_cpus"], grown)
     command = entrypoint(args.command, config_rel, list(args.overrides))
     try:
         job_id = client.submit_job(entrypoint=command, submission_id=job_id, runtime_env=renv,
@@ -419,6 +427,8 @@ def add_parsers(sub) -> None:
                         "trainer's workers ask for their own, from train.use_gpu and train.num_workers)")
     submit.add_argument("--env-var", action="append", metavar="NAME",
                         help="copy this variable from here to the job (repeatable; WANDB_API_KEY goes when set)")
+    submit.add_argument("--autoscaling", metavar="CLUSTER_YAML", help="the cluster autoscales: check the job "
+                        "against the nodes this cluster launcher config or KubeRay RayCluster lets it grow to")
     submit.add_argument("--with-deps", action="store_true", help="install rayalign's dependencies (pyproject's "
                         "list) in the job's environment: for a cluster image that has Ray but not them")
     submit.add_argument("--pip", action="append", metavar="REQ", help="pip requirement or requirements file")

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import yaml
 
 from rayalign import config
 from rayalign.cluster_fit import (
+    NODES_ENV,
     Demand,
+    autoscaling_nodes,
     check_fit,
     check_local,
     job_demands,
     node_resources,
     sampler_demand,
+    trainer_demand,
     waiting_line,
     watch_waiting,
 )
 from rayalign.errors import ConfigError
+from tests.conftest import REPO
 
 TWO_NODES = [{"CPU": 2.0, "GPU": 0.0}, {"CPU": 1.0, "GPU": 0.0}]
 GPU_NODES = [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 1.0}]
@@ -53,7 +60,7 @@ def test_the_message_says_what_each_needs_what_the_nodes_have_and_the_room():
     assert str(error.value) == ("the cluster can never run 5 sampler actor(s) of 1 CPU + 0.5 GPU each: its nodes have "
                                 "8 CPU + 1 GPU, 8 CPU + 1 GPU, room for 4; lower sampling.num_actors / "
                                 "sampling.cpus_per_actor / sampling.gpus_per_actor, or add nodes (a cluster that "
-                                "autoscales: set RAYALIGN_NO_FIT_CHECK=1)")
+                                "autoscales: submit with --autoscaling CLUSTER_YAML, or set RAYALIGN_NO_FIT_CHECK=1)")
 
 
 def test_job_demands_follow_the_pipeline():
@@ -122,3 +129,28 @@ def test_a_waiting_worker_group_says_what_it_waits_for_until_it_starts(ray_local
     finally:
         stop()
         remove_placement_group(group)
+
+
+@pytest.mark.parametrize("manifest", ["launcher-aws-gpu.yaml", "kuberay/raycluster.yaml"])
+def test_an_autoscaling_cluster_is_checked_against_the_nodes_it_can_grow_to(manifest):
+    """The shipped manifests scale GPU workers from 0 to 4 (one GPU each) beside a CPU-only head: a 4-GPU-worker
+    job fits the nodes they can grow to, a 5-worker one never can, whatever runs now."""
+    nodes = autoscaling_nodes(yaml.safe_load((REPO / "cluster" / manifest).read_text()), manifest)
+    assert sorted(n["GPU"] for n in nodes) == [0.0, 1.0, 1.0, 1.0, 1.0]
+    fits = config.load(None, ["train.use_gpu=true", "train.num_workers=4", "train.batch_size=4",
+                              "train.micro_batch_size=1"])
+    check_fit(job_demands(fits)[0], nodes)
+    too_big = config.load(None, ["train.use_gpu=true", "train.num_workers=5", "train.batch_size=5",
+                                 "train.micro_batch_size=1"])
+    with pytest.raises(ConfigError, match="never run 5 Ray Train worker"):
+        check_fit(job_demands(too_big)[0], nodes)
+
+
+def test_the_jobs_own_check_reads_the_nodes_submit_hands_it(ray_local, monkeypatch):
+    """In the job, $RAYALIGN_CLUSTER_NODES (set by submit --autoscaling) stands for the cluster: the 2-CPU test
+    cluster refuses a 3-CPU worker, the grown description accepts it."""
+    demand = trainer_demand(config.load(None, ["train.num_workers=1", "train.cpus_per_worker=3"]).train)
+    with pytest.raises(ConfigError):
+        check_local(demand)
+    monkeypatch.setenv(NODES_ENV, json.dumps([{"CPU": 8.0, "GPU": 0.0}]))
+    check_local(demand)

@@ -222,7 +222,7 @@ def test_a_job_the_cluster_can_never_fit_is_refused_in_seconds_with_one_line(clu
     assert err.strip().splitlines() == [(
         "error: the cluster can never run 2 Ray Train worker(s) of 2 CPU each: its nodes have 2 CPU, 1 CPU, room "
         "for 1; lower train.num_workers / train.cpus_per_worker / train.use_gpu, or add nodes (a cluster that "
-        "autoscales: set RAYALIGN_NO_FIT_CHECK=1)")]
+        "autoscales: submit with --autoscaling CLUSTER_YAML, or set RAYALIGN_NO_FIT_CHECK=1)")]
     assert "submitted" not in out
 
 
