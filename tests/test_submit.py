@@ -217,7 +217,7 @@ def test_a_job_the_cluster_can_never_fit_is_refused_in_seconds_with_one_line(clu
     """The two-node cluster has 2 + 1 CPUs: 2 workers of 2 CPUs never fit, though each alone would."""
     began = time.monotonic()
     rc, out, err = rayalign("submit", "jobs/dpo_quickstart.yaml", "train.num_workers=2", "train.cpus_per_worker=2",
-                            "--wait", "--address", cluster["RAY_ADDRESS"])
+                            "train.micro_batch_size=2", "--wait", "--address", cluster["RAY_ADDRESS"])
     assert rc == 2 and time.monotonic() - began < 60, out + err
     assert err.strip().splitlines() == [(
         "error: the cluster can never run 2 Ray Train worker(s) of 2 CPU each: its nodes have 2 CPU, 1 CPU, room "
