@@ -4,12 +4,8 @@ only fail there fails here, in one line)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from rayalign import config as config_lib
 from rayalign.errors import ConfigError, RayAlignError
-
-DATA_FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".gz")
 
 
 def check_batch_arithmetic(cfg: config_lib.Config) -> int:
@@ -34,6 +30,7 @@ def check_pipeline_lora(cfg: config_lib.Config) -> None:
 def check_job(cfg: config_lib.Config) -> None:
     """The loss, the batch arithmetic, LoRA with a pipeline, the task the run samples or is evaluated on, and a
     local data file that is not there."""
+    from rayalign.data.readers import check_exists
     from rayalign.losses import get_loss
     from rayalign.recipes import get_recipe
     from rayalign.tasks.registry import get_task
@@ -47,6 +44,5 @@ def check_job(cfg: config_lib.Config) -> None:
             get_task(cfg.eval.task or recipe.task(cfg))
         except RayAlignError as error:
             raise ConfigError(f"{error} (set eval.task, or the {cfg.pipeline} pipeline's task key)") from None
-    path = cfg.data.path
-    if path and "://" not in path and Path(path).suffix in DATA_FILE_SUFFIXES and not Path(path).is_file():
-        raise ConfigError(f"{path}: no such file; check data.path (a path relative to where the job starts)")
+    if cfg.data.path and "://" not in cfg.data.path:
+        check_exists(cfg.data.path)  # the data reader's own rule

@@ -32,11 +32,19 @@ def iter_rows(path: str, split: str) -> RawRows:
     """Raw rows of `path`: a data file, or else a `datasets` name or directory (with `split`)."""
     if _local(path).is_file():
         return _iter_file(path)
+    check_exists(path)
+    return _iter_dataset(path, split)
+
+
+def check_exists(path: str) -> None:
+    """A DataError when `path` names a local file or directory that is not there (a data file's name, or a path
+    starting with . / ~); a hub dataset name passes."""
+    if _local(path).is_file():
+        return
     if file_kind(path) is not None:
         raise DataError(path, None, None, "no such file; check data.path")
     if path.startswith((".", "/", "~")) and not _local(path).is_dir():
         raise DataError(path, None, None, "no such file or directory; check data.path")
-    return _iter_dataset(path, split)
 
 
 def _local(path: str) -> Path:
