@@ -48,7 +48,7 @@ def job_demands(cfg) -> list[Demand]:
     from rayalign.recipes import get_recipe
 
     demands, recipe = [trainer_demand(cfg.train)], get_recipe(cfg.pipeline)
-    if recipe.samples(cfg) or (recipe.evaluates and cfg.eval.enabled):
+    if recipe.starts_pool(cfg):
         s = cfg.sampling
         demands.append(sampler_demand(s.num_actors, s.cpus_per_actor, s.gpus_per_actor))
     return demands

@@ -39,7 +39,7 @@ def check_job(cfg: config_lib.Config) -> None:
     check_batch_arithmetic(cfg)
     check_pipeline_lora(cfg)
     recipe = get_recipe(cfg.pipeline)
-    if recipe.samples(cfg) or (recipe.evaluates and cfg.eval.enabled):
+    if recipe.starts_pool(cfg):
         try:
             get_task(cfg.eval.task or recipe.task(cfg))
         except RayAlignError as error:

@@ -57,6 +57,10 @@ class Recipe:
                                 "pairs", "train_loss")
     """Their names (what a sweep's metric may be)."""
 
+    def starts_pool(self, cfg) -> bool:
+        """Whether a run of `cfg` needs a sampler pool at some phase (synthesis, online rounds, evaluation)."""
+        return self.samples(cfg) or (self.evaluates and cfg.eval.enabled)
+
     def runner(self) -> Callable[[Any], dict]:
         module, _, function = self.run.partition(":")
         return getattr(importlib.import_module(module), function)
@@ -87,8 +91,11 @@ def import_recipes(modules: list[str]) -> None:
                               "Python path, e.g. my_methods.toy") from None
 
 
+MUJOCO_FIGURES = ("mean_return", "reference_return", "gain_over_reference")
+
+
 def _mujoco_figures(summary: dict) -> dict:
-    return {key: summary[key] for key in ("mean_return", "reference_return", "gain_over_reference")}
+    return {key: summary[key] for key in MUJOCO_FIGURES}
 
 
 for _recipe in (
@@ -101,7 +108,6 @@ for _recipe in (
     Recipe("bmc", "rayalign.pipelines.bmc:run_bmc", "BMC: pairs, bridging edits, train, evaluate",
            samples=lambda cfg: not cfg.data.path, task=lambda cfg: cfg.bmc.task or cfg.inco.task),
     Recipe("mujoco", "rayalign.pipelines.mujoco:run_mujoco", "the MuJoCo preference benchmark (loss.* on mujoco.*)",
-           evaluates=False, trial_figures=_mujoco_figures,
-           figures=("mean_return", "reference_return", "gain_over_reference")),
+           evaluates=False, trial_figures=_mujoco_figures, figures=MUJOCO_FIGURES),
 ):
     register_recipe(_recipe)
