@@ -51,16 +51,11 @@ def test_the_fit_check_counts_the_toys_sampler_pool_and_refuses_it_when_too_big(
 
 @pytest.mark.slow  # 70 s: two Tune trials, each a Ray Train worker; keeps the default suite under 15 min
 def test_the_toy_in_a_sweep(tmp_path, ray_local):
-    from rayalign.tune import load_sweep, run_sweep
+    from tests.test_sweep import sweep_in
 
-    base = tmp_path / "base.yaml"
-    base.write_text(yaml.safe_dump({}))
-    sweep_file = tmp_path / "sweep.yaml"
-    sweep_file.write_text(yaml.safe_dump({
-        "name": "toy_sweep", "base": str(base), "output_dir": str(tmp_path),
-        "overrides": [*TOY, "train.num_workers=1"],  # Ray Train's local mode cannot report inside a Tune trial
-        "search": {"train.lr": {"grid": [1e-6, 1e-3]}}, "metric": "train_loss", "mode": "min"}))
-    summary = run_sweep(load_sweep(str(sweep_file)))
+    summary = sweep_in(tmp_path, name="toy_sweep",
+                       overrides=[*TOY, "train.num_workers=1"],  # Ray Train's local mode cannot report in a Tune trial
+                       search={"train.lr": {"grid": [1e-6, 1e-3]}}, metric="train_loss", mode="min")
     assert summary["trials"] == 2 and summary["best"]["config"]["train.lr"] == 1e-3  # the larger step learns faster
     trials = sorted((tmp_path / "toy_sweep" / "trials").iterdir())
     assert [json.loads((t / "summary.json").read_text())["pipeline"] for t in trials] == ["toy", "toy"]

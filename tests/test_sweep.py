@@ -14,17 +14,21 @@ from tests.conftest import REPO
 from tests.test_inco import TINY
 
 
-@pytest.mark.slow  # 67 s: keeps the default suite under 15 min on a fresh clone
-def test_two_trial_sweep_completes_logs_to_wandb_and_names_the_best(tmp_path, ray_local):
+def sweep_in(tmp_path: Path, **fields) -> dict:
+    """Run the sweep `fields` describe over an empty base job, its directory under `tmp_path`; its summary."""
     base = tmp_path / "base.yaml"
     base.write_text(yaml.safe_dump({}))
     sweep_file = tmp_path / "sweep.yaml"
-    sweep_file.write_text(yaml.safe_dump({
-        "name": "tiny_sweep", "base": str(base), "output_dir": str(tmp_path),
-        "overrides": [o for o in TINY if not o.startswith("inco.ratio")] + ["train.max_steps=1"],
-        "search": {"inco.ratio,sdpo.stages": {"grid": [[0.0, 1], [0.5, 2]]}}, "metric": "win_rate", "mode": "max",
-    }))
-    summary = run_sweep(load_sweep(str(sweep_file)))
+    sweep_file.write_text(yaml.safe_dump({"base": str(base), "output_dir": str(tmp_path), **fields}))
+    return run_sweep(load_sweep(str(sweep_file)))
+
+
+@pytest.mark.slow  # 67 s: keeps the default suite under 15 min on a fresh clone
+def test_two_trial_sweep_completes_logs_to_wandb_and_names_the_best(tmp_path, ray_local):
+    summary = sweep_in(tmp_path, name="tiny_sweep",
+                       overrides=[o for o in TINY if not o.startswith("inco.ratio")] + ["train.max_steps=1"],
+                       search={"inco.ratio,sdpo.stages": {"grid": [[0.0, 1], [0.5, 2]]}}, metric="win_rate",
+                       mode="max")
     sweep_dir = tmp_path / "tiny_sweep"
     assert summary["trials"] == 2
     rows = (sweep_dir / "trials.csv").read_text().splitlines()
