@@ -54,7 +54,7 @@ def _run_config(run_dir: Path) -> config_lib.Config:
 def _shared_settings(run_dirs: list[Path]) -> config_lib.Config:
     """The first run's config, after checking every run was evaluated the same way from the same model."""
     from rayalign.evaluation import report_settings
-    from rayalign.pipelines.evaluate import eval_config
+    from rayalign.pipelines.run import eval_config
 
     def key(cfg):
         return {"model": cfg.model.name, "chat_template": cfg.data.chat_template,
@@ -82,7 +82,8 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path, labels: list[str] |
         score_samples,
         write_samples,
     )
-    from rayalign.pipelines.evaluate import eval_config
+    from rayalign.models import load_tokenizer
+    from rayalign.pipelines.run import eval_config
     from rayalign.tasks.registry import get_task
 
     run_dirs = [Path(d).resolve() for d in run_dirs]
@@ -93,8 +94,9 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path, labels: list[str] |
         raise RayAlignError(f"{len(labels)} labels for {len(run_dirs)} runs; give one label per run")
     cfg = _shared_settings(run_dirs)
     e = eval_config(cfg)
-    prompts = held_out(e, e.task, cfg.model.name, cfg.data.chat_template)
-    score = make_scorer(e.scorer, get_task(e.task))
+    task = get_task(e.task)
+    prompts = held_out(e, task, load_tokenizer(cfg.model.name), cfg.data.chat_template)
+    score = make_scorer(e.scorer, task)
     models = [(START, START, cfg.model.name, "reference")]
     models += [(d.name, label, run_checkpoint(d), "policy") for d, label in zip(run_dirs, labels)]
     sampled = sample_models([(name, model, role_params(e, role)) for name, _, model, role in models],

@@ -30,6 +30,7 @@ from rayalign.stats import compare_models, describe, mean_stderr
 
 if TYPE_CHECKING:
     from rayalign.sampling.pool import PhasePool
+    from rayalign.tasks.base import Task
 
 SAMPLES_CACHE_VERSION = "2"  # bump when sampling code changes what a seed produces
 ROLE_SEED_OFFSET = {"policy": 0, "reference": 1_000_003}  # independent samples for the two sides
@@ -53,15 +54,12 @@ class HeldOut:
     prompt_ids: list[list[int]]
 
 
-def held_out(e: EvalConfig, task: str, tokenizer_model: str, chat_template: bool = True) -> HeldOut:
+def held_out(e: EvalConfig, task: Task, tokenizer, chat_template: bool = True) -> HeldOut:
     from rayalign.data.tokenize import encode_prompt
-    from rayalign.models import load_tokenizer
-    from rayalign.tasks.registry import get_task
 
-    prompts = get_task(task).prompts("held_out", e.num_prompts, e.seed)
-    tokenizer = load_tokenizer(tokenizer_model)
+    prompts = task.prompts("held_out", e.num_prompts, e.seed)
     ids = [encode_prompt([{"role": "user", "content": p}], tokenizer, chat_template) for p in prompts]
-    return HeldOut(task, prompts, ids)
+    return HeldOut(task.name, prompts, ids)
 
 
 def role_params(e: EvalConfig, role: str):
@@ -134,15 +132,22 @@ def report_settings(e: EvalConfig, sampling: SamplingConfig) -> dict:
 
 
 def evaluate(policy: str, reference: str, e: EvalConfig, out_dir: str | Path, sampling: SamplingConfig | None = None,
-             chat_template: bool = True, pools: PhasePool | None = None) -> dict:
+             chat_template: bool = True, pools: PhasePool | None = None, task: Task | None = None,
+             tokenizer=None) -> dict:
     """Sample both models on held-out prompts (on `pools`, a pipeline's running pool, when given), score, compare;
-    write report.json/.png + samples.jsonl."""
-    from rayalign.tasks.registry import get_task
-
+    write report.json/.png + samples.jsonl. `task` and `tokenizer`: a run's own (else e.task's and the
+    reference's)."""
     began, sampling = time.time(), sampling or SamplingConfig()
-    task = e.task or "word_collector"
-    prompts = held_out(e, task, reference, chat_template)
-    score = make_scorer(e.scorer, get_task(task))
+    if task is None:
+        from rayalign.tasks.registry import get_task
+
+        task = get_task(e.task or "word_collector")
+    if tokenizer is None:
+        from rayalign.models import load_tokenizer
+
+        tokenizer = load_tokenizer(reference)
+    prompts = held_out(e, task, tokenizer, chat_template)
+    score = make_scorer(e.scorer, task)
     sampled = sample_models([(role, model, role_params(e, role)) for role, model in
                              (("reference", reference), ("policy", policy))], prompts.prompt_ids, sampling, pools)
     samples, rewards, stats, cached = {}, {}, {}, {}
@@ -150,7 +155,7 @@ def evaluate(policy: str, reference: str, e: EvalConfig, out_dir: str | Path, sa
         samples[role], cached[role] = sampled[role]
         rewards[role] = score_samples(score, prompts.prompts, samples[role])
         stats[role] = model_stats(rewards[role], samples[role])
-    report = {"task": task, "policy": policy, "reference": reference, "scorer": e.scorer,
+    report = {"task": task.name, "policy": policy, "reference": reference, "scorer": e.scorer,
               "settings": report_settings(e, sampling),
               "policy_stats": stats["policy"], "reference_stats": stats["reference"],
               "win_rate": compare_models(rewards["policy"], rewards["reference"]),

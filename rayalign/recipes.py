@@ -41,8 +41,9 @@ def eval_figures(summary: dict) -> dict:
 class Recipe:
     name: str
     run: str
-    """"module:function" taking the Config and returning the run's summary (a dict with its training's under
-    "train")."""
+    """"module:function" taking a `rayalign.pipelines.Run` (the config, the run directory, the tokenizer, tasks, the
+    sampler pool) and returning the run's figures, its training's `TrainSummary` under "train"; the run's ending
+    (evaluation, summary.json) is the Run's. The train recipe alone takes the Config: its run is the training's."""
     help: str
     """One line for `rayalign run --help`."""
     samples: Callable[[Any], bool] = _no

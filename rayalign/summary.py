@@ -10,16 +10,40 @@ summary reads it through `read_summary`, and "finished" has one rule, `finished`
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
+from typing import Literal, TypedDict
 
 FILE = "summary.json"
 
 
-def training_status(worker_status: str, steps: int, total: int) -> dict:
-    """The status fields of a training summary from what its workers recorded (ok, or the reason they stopped)."""
-    if worker_status != "ok":
-        return {"status": "failed", "reason": worker_status}
-    return {"status": "ok" if steps >= total else "stopped"}
+class TrainSummary(TypedDict, total=False):
+    """How a training ended: `rayalign train`'s summary.json, a pipeline's ``train``, an sDPO stage, D2PO's rounds.
+
+    Built by `train_summary` alone; ``reason`` only when failed; more keys may follow (a stage's margins, the data's
+    counts, the phases' seconds)."""
+
+    status: Literal["ok", "stopped", "failed"]
+    reason: str
+    steps: int
+    total_steps: int | None
+    checkpoint: str | None
+    final_metrics: dict
+    tokens_per_s_median: float | None
+    wall_time_s: float
+
+
+def train_summary(*, steps: int, total_steps: int | None, checkpoint: str | None, final_metrics: dict,
+                  speeds: list[float], wall_time_s: float, failure: str | None = None, **more) -> TrainSummary:
+    """The one way a training summary is made. `total_steps` None: how many steps remain is not known yet (D2PO
+    before its last round), so the run is not finished; `failure`: what the workers recorded when they stopped."""
+    if failure is not None:
+        status: dict = {"status": "failed", "reason": failure}
+    else:
+        status = {"status": "ok" if total_steps is not None and steps >= total_steps else "stopped"}
+    return TrainSummary(**status, steps=steps, total_steps=total_steps, checkpoint=checkpoint,
+                        final_metrics=final_metrics, tokens_per_s_median=statistics.median(speeds) if speeds else None,
+                        wall_time_s=round(wall_time_s, 1), **more)
 
 
 def write_summary(run_dir: str | Path, summary: dict) -> Path:

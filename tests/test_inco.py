@@ -11,7 +11,7 @@ import pytest
 from rayalign import config
 from rayalign.data import collate_pairs, encode_prompt, prepare_data
 from rayalign.models import load_causal_lm, load_tokenizer, resolve_model
-from rayalign.pipelines import run_pipeline
+from rayalign.pipelines import Run, run_pipeline
 from rayalign.pipelines.inco import prefix_length, select_pair, shard_seed, synthesise
 from rayalign.pipelines.pairs import Candidate
 from rayalign.sampling.base import SamplingParams
@@ -76,7 +76,8 @@ def test_training_sees_the_sampled_ids_and_eos_only_where_the_sample_ended(tmp_p
     cfg = config.load(None, [f"model.name={model}", "pipeline=inco", "inco.task=longest_test", "inco.mode=on_policy",
                              "inco.num_prompts=6", "inco.shard_size=6", "sampling.samples=3",
                              "sampling.max_new_tokens=5", "data.max_length=128", f"output_dir={tmp_path}", "name=ids"])
-    path = synthesise(cfg, tmp_path / "ids")
+    with Run(cfg) as run:
+        path = synthesise(run)
     rows = pq.read_table(path).to_pylist()
     assert {row[f"{side}_finish"] for row in rows for side in ("chosen", "rejected")} == {"stop", "length"}
 
@@ -129,7 +130,8 @@ def test_pipeline_writes_every_file_and_reruns_without_synthesising_again(tmp_pa
     shards = sorted((run_dir / "data").glob("shard_*.parquet"))
     stamps = {p: p.stat().st_mtime_ns for p in shards}
     (run_dir / "data" / "shard_0001.parquet").unlink()  # as if stopped during the second shard
-    synthesise(cfg, run_dir)
+    with Run(cfg) as run:
+        synthesise(run)
     assert shards[0].stat().st_mtime_ns == stamps[shards[0]], "a finished shard was synthesised again"
     assert (run_dir / "data" / "shard_0001.parquet").is_file()
     assert pq.read_table(run_dir / "data" / "pairs.parquet").num_rows == len(pairs)

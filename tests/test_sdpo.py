@@ -65,7 +65,7 @@ def _prepared(cfg):
 
 def test_one_stage_is_plain_dpo(tmp_path, ray_local):
     cfg = config.load(None, BASE + [f"output_dir={tmp_path}", "name=sdpo1", "sdpo.stages=1"])
-    staged = run_stages(cfg, _prepared(cfg))
+    staged = run_stages(cfg, _prepared(cfg), load_tokenizer(cfg.model.name))
     plain = config.load(None, BASE + [f"output_dir={tmp_path}", "name=dpo"])
     run_training(plain)
     staged_losses = [r["loss"] for r in read_metrics(tmp_path / "sdpo1" / "stage_1")]
@@ -80,11 +80,11 @@ def test_stage_two_uses_stage_one_as_reference_and_resumes_inside_stage_two(tmp_
     cfg = config.load(None, overrides + ["train.stop_at_step=2"])  # stage 1 has 1 step, stage 2 has 3
     prepared = _prepared(cfg)
     run_dir = tmp_path / "sdpo2"
-    stopped = run_stages(cfg, prepared)
+    stopped = run_stages(cfg, prepared, load_tokenizer(cfg.model.name))
     assert stopped["status"] == "stopped" and [st["steps"] for st in stopped["stages"]] == [1, 2]
     stage1_summary = (run_dir / "stage_1" / "summary.json").read_text()
 
-    finished = run_stages(config.load(None, overrides), prepared)
+    finished = run_stages(config.load(None, overrides), prepared, load_tokenizer(cfg.model.name))
     assert finished["status"] == "ok"
     assert finished["wall_time_s"] > 0 and finished["steps"] == 4
     cli._print_train(finished, run_dir)  # what `rayalign run` prints for an sDPO run

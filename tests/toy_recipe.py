@@ -6,19 +6,17 @@ reports its final training loss to Tune.
 
 from __future__ import annotations
 
-import dataclasses
-
 from rayalign.recipes import Recipe, register_recipe
 
 
-def run_toy(cfg) -> dict:
+def run_toy(run) -> dict:
+    """Its figures and its training's summary; the run (a `rayalign.pipelines.Run`) writes the ending."""
     from rayalign.data import PreparedData, prepare_data
-    from rayalign.models import load_tokenizer
     from rayalign.train.driver import run_training
 
-    prepared = prepare_data(cfg.data, load_tokenizer(cfg.model.name))
+    prepared = prepare_data(run.cfg.data, run.tokenizer)
     reversed_pairs = PreparedData(pairs=prepared.pairs[::-1], stats=prepared.stats)
-    return {"pipeline": "toy", "train": run_training(dataclasses.replace(cfg), prepared=reversed_pairs)}
+    return {"train": run_training(run.cfg, prepared=reversed_pairs)}
 
 
 register_recipe(Recipe("toy", "tests.toy_recipe:run_toy", "a toy method: DPO on data.path in reverse order",

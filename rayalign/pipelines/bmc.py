@@ -20,26 +20,30 @@ import json
 import statistics
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rayalign import config as config_lib
 from rayalign.editing import gate
+
+if TYPE_CHECKING:
+    from rayalign.pipelines.run import Run
 
 
 def _task_name(cfg: config_lib.Config) -> str | None:
     return cfg.bmc.task or (None if cfg.data.path else cfg.inco.task)
 
 
-def source_pairs(cfg: config_lib.Config, run_dir: Path, tokenizer, pools=None):
-    """The pairs to bridge, tokenised and with their texts: `data.path`, else the inco pipeline's synthesis (on
-    `pools`, the pipeline's `PhasePool`)."""
+def source_pairs(run: Run):
+    """The pairs to bridge, tokenised and with their texts: `data.path`, else the inco pipeline's synthesis (on the
+    run's pool)."""
     from rayalign.data import prepare_data
 
-    data = cfg.data
+    data = run.cfg.data
     if not data.path:
         from rayalign.pipelines.inco import synthesise
 
-        data = dataclasses.replace(data, path=str(synthesise(cfg, run_dir, pools)))
-    return prepare_data(data, tokenizer, keep_text=True)
+        data = dataclasses.replace(data, path=str(synthesise(run)))
+    return prepare_data(data, run.tokenizer, keep_text=True)
 
 
 def make_editor(cfg: config_lib.Config, task):
@@ -138,22 +142,19 @@ def _counts(cfg, prepared, rows: list[dict], status: Counter, editor) -> dict:
                                        "edited_after": mean([r["marked_after"] for r in accepted])}}
 
 
-def bridged_pairs(cfg: config_lib.Config, run_dir: Path, pools=None) -> tuple[Path, dict]:
-    """Write `<run>/data/bridged.parquet` and `bridging.json` (reused when both exist); `pools`: the pipeline's
-    `PhasePool`, for synthesis."""
+def bridged_pairs(run: Run) -> tuple[Path, dict]:
+    """Write `<run>/data/bridged.parquet` and `bridging.json` (reused when both exist)."""
     import pyarrow as pa
 
     from rayalign.files import atomic_write_text
-    from rayalign.models import load_tokenizer
     from rayalign.pipelines.pairs import write_pairs
-    from rayalign.tasks.registry import get_task
 
-    path, counts_path = run_dir / "data" / "bridged.parquet", run_dir / "data" / "bridging.json"
+    cfg, tokenizer = run.cfg, run.tokenizer
+    path, counts_path = run.dir / "data" / "bridged.parquet", run.dir / "data" / "bridging.json"
     if path.is_file() and counts_path.is_file():
         return path, json.loads(counts_path.read_text())
-    tokenizer = load_tokenizer(cfg.model.name)
-    task = get_task(_task_name(cfg)) if _task_name(cfg) else None
-    prepared = source_pairs(cfg, run_dir, tokenizer, pools)
+    task = run.task(_task_name(cfg)) if _task_name(cfg) else None
+    prepared = source_pairs(run)
     editor, stop = make_editor(cfg, task)
     try:
         print(f"rayalign: bridging {len(prepared.pairs)} pairs with the {cfg.bmc.editor} editor", flush=True)
@@ -173,23 +174,12 @@ def bridged_pairs(cfg: config_lib.Config, run_dir: Path, pools=None) -> tuple[Pa
     return path, counts
 
 
-def run_bmc(cfg: config_lib.Config) -> dict:
-    """Pairs, edits, training, evaluation; writes the run directory (see the module docstring)."""
-    from rayalign.pipelines.evaluate import evaluate_run
-    from rayalign.sampling.pool import PhasePool
-    from rayalign.summary import finished
+def run_bmc(run: Run) -> dict:
+    """Pairs, edits, training (the run's ending evaluates); see the module docstring."""
     from rayalign.train.driver import run_training
 
-    run_dir = cfg.run_dir.resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_lib.save(cfg, run_dir / "config.yaml")
-    with PhasePool(cfg.sampling) as pools:
-        path, counts = bridged_pairs(cfg, run_dir, pools)
-        train_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(path), format="token_ids"))
-        pools.make_room(cfg.train)
-        train = run_training(train_cfg)
-        summary = {"pipeline": "bmc", "bridging": counts, "train": train}
-        if finished(train):
-            summary.update(evaluate_run(cfg, run_dir, train["checkpoint"], pools))
-    summary["sampler_pool_starts"] = pools.starts
-    return summary
+    cfg = run.cfg
+    path, counts = bridged_pairs(run)
+    train_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(path), format="token_ids"))
+    run.pools.make_room(cfg.train)
+    return {"bridging": counts, "train": run_training(train_cfg)}

@@ -42,11 +42,16 @@ import random
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rayalign import config as config_lib
 from rayalign.errors import ConfigError
 from rayalign.files import atomic_write_text, read_jsonl, truncate_jsonl
 from rayalign.storage import RunStorage, is_uri
+
+if TYPE_CHECKING:
+    from rayalign.pipelines.run import Run
+    from rayalign.summary import TrainSummary
 
 STATE_FILE, GOLD_LOG, GOLD_PAIRS = "d2po_state.json", "gold_calls.jsonl", "gold_pairs.jsonl"
 
@@ -150,24 +155,21 @@ def _initial_discriminator(cfg: config_lib.Config, run_dir: Path) -> str | None:
 class Round:
     """The live pieces every round uses: prompts, samplers, the discriminator service, the labeller."""
 
-    def __init__(self, cfg: config_lib.Config, run_dir: Path, state: State, pools):
+    def __init__(self, run: Run, state: State):
         from rayalign.data.tokenize import encode_prompt
-        from rayalign.models import load_tokenizer
-        from rayalign.tasks.registry import get_task
 
-        d = cfg.d2po
-        self.cfg, self.run_dir, self.task = cfg, run_dir, get_task(d.task)
+        cfg, d = run.cfg, run.cfg.d2po
+        self.cfg, self.run_dir, self.task = cfg, run.dir, run.task(d.task)
         self.storage = cfg.storage()
-        tokenizer = load_tokenizer(cfg.model.name)
         self.prompts = self.task.prompts("train", d.rounds * d.prompts_per_round, d.seed)
-        self.prompt_ids = [encode_prompt([{"role": "user", "content": p}], tokenizer, cfg.data.chat_template)
+        self.prompt_ids = [encode_prompt([{"role": "user", "content": p}], run.tokenizer, cfg.data.chat_template)
                            for p in self.prompts]
         for log in (GOLD_LOG, GOLD_PAIRS):  # a round that did not finish is redone: count none of its entries twice
-            truncate_jsonl(run_dir / log, "round", state.rounds_done)
-        self.labeller = GoldLabeller(d, self.task, state.gold_used, run_dir / GOLD_LOG)
+            truncate_jsonl(run.dir / log, "round", state.rounds_done)
+        self.labeller = GoldLabeller(d, self.task, state.gold_used, run.dir / GOLD_LOG)
         self.gold_pairs = self._gold_pairs_so_far()
-        self.pools = pools  # the pipeline's PhasePool: the evaluation samples on it after the last round
-        pools.serving(state.policy)
+        self.pools = run.pools  # the run's: the evaluation samples on it after the last round
+        self.pools.serving(state.policy)
         self.service = None
         if state.discriminator is not None:
             from rayalign.scoring.serve import DiscriminatorService
@@ -313,48 +315,39 @@ def _train(live: Round, r: int, rows: list[dict], policy: str, round_dir: Path, 
     return summary["checkpoint"], []
 
 
-def run_d2po(cfg: config_lib.Config) -> dict:
-    """Rounds of sample -> label -> train (resuming after the last finished round), then the evaluation."""
+def run_d2po(run: Run) -> dict:
+    """Rounds of sample -> label -> train, resuming after the last finished round (the run's ending evaluates)."""
     from rayalign.monitoring import record_d2po_round
-    from rayalign.pipelines.evaluate import evaluate_run
-    from rayalign.sampling.pool import PhasePool
     from rayalign.tracking import Tracker
 
+    cfg, run_dir = run.cfg, run.dir
     if cfg.d2po.relabels < 1 or cfg.d2po.window < 1 or cfg.d2po.prompts_per_round < 1:
         raise ConfigError("d2po.window, d2po.relabels and d2po.prompts_per_round must be >= 1")
-    run_dir = cfg.run_dir.resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_lib.save(cfg, run_dir / "config.yaml")
     state = State.load(run_dir, cfg)
     if state.rounds_done == 0 and state.discriminator is None:
         state.discriminator = _initial_discriminator(cfg, run_dir)
     last = min(cfg.d2po.rounds, cfg.d2po.stop_after_round or cfg.d2po.rounds)
     tracker = Tracker(run_dir, cfg.tracking, cfg.name, config_lib.flatten(config_lib.to_dict(cfg)), "d2po")
     tracker.truncate_after(state.rounds_done)
-    with PhasePool(cfg.sampling) as pools:
-        if state.rounds_done < last:
-            live = Round(cfg, run_dir, state, pools)
-            try:
-                for r in range(state.rounds_done + 1, last + 1):
-                    state, metrics = run_round(live, r, state)
-                    tracker.log({k: v for k, v in metrics.items() if v is not None}, step=r)
-                    record_d2po_round(metrics, run=cfg.name)
-                    state.save(run_dir)
-                    for finished in (f"rounds/round_{r:03d}", GOLD_LOG, GOLD_PAIRS, "metrics.jsonl", STATE_FILE):
-                        live.storage.push(finished)  # a URI run: a rerun on any node resumes after this round
-                    _drop_old_weights(live, state)
-                    print(f"rayalign: d2po round {r}/{cfg.d2po.rounds}: " + ", ".join(
-                        f"{k} {v:.3g}" for k, v in metrics.items() if isinstance(v, float | int)), flush=True)
-            finally:
-                live.close()
-        tracker.finish()
-        rounds = _round_rows(run_dir)
-        summary = {"pipeline": "d2po", "mode": cfg.d2po.mode, "rounds_done": state.rounds_done, "gold_used":
-                   state.gold_used, "rounds": rounds, "train": _train_totals(state, rounds)}
-        if state.rounds_done == cfg.d2po.rounds:
-            summary.update(evaluate_run(cfg, run_dir, state.policy, pools))
-    summary["sampler_pool_starts"] = pools.starts
-    return summary
+    if state.rounds_done < last:
+        live = Round(run, state)
+        try:
+            for r in range(state.rounds_done + 1, last + 1):
+                state, metrics = run_round(live, r, state)
+                tracker.log({k: v for k, v in metrics.items() if v is not None}, step=r)
+                record_d2po_round(metrics, run=cfg.name)
+                state.save(run_dir)
+                for finished in (f"rounds/round_{r:03d}", GOLD_LOG, GOLD_PAIRS, "metrics.jsonl", STATE_FILE):
+                    live.storage.push(finished)  # a URI run: a rerun on any node resumes after this round
+                _drop_old_weights(live, state)
+                print(f"rayalign: d2po round {r}/{cfg.d2po.rounds}: " + ", ".join(
+                    f"{k} {v:.3g}" for k, v in metrics.items() if isinstance(v, float | int)), flush=True)
+        finally:
+            live.close()
+    tracker.finish()
+    rounds = _round_rows(run_dir)
+    return {"mode": cfg.d2po.mode, "rounds_done": state.rounds_done, "gold_used": state.gold_used,
+            "rounds": rounds, "train": _train_totals(state, rounds, cfg.d2po.rounds)}
 
 
 def _round_root(live: Round, round_dir: Path) -> str:
@@ -386,12 +379,13 @@ def _round_rows(run_dir: Path) -> list[dict]:
     return read_metrics(run_dir)
 
 
-def _train_totals(state: State, rounds: list[dict]) -> dict:
-    import statistics
+def _train_totals(state: State, rounds: list[dict], planned: int) -> TrainSummary:
+    """The rounds' trainings as one: finished when every planned round ran (a later round's steps are not known)."""
+    from rayalign.summary import train_summary
 
-    speeds = [row["train/tokens_per_s"] for row in rounds if row.get("train/tokens_per_s")]
+    steps = int(sum(row.get("train/steps", 0) for row in rounds))
     losses = [row["train/loss"] for row in rounds if row.get("train/loss") is not None]
-    return {"checkpoint": state.policy, "steps": int(sum(row.get("train/steps", 0) for row in rounds)),
-            "wall_time_s": round(sum(row.get("round_s", 0.0) for row in rounds), 1),
-            "tokens_per_s_median": statistics.median(speeds) if speeds else None,
-            "final_metrics": {"loss": losses[-1]} if losses else {}, "status": "ok"}
+    return train_summary(steps=steps, total_steps=steps if state.rounds_done == planned else None,
+                         checkpoint=state.policy, final_metrics={"loss": losses[-1]} if losses else {},
+                         speeds=[row["train/tokens_per_s"] for row in rounds if row.get("train/tokens_per_s")],
+                         wall_time_s=sum(row.get("round_s", 0.0) for row in rounds))

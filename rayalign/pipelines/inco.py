@@ -28,9 +28,12 @@ import dataclasses
 import json
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rayalign import config as config_lib
 from rayalign.pipelines.pairs import Candidate, pair_row, write_pairs
+
+if TYPE_CHECKING:
+    from rayalign.pipelines.run import Run
 
 
 def prefix_length(num_tokens: int, ratio: float) -> int:
@@ -93,22 +96,19 @@ def _shard_rows(cfg, prompts, offs, indices, pool, tokenizer, score) -> tuple[li
     return rows, counts
 
 
-def synthesise(cfg: config_lib.Config, run_dir: Path, pools=None) -> Path:
-    """Write `<run>/data/pairs.parquet` (and its shards), sampling on `pools` (the pipeline's `PhasePool`, else a
-    pool of its own); finished shards are not redone."""
+def synthesise(run: Run) -> Path:
+    """Write `<run>/data/pairs.parquet` (and its shards), sampling on the run's pool; finished shards are not
+    redone."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from rayalign.evaluation import make_scorer
     from rayalign.files import atomic_write, atomic_write_text
-    from rayalign.models import load_tokenizer
     from rayalign.monitoring import record_pairs
-    from rayalign.sampling.pool import given_or_own
-    from rayalign.tasks.registry import get_task
 
-    data_dir = run_dir / "data"
+    cfg, data_dir = run.cfg, run.dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    task = get_task(cfg.inco.task)
+    task = run.task(cfg.inco.task)
     prompts = task.prompts("train", cfg.inco.num_prompts, cfg.inco.seed)
     rng = random.Random(cfg.inco.seed)
     # on-policy sampling needs no strong responses, so a task without a writer can use it
@@ -117,15 +117,13 @@ def synthesise(cfg: config_lib.Config, run_dir: Path, pools=None) -> Path:
               for i in range(0, len(prompts), cfg.inco.shard_size)]
     todo = [(k, idx) for k, idx in enumerate(shards) if not (data_dir / f"shard_{k:04d}.parquet").is_file()]
     if todo:
-        tokenizer, score = load_tokenizer(cfg.model.name), make_scorer(cfg.inco.scorer, task)
-        with given_or_own(pools, cfg.sampling) as phases:
-            pool = phases.serving(cfg.model.name)
-            for k, indices in todo:
-                rows, counts = _shard_rows(cfg, prompts, offs, indices, pool, tokenizer, score)
-                atomic_write_text(data_dir / f"shard_{k:04d}.json", json.dumps(counts))
-                write_pairs(rows, data_dir / f"shard_{k:04d}.parquet", _inco_columns())  # done once it exists
-                record_pairs(len(rows), run=cfg.name)
-                print(f"rayalign: synthesis shard {k + 1}/{len(shards)}: {len(rows)} pairs", flush=True)
+        pool, score = run.pools.serving(cfg.model.name), make_scorer(cfg.inco.scorer, task)
+        for k, indices in todo:
+            rows, counts = _shard_rows(cfg, prompts, offs, indices, pool, run.tokenizer, score)
+            atomic_write_text(data_dir / f"shard_{k:04d}.json", json.dumps(counts))
+            write_pairs(rows, data_dir / f"shard_{k:04d}.parquet", _inco_columns())  # done once it exists
+            record_pairs(len(rows), run=cfg.name)
+            print(f"rayalign: synthesis shard {k + 1}/{len(shards)}: {len(rows)} pairs", flush=True)
     table = pa.concat_tables([pq.read_table(data_dir / f"shard_{k:04d}.parquet") for k in range(len(shards))])
     return atomic_write(data_dir / "pairs.parquet", lambda tmp: pq.write_table(table, tmp))
 
@@ -142,30 +140,20 @@ def synthesis_stats(run_dir: Path) -> dict:
     return totals
 
 
-def run_inco(cfg: config_lib.Config) -> dict:
-    """Synthesise, train (DPO, or sDPO stages when sdpo.stages > 1), evaluate, on one sampler pool where the
-    trainer fits beside it; writes the run directory."""
-    from rayalign.pipelines.evaluate import evaluate_run
-    from rayalign.sampling.pool import PhasePool
-    from rayalign.summary import finished
+def run_inco(run: Run) -> dict:
+    """Synthesise, then train (DPO, or sDPO stages when sdpo.stages > 1), on one sampler pool where the trainer fits
+    beside it (the run's ending evaluates)."""
     from rayalign.train.driver import run_training
 
-    run_dir = cfg.run_dir.resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_lib.save(cfg, run_dir / "config.yaml")
-    with PhasePool(cfg.sampling) as pools:
-        pairs = synthesise(cfg, run_dir, pools)
-        train_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(pairs)))
-        pools.make_room(cfg.train)
-        if cfg.sdpo.stages > 1:
-            from rayalign.data import prepare_data
-            from rayalign.models import load_tokenizer
-            from rayalign.pipelines.sdpo import run_stages
+    cfg = run.cfg
+    pairs = synthesise(run)
+    train_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(pairs)))
+    run.pools.make_room(cfg.train)
+    if cfg.sdpo.stages > 1:
+        from rayalign.data import prepare_data
+        from rayalign.pipelines.sdpo import run_stages
 
-            train = run_stages(train_cfg, prepare_data(train_cfg.data, load_tokenizer(cfg.model.name)))
-        else:
-            train = run_training(train_cfg)
-        evaluated = evaluate_run(cfg, run_dir, train["checkpoint"], pools) if finished(train) else {}
-    summary = {"pipeline": "inco", "synthesis": synthesis_stats(run_dir), "train": train, **evaluated,
-               "sampler_pool_starts": pools.starts}
-    return summary
+        train = run_stages(train_cfg, prepare_data(train_cfg.data, run.tokenizer), run.tokenizer)
+    else:
+        train = run_training(train_cfg)
+    return {"synthesis": synthesis_stats(run.dir), "train": train}

@@ -9,7 +9,12 @@ reference's and the expert's return, with t intervals over seeds.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rayalign import config as config_lib
+
+if TYPE_CHECKING:
+    from rayalign.pipelines.run import Run
 
 EVAL_SEED = 10_000
 """Evaluation episodes use reset seeds 10000, 10001, ...: the same start states for every run and seed."""
@@ -96,7 +101,7 @@ def summarise(cfg: config_lib.Config, results: list[dict], expert: list[float]) 
     returns = [r["return"] for r in results]
     gains = [r["return"] - r["reference_return"] for r in results]
     return {
-        "pipeline": "mujoco", "env": cfg.mujoco.env, "loss": cfg.loss.name,
+        "pipeline": "mujoco", "status": "ok", "env": cfg.mujoco.env, "loss": cfg.loss.name,
         "setting": {"noise": cfg.mujoco.noise, "mixed": cfg.mujoco.mixed},
         "mean_return": _mean(returns), "return_interval": t_interval(returns),
         "reference_return": _mean([r["reference_return"] for r in results]),
@@ -111,7 +116,7 @@ def _interval(bounds: list[float] | None) -> str:
     return f"[{bounds[0]:.1f}, {bounds[1]:.1f}]" if bounds else "(one seed: no interval)"
 
 
-def run_mujoco(cfg: config_lib.Config) -> dict:
+def run_mujoco(run: Run) -> dict:
     import ray
     import torch
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -121,20 +126,13 @@ def run_mujoco(cfg: config_lib.Config) -> dict:
     from rayalign.ray_setup import init_ray
     from rayalign.tracking import Tracker
 
+    cfg, run_dir = run.cfg, run.dir
     if get_loss(cfg.loss.name).needs_token_logps:
         from rayalign.errors import ConfigError
 
         raise ConfigError(f"loss.name={cfg.loss.name} weighs tokens; the MuJoCo benchmark has segments of "
                           f"actions: choose a sequence-level loss (dpo, ipo, hinge, simpo, orpo, dpop, mpo)")
-    run_dir = cfg.run_dir
-    finished = _finished(run_dir, cfg)
-    if finished is not None:
-        print(f"{run_dir} is finished with this config: its summary is reused (rm -r it, or name=, to run again)")
-        _print(cfg, finished)
-        return finished
-    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # an unfinished run starts over: its rows would repeat
-    config_lib.save(cfg, run_dir / "config.yaml")
     init_ray()
     m = cfg.mujoco
     # Outside any placement group: a sweep's trial holds a sliver of a CPU, its seeds reserve their own.
@@ -153,17 +151,6 @@ def run_mujoco(cfg: config_lib.Config) -> dict:
     summary = summarise(cfg, results, expert)
     tracker.finish({"mean_return": summary["mean_return"], "reference_return": summary["reference_return"]})
     _print(cfg, summary)
-    return summary
-
-
-def _finished(run_dir, cfg: config_lib.Config) -> dict | None:
-    """The summary of a finished run of the same config in `run_dir`, else None."""
-    from rayalign.summary import read_summary
-
-    saved = run_dir / "config.yaml"
-    summary = read_summary(run_dir)
-    if summary is None or not saved.is_file() or config_lib.to_dict(config_lib.load(saved)) != config_lib.to_dict(cfg):
-        return None
     return summary
 
 

@@ -24,11 +24,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+from typing import TYPE_CHECKING
 
 import torch
 
 from rayalign import config as config_lib
 from rayalign.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rayalign.pipelines.run import Run
+    from rayalign.summary import TrainSummary
 
 
 def chunk_counts(n: int, stages: int, sizes: list[float] | None) -> list[int]:
@@ -125,16 +130,15 @@ def _sources(cfg: config_lib.Config, prepared) -> list[str]:
     return sources
 
 
-def run_stages(cfg: config_lib.Config, prepared) -> dict:
+def run_stages(cfg: config_lib.Config, prepared, tokenizer) -> TrainSummary:
     """Train T stages on `prepared` (tokenised pairs) as runs `stage_<t>` inside `cfg`'s run directory (inside its
-    URI when output_dir is one, so a stage's workers write there); returns the summary."""
+    URI when output_dir is one, so a stage's workers write there); returns the summary, its stages' under
+    ``stages``."""
     from rayalign.data import PreparedData
-    from rayalign.models import load_tokenizer
     from rayalign.summary import finished
     from rayalign.train.driver import run_training
 
-    pairs, s = prepared.pairs, cfg.sdpo
-    pad_id = load_tokenizer(cfg.model.name).pad_token_id
+    pairs, s, pad_id = prepared.pairs, cfg.sdpo, tokenizer.pad_token_id
     # Measured for every split, so a random split's chunks report their accuracy too (the ablation's control).
     margins = pair_margins(response_logps(cfg.model.name, pairs, pad_id), s.difficulty)
     sources = _sources(cfg, prepared) if s.split == "by_source" else None
@@ -153,42 +157,31 @@ def run_stages(cfg: config_lib.Config, prepared) -> dict:
             subset = PreparedData(pairs=[pairs[i] for i in chunk], stats=dict(prepared.stats, rows_used=len(chunk)))
             summary = run_training(stage_cfg, prepared=subset)
             if not finished(summary):  # stopped (train.stop_at_step): resume here later
-                stages.append(summary)
-                return {"stages": stages, "status": "stopped", "checkpoint": summary["checkpoint"],
-                        "final_metrics": summary["final_metrics"], **_totals(stages)}
+                return _stages_summary(stages + [summary], finished_all=False)
         following = [pairs[i] for i in chunks[t]] if t < len(chunks) else []
         summary["gamma_ref_next_chunk"] = {"before": reference_margin(previous, following, pad_id),
                                            "after": reference_margin(summary["checkpoint"], following, pad_id)}
         summary["chunk_accuracy"] = accuracies[t - 1]
         stages.append(summary)
         previous = summary["checkpoint"]
-    return {"stages": stages, "status": "ok", "checkpoint": previous, "final_metrics": stages[-1]["final_metrics"],
-            **_totals(stages)}
+    return _stages_summary(stages, finished_all=True)
 
 
-def _totals(stages: list[dict]) -> dict:
-    """Steps and wall time over the stages, and the median of their median tokens/s (what the CLI prints)."""
-    import statistics
+def _stages_summary(stages: list[TrainSummary], finished_all: bool) -> TrainSummary:
+    """The stages' summaries as one: steps and wall time summed, the median of their steps' tokens/s; the last
+    stage's checkpoint and metrics; unfinished until every stage ran (later stages' step counts are not known)."""
+    from rayalign.summary import train_summary
 
-    speeds = [st["tokens_per_s_median"] for st in stages if st.get("tokens_per_s_median")]
-    return {"steps": sum(st["steps"] for st in stages),
-            "wall_time_s": round(sum(st.get("wall_time_s", 0.0) for st in stages), 1),
-            "tokens_per_s_median": statistics.median(speeds) if speeds else None}
+    steps = sum(st["steps"] for st in stages)
+    return train_summary(steps=steps, total_steps=steps if finished_all else None,
+                         checkpoint=stages[-1]["checkpoint"], final_metrics=stages[-1]["final_metrics"],
+                         speeds=[st["tokens_per_s_median"] for st in stages if st.get("tokens_per_s_median")],
+                         wall_time_s=sum(st.get("wall_time_s", 0.0) for st in stages),
+                         failure=stages[-1].get("reason"), stages=stages)
 
 
-def run_sdpo(cfg: config_lib.Config) -> dict:
-    """`rayalign run` with pipeline: sdpo — stages on `data.path`, then evaluation if a task is set."""
+def run_sdpo(run: Run) -> dict:
+    """`rayalign run` with pipeline: sdpo — stages on `data.path` (the run's ending evaluates the last one)."""
     from rayalign.data import prepare_data
-    from rayalign.models import load_tokenizer
-    from rayalign.pipelines.evaluate import evaluate_run
-    from rayalign.summary import finished
 
-    run_dir = cfg.run_dir.resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_lib.save(cfg, run_dir / "config.yaml")
-    prepared = prepare_data(cfg.data, load_tokenizer(cfg.model.name))
-    train = run_stages(cfg, prepared)
-    summary = {"pipeline": "sdpo", "train": train}
-    if finished(train):
-        summary.update(evaluate_run(cfg, run_dir, train["checkpoint"]))
-    return summary
+    return {"train": run_stages(run.cfg, prepare_data(run.cfg.data, run.tokenizer), run.tokenizer)}

@@ -7,7 +7,6 @@ any worker starts, so mistakes surface as one line and not as a worker traceback
 from __future__ import annotations
 
 import json
-import statistics
 import time
 
 from rayalign import config as config_lib
@@ -19,7 +18,7 @@ from rayalign.losses import get_loss
 from rayalign.models import cache_root, load_tokenizer, resolve_model
 from rayalign.preflight import check_job
 from rayalign.ray_setup import init_ray
-from rayalign.summary import training_status, write_summary
+from rayalign.summary import TrainSummary, train_summary, write_summary
 from rayalign.tracking import PhaseClock, read_metrics
 
 
@@ -60,27 +59,18 @@ def phase_seconds(driver: PhaseClock, fit_ended: float, state: dict, local: bool
     return {k: round(v, 2) for k, v in seconds.items()}
 
 
-def _summary(cfg, storage, prepared, clock: PhaseClock, fit_ended: float) -> dict:
+def _summary(cfg, storage, prepared, clock: PhaseClock, fit_ended: float) -> TrainSummary:
     rows = read_metrics(cfg.run_dir)
-    speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
-    last = rows[-1] if rows else {}
     checkpoints = storage.checkpoints()
-    checkpoint = checkpoints[-1] if checkpoints else None
     state = json.loads((cfg.run_dir / "train_state.json").read_text())
-    return {
-        **training_status(state["status"], state["step"], state["total"]),
-        "steps": state["step"],
-        "total_steps": state["total"],
-        "resumed_from_step": state.get("resumed_from", 0),
-        "tokens_per_s_median": statistics.median(speeds) if speeds else None,
-        "final_metrics": {k: v for k, v in last.items() if k != "step"},
-        "checkpoint": checkpoint,
-        "data": prepared.stats,
-        "pairs": len(prepared.pairs),
-        "phases_s": phase_seconds(clock, fit_ended, state, cfg.train.local_mode),
-        "cuda_peak_mib": state.get("cuda_peak_mib"),
-        "wall_time_s": round(time.time() - clock.started_at, 1),
-    }
+    return train_summary(
+        steps=state["step"], total_steps=state["total"], checkpoint=checkpoints[-1] if checkpoints else None,
+        final_metrics={k: v for k, v in (rows[-1] if rows else {}).items() if k != "step"},
+        speeds=[r["tokens_per_s"] for r in rows if "tokens_per_s" in r], wall_time_s=time.time() - clock.started_at,
+        failure=None if state["status"] == "ok" else state["status"],
+        resumed_from_step=state.get("resumed_from", 0), data=prepared.stats, pairs=len(prepared.pairs),
+        mode="local mode" if cfg.train.local_mode else f"{cfg.train.num_workers} Ray Train worker(s)",
+        phases_s=phase_seconds(clock, fit_ended, state, cfg.train.local_mode), cuda_peak_mib=state.get("cuda_peak_mib"))
 
 
 def _prepare(cfg: config_lib.Config, prepared: PreparedData | None) -> PreparedData:
