@@ -32,7 +32,8 @@ def cmd_train(args) -> int:
 
 def _print_train(summary: dict, run_dir) -> None:
     final = summary["final_metrics"]
-    print(f"\ntrained: {summary['steps']} steps in {summary['wall_time_s']} s, "
+    mode = f" ({summary['mode']})" if summary.get("mode") else ""
+    print(f"\ntrained: {summary['steps']} steps in {summary['wall_time_s']} s{mode}, "
           f"median {summary['tokens_per_s_median'] or 0:.0f} tokens/s")
     print("final: " + ", ".join(f"{k} {final[k]:.4g}" for k in ("loss", "rewards/accuracies", "rewards/margins")
                                 if k in final))
@@ -89,7 +90,7 @@ def cmd_bench(args) -> int:
     if args.what == "memory":
         from rayalign.memory_bench import run_memory_bench
 
-        print(json.dumps(run_memory_bench(args.params, args.workers or 2, args.out, args.overrides)))
+        print(json.dumps(run_memory_bench(args.params, int(args.workers or 2), args.out, args.overrides)))
         return 0
     if args.what == "serve":
         from rayalign.serve_bench import bench_serve, summary_lines
@@ -102,7 +103,7 @@ def cmd_bench(args) -> int:
         from rayalign.peer_bench import run_peer_bench, summary_lines
 
         result = run_peer_bench(args.peer, args.model, args.pairs, args.peer_steps, args.batch, args.repeats, args.gpu,
-                                args.workers)
+                                args.workers or "auto")
         print(json.dumps(result, indent=2))
         print("\n".join(summary_lines(result)))
         return 0
@@ -222,9 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--peer-steps", type=int, default=8, help="--peer: optimizer steps")
     bench.add_argument("--repeats", type=int, default=3, help="--peer: runs of each tool (medians)")
     bench.add_argument("--gpu", action="store_true", help="--peer: train on the GPU (bf16) instead of the CPU")
-    bench.add_argument("--workers", type=int, default=0, help="--peer: rayalign's train.num_workers (0: Ray Train's "
-                       "local mode, the loop in the rayalign process; 1: one Ray Train worker on a local Ray cluster); "
-                       "memory: Ray Train workers (default 2)")
+    bench.add_argument("--workers", help="--peer: rayalign's train.num_workers (default auto, as the shipped jobs: "
+                       "local mode on one machine; 0: local mode, the loop in the rayalign process; 1: one Ray Train "
+                       "worker on a local Ray cluster); memory: Ray Train workers (default 2)")
     bench.add_argument("--skip-sampler", action="store_true", help="skip the sampler's batched vs one-at-a-time run")
     bench.add_argument("--params", type=float, default=5e8, help="memory: parameters of the Llama built from a config")
     bench.add_argument("overrides", nargs="*", help="memory: config overrides of its runs, e.g. train.fused_adamw=true")

@@ -12,6 +12,7 @@ job's own check follows the same rule). ``RAYALIGN_NO_FIT_CHECK=1`` turns the ch
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -33,8 +34,8 @@ class Demand:
 
 
 def trainer_demand(train) -> Demand:
-    return Demand("Ray Train worker", train.num_workers, train.cpus_per_worker, 1.0 if train.use_gpu else 0.0,
-                  "train.num_workers / train.cpus_per_worker / train.use_gpu")
+    return Demand("Ray Train worker", 0 if train.local_mode else train.processes, train.cpus_per_worker,
+                  1.0 if train.use_gpu else 0.0, "train.num_workers / train.cpus_per_worker / train.use_gpu")
 
 
 def sampler_demand(num_actors: int, cpus: float, gpus: float) -> Demand:
@@ -150,7 +151,38 @@ def trainer_fits_beside(train, pool_gpus: float) -> bool:
         return False
     free = ray.available_resources()
     node = {"CPU": float(free.get("CPU", 0)), "GPU": float(free.get("GPU", 0))}
-    return _units(node, trainer_demand(train)) >= train.num_workers
+    return _units(node, trainer_demand(train)) >= train.processes
+
+
+def resolve_workers(cfg):
+    """`cfg` with train.num_workers: auto resolved, on the driver (`auto_workers`): the machine is the one node of
+    the job's Ray cluster when one is started or named (RAY_ADDRESS, as in a submitted job), else this process's
+    machine. A Tune trial resolves auto to 1 itself (Ray Train's local mode cannot report inside a trial)."""
+    t = cfg.train
+    if t.num_workers != "auto":
+        return cfg
+    import ray
+
+    if not ray.is_initialized() and os.environ.get("RAY_ADDRESS"):
+        from rayalign.ray_setup import init_ray
+
+        init_ray()
+    if ray.is_initialized():
+        nodes = node_resources(ray.nodes())
+        here = nodes[0] if len(nodes) == 1 else None
+    else:
+        import torch
+
+        here = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+    return dataclasses.replace(cfg, train=dataclasses.replace(t, num_workers=auto_workers(here, t)))
+
+
+def auto_workers(machine: dict[str, float] | None, train) -> int:
+    """What train.num_workers: auto means on `machine` ({"CPU", "GPU"}; None: a cluster of several nodes): 0, local
+    mode (no worker group to start: the quickest on one machine), when it holds one worker of `train`; else 1 Ray
+    Train worker, which Ray places on a node that fits."""
+    one = dataclasses.replace(trainer_demand(train), count=1)
+    return 0 if machine is not None and _units(machine, one) >= 1 else 1
 
 
 def waiting_line(bundles: list[dict[str, float]], waited_s: float, free: dict, total: dict, keys: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
@@ -133,10 +133,12 @@ class TrainConfig:
     """Clip the global gradient norm to this (0 turns clipping off)."""
     seed: int = 0
     """Seed for data order and initialisation; runs on CPU are deterministic for a given seed."""
-    num_workers: Annotated[int, Field(ge=0)] = 1
+    num_workers: Union[Literal["auto"], Annotated[int, Field(ge=0)]] = "auto"
     """Ray Train workers (FSDP2 shards the model over them). 0: Ray Train's local mode, the training loop in the
     calling process with no Ray cluster or worker to start (one device; the quickest start for a short job on one
-    machine)."""
+    machine). auto: local mode where one worker fits on the driver's machine (train.cpus_per_worker CPUs, a GPU for
+    train.use_gpu) and the job's Ray cluster, if it has one, is that one machine; one Ray Train worker otherwise
+    (a multi-node cluster, a Tune trial). A run's summary says which mode ran."""
     use_gpu: bool = False
     """One GPU per worker, NCCL and bf16 mixed precision; false trains on CPU with gloo."""
     cpus_per_worker: int = 1
@@ -202,8 +204,14 @@ class TrainConfig:
 
     @property
     def local_mode(self) -> bool:
-        """Ray Train's local mode (num_workers 0): the training loop in the calling process."""
+        """Ray Train's local mode (num_workers 0): the training loop in the calling process. False for auto until the
+        driver resolves it (`cluster_fit.resolve_workers`)."""
         return self.num_workers == 0
+
+    @property
+    def processes(self) -> int:
+        """How many processes train: the workers, or one (local mode, or auto, which resolves to one of the two)."""
+        return 1 if self.num_workers == "auto" else max(1, self.num_workers)
 
 
 @dataclass(config=_STRICT)

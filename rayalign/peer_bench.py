@@ -17,9 +17,10 @@ split between the processes that map them) over the process and all its descenda
 worker); on GPU the peak CUDA memory the training process allocated. Medians over `repeats` runs, and
 rayalign-over-TRL ratios.
 
-`workers` is rayalign's `train.num_workers`: 0 (the default) is Ray Train's local mode, the training loop in the
-`rayalign train` process as TRL's is in its own, which is how a one-process job on one machine runs best; 1 is one
-Ray Train worker on a local Ray cluster, what a job that will grow to more workers or a cluster runs.
+`workers` is rayalign's `train.num_workers`: auto (the default, as in the shipped jobs) resolves to local mode on one
+machine; 0 is Ray Train's local mode, the training loop in the `rayalign train` process as TRL's is in its own; 1 is
+one Ray Train worker on a local Ray cluster, what a job that will grow to more workers or a cluster runs. The result
+says which mode ran (the run summary's `mode`).
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def _trl_run(model_path: str, data: Path, steps: int, batch: int, gpu: bool, wor
     return _figures(run, result["tokens_per_s_median"], result["steps"], result["cuda_peak_mib"], gpu)
 
 
-def _rayalign_run(model: str, data: Path, steps: int, batch: int, gpu: bool, workers: int, work: Path,
+def _rayalign_run(model: str, data: Path, steps: int, batch: int, gpu: bool, workers: int | str, work: Path,
                   env: dict) -> dict:
     cores = os.cpu_count() or 1
     overrides = [f"train.num_workers={workers}", f"model.name={model}", f"data.path={data}",
@@ -194,7 +195,7 @@ def _rayalign_run(model: str, data: Path, steps: int, batch: int, gpu: bool, wor
     run = _run_tool("rayalign", ["rayalign.cli", "train", str(job)], env, work)
     summary = read_summary(work / "rayalign")
     return {**_figures(run, summary["tokens_per_s_median"], summary["steps"], summary.get("cuda_peak_mib"), gpu),
-            "phases_s": summary["phases_s"]}
+            "phases_s": summary["phases_s"], "mode": summary["mode"]}
 
 
 def _fresh_cache(root: Path, model: str) -> Path:
@@ -209,7 +210,7 @@ def _fresh_cache(root: Path, model: str) -> Path:
 
 
 def run_peer_bench(peer: str, model: str, pairs: int, steps: int, batch: int, repeats: int, gpu: bool,
-                   workers: int = 0) -> dict:
+                   workers: int | str = "auto") -> dict:
     """Both tools `repeats` times, alternating, each run a fresh process; medians and rayalign/TRL ratios."""
     if peer != "trl":
         raise RayAlignError(f"unknown peer '{peer}': the one peer is trl")
@@ -217,8 +218,9 @@ def run_peer_bench(peer: str, model: str, pairs: int, steps: int, batch: int, re
 
     if importlib.util.find_spec("trl") is None:
         raise MissingPackageError("trl", "rayalign bench --peer trl", "pip install 'rayalign[bench]'")
-    if min(pairs, steps, batch, repeats) < 1 or batch > pairs or workers not in (0, 1):
-        raise RayAlignError(f"bench --peer needs 1 <= batch <= pairs, steps and repeats >= 1 and --workers 0 or 1 (one "
+    workers = int(workers) if str(workers).isdigit() else workers
+    if min(pairs, steps, batch, repeats) < 1 or batch > pairs or workers not in ("auto", 0, 1):
+        raise RayAlignError(f"bench --peer needs 1 <= batch <= pairs, steps and repeats >= 1 and --workers auto, 0 or 1 (one "
                             f"process or one Ray worker, as TRL's one process); got batch {batch}, pairs {pairs}, "
                             f"steps {steps}, repeats {repeats}, workers {workers}")
     from rayalign.models import resolve_model
@@ -243,6 +245,7 @@ def run_peer_bench(peer: str, model: str, pairs: int, steps: int, batch: int, re
     ours, theirs = medians["rayalign"], medians["trl"]
     return {
         "model": model, "pairs": pairs, "steps": steps, "batch": batch, "repeats": repeats, "workers": workers,
+        "mode": sorted({run["mode"] for run in runs["rayalign"]}),
         "device": "gpu" if gpu else f"cpu ({os.cpu_count()} cores)", "medians": medians, "runs": runs,
         "ratios": {"whole_process_speedup": theirs["seconds"] / ours["seconds"],
                    "step_tokens_per_s_rayalign_over_trl": ours["tokens_per_s_median"] / theirs["tokens_per_s_median"],
@@ -253,7 +256,7 @@ def run_peer_bench(peer: str, model: str, pairs: int, steps: int, batch: int, re
 
 
 def summary_lines(result: dict) -> list[str]:
-    mode = "local mode" if result["workers"] == 0 else "one Ray Train worker"
+    mode = " / ".join(result["mode"]) + f" (train.num_workers={result['workers']})"
     lines = [(f"{result['model']}, {result['device']}, {result['steps']} steps x {result['batch']} pairs "
               f"({result['pairs']} pairs), medians of {result['repeats']} runs each; rayalign in {mode}")]
     for tool in ("trl", "rayalign"):

@@ -11,7 +11,7 @@ from rayalign.errors import ConfigError, RayAlignError
 def check_batch_arithmetic(cfg: config_lib.Config) -> int:
     """Gradient-accumulation steps, or a one-line error when the batch does not split evenly."""
     t = cfg.train
-    workers = max(1, t.num_workers)  # local mode (0) trains in one process
+    workers = t.processes
     per_step = t.micro_batch_size * workers
     if t.batch_size % per_step:
         raise ConfigError(

@@ -168,6 +168,8 @@ def _trial(params: dict, sweep: SweepConfig, sweep_dir: str, cwd: str) -> None:
     overrides = [*sweep.overrides, *assignments(params),
                  f"output_dir={sweep_dir}/trials", f"name={name}", f"tracking.group={sweep.name}"]
     cfg = config_lib.load(sweep.base, overrides)
+    if cfg.train.num_workers == "auto":  # Ray Train's local mode cannot report inside a Tune trial
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_workers=1))
     tune.report(get_recipe(cfg.pipeline).trial_figures(run_pipeline(cfg)))
 
 

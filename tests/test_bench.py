@@ -121,8 +121,9 @@ def test_peer_bench_bad_arguments_are_user_errors():
         run_peer_bench("axolotl", "tiny-llama", 8, 2, 4, 1, gpu=False)
     with pytest.raises(RayAlignError, match="batch <= pairs"):
         run_peer_bench("trl", "tiny-llama", 2, 2, 4, 1, gpu=False)
-    with pytest.raises(RayAlignError, match="workers 0 or 1"):
-        run_peer_bench("trl", "tiny-llama", 8, 2, 4, 1, gpu=False, workers=2)
+    for workers in (2, "2", "many"):
+        with pytest.raises(RayAlignError, match="--workers auto, 0 or 1"):
+            run_peer_bench("trl", "tiny-llama", 8, 2, 4, 1, gpu=False, workers=workers)
 
 
 @pytest.mark.slow  # a TRL run and a rayalign run, each a fresh process: about 2 minutes

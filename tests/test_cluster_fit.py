@@ -11,11 +11,13 @@ from rayalign import config
 from rayalign.cluster_fit import (
     NODES_ENV,
     Demand,
+    auto_workers,
     autoscaling_nodes,
     check_fit,
     check_local,
     job_demands,
     node_resources,
+    resolve_workers,
     sampler_demand,
     trainer_demand,
     waiting_line,
@@ -86,6 +88,35 @@ def test_training_on_the_local_cluster_refuses_what_it_can_never_place(ray_local
                              f"output_dir={tmp_path}"])
     with pytest.raises(ConfigError, match=r"never run 1 Ray Train worker\(s\) of 3 CPU each: its nodes have 2 CPU"):
         run_training(cfg)
+
+
+@pytest.mark.parametrize("machine, overrides, workers", [
+    ({"CPU": 2.0, "GPU": 0.0}, ["train.cpus_per_worker=2"], 0),  # one worker fits here: local mode
+    ({"CPU": 2.0, "GPU": 0.0}, ["train.cpus_per_worker=3"], 1),  # it does not: Ray places a worker where it fits
+    ({"CPU": 16.0, "GPU": 0.0}, ["train.use_gpu=true"], 1),  # no GPU here
+    ({"CPU": 16.0, "GPU": 1.0}, ["train.use_gpu=true"], 0),
+    (None, ["train.cpus_per_worker=1"], 1),  # a cluster of several nodes
+])
+def test_auto_workers_by_hand(machine, overrides, workers):
+    assert auto_workers(machine, config.load(None, overrides).train) == workers
+
+
+def test_auto_resolves_on_the_jobs_one_node_cluster_and_a_run_says_its_mode(ray_local, tmp_path):
+    """The local test cluster is one node of 2 CPUs: auto is local mode for a 2-CPU worker, a Ray Train worker for a
+    3-CPU one (refused there by the fit check), and a number stays what it is."""
+    from rayalign.train.driver import run_training
+    from tests.conftest import QUICKSTART_DATA
+
+    assert resolve_workers(config.load(None, ["train.cpus_per_worker=2"])).train.num_workers == 0
+    assert resolve_workers(config.load(None, ["train.cpus_per_worker=3"])).train.num_workers == 1
+    two = config.load(None, ["train.num_workers=2"])
+    assert resolve_workers(two) is two
+    summary = run_training(config.load(None, [
+        "model.name=tiny-llama", f"data.path={QUICKSTART_DATA}", "data.limit=4", "data.max_length=128",
+        "train.batch_size=4", "train.micro_batch_size=4", "train.cpus_per_worker=2", "tracking.wandb=disabled",
+        f"output_dir={tmp_path}", "name=auto"]))
+    assert summary["mode"] == "local mode" and "worker_group_start_s" not in summary["phases_s"]
+    assert config.load(tmp_path / "auto" / "config.yaml").train.num_workers == 0  # what ran, saved
 
 
 def test_an_autoscaling_cluster_can_turn_the_check_off(monkeypatch):

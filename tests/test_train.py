@@ -27,7 +27,7 @@ LOCAL = "train.num_workers=0"
 BASE = [
     "model.name=tiny-llama", f"data.path={QUICKSTART_DATA}", "data.limit=24", "data.max_length=128",
     "train.batch_size=4", "train.micro_batch_size=4", "train.max_steps=6", "train.lr=1e-3",
-    "train.warmup_ratio=0.0", "train.cpus_per_worker=1", "train.seed=3", "tracking.wandb=offline",
+    "train.warmup_ratio=0.0", "train.num_workers=1", "train.cpus_per_worker=1", "train.seed=3", "tracking.wandb=offline",
 ]
 
 

@@ -1,6 +1,7 @@
 """The vLLM engine (GPU): the same `Sampler` contract as the transformers engine, much faster.
 
-Written against vLLM's documented offline API as of vLLM 0.11-0.15 (V1 engine):
+Written against vLLM's documented offline API (V1 engine), and run on one H100 with the main job
+(docs/measurements.md, "On a GPU"); its tests skip with the reason where vLLM or CUDA is missing:
 ``vllm.LLM(model=..., worker_extension_cls=...)``, ``LLM.generate`` with
 ``vllm.inputs.TokensPrompt(prompt_token_ids=...)`` and ``vllm.SamplingParams(n, temperature, top_p,
 max_tokens, seed, stop, logprobs=0)``, and, for weight updates, the pattern of vLLM's RLHF examples
@@ -8,7 +9,7 @@ max_tokens, seed, stop, logprobs=0)``, and, for weight updates, the pattern of v
 every worker through ``LLM.collective_rpc`` and call ``self.model_runner.model.load_weights(weights=...)``.
 (The older ``llm.llm_engine.model_executor.driver_worker.model_runner.model`` path only works with
 the V0 engine, or V1 without multiprocessing; `collective_rpc` works with both and with tensor
-parallelism.) It was not run here: no GPU, no vLLM. Its tests skip with the reason.
+parallelism.)
 
 Log-probs: ``logprobs=0`` returns the chosen token's log-prob; with vLLM's default
 ``logprobs_mode="raw_logprobs"`` that is the raw model's (before temperature / top-p), the same

@@ -11,7 +11,7 @@ import time
 
 from rayalign import config as config_lib
 from rayalign import monitoring
-from rayalign.cluster_fit import check_local, trainer_demand, watch_waiting
+from rayalign.cluster_fit import check_local, resolve_workers, trainer_demand, watch_waiting
 from rayalign.data import PreparedData, attach_marks, prepare_data
 from rayalign.errors import ConfigError, TrainingError
 from rayalign.losses import get_loss
@@ -101,6 +101,7 @@ def run_training(cfg: config_lib.Config, prepared: PreparedData | None = None) -
     clock = PhaseClock()
     run_dir = cfg.run_dir.resolve()
     check_job(cfg)
+    cfg = resolve_workers(cfg)
     storage = cfg.storage()
     if cfg.train.resume == "never" and storage.checkpoints():
         raise ConfigError(f"{storage.uri or run_dir} already has checkpoints: use a new name= or train.resume=auto")
