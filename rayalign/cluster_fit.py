@@ -140,11 +140,12 @@ def _pod_resources(group: dict) -> dict[str, float]:
 
 def trainer_fits_beside(train, pool_gpus: float) -> bool:
     """Whether the trainer can start now beside a running sampler pool (whose actors use `pool_gpus` GPU each).
-    In local mode it takes nothing from Ray, so yes, unless both would share the GPU (vLLM holds most of its
-    memory). With workers: when the free resources of a one-node cluster hold them all; on several nodes Ray
+    In local mode (auto included, where it resolves so) it takes nothing from Ray, so yes, unless both would share
+    the GPU (vLLM holds most of its memory). With workers: when the free resources of a one-node cluster hold them all; on several nodes Ray
     does not say what is free on each, and a guess wrong would leave the workers waiting on the pool forever."""
     import ray
 
+    train = resolved_train(train)
     if train.local_mode:
         return not (train.use_gpu and pool_gpus > 0)
     if len(node_resources(ray.nodes())) != 1:
@@ -155,12 +156,18 @@ def trainer_fits_beside(train, pool_gpus: float) -> bool:
 
 
 def resolve_workers(cfg):
-    """`cfg` with train.num_workers: auto resolved, on the driver (`auto_workers`): the machine is the one node of
-    the job's Ray cluster when one is started or named (RAY_ADDRESS, as in a submitted job), else this process's
-    machine. A Tune trial resolves auto to 1 itself (Ray Train's local mode cannot report inside a trial)."""
-    t = cfg.train
-    if t.num_workers != "auto":
-        return cfg
+    """`cfg` with train.num_workers: auto resolved (`resolved_train`)."""
+    train = resolved_train(cfg.train)
+    return cfg if train is cfg.train else dataclasses.replace(cfg, train=train)
+
+
+def resolved_train(train):
+    """`train` (a TrainConfig) with num_workers: auto resolved by `auto_workers` for the machine this process
+    trains on: the one node of the job's Ray cluster when one is started or named (RAY_ADDRESS, as in a submitted
+    job), else this process's machine. A Tune trial resolves auto to 1 itself (Ray Train's local mode cannot report
+    inside a trial)."""
+    if train.num_workers != "auto":
+        return train
     import ray
 
     if not ray.is_initialized() and os.environ.get("RAY_ADDRESS"):
@@ -174,7 +181,7 @@ def resolve_workers(cfg):
         import torch
 
         here = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
-    return dataclasses.replace(cfg, train=dataclasses.replace(t, num_workers=auto_workers(here, t)))
+    return dataclasses.replace(train, num_workers=auto_workers(here, train))
 
 
 def auto_workers(machine: dict[str, float] | None, train) -> int:

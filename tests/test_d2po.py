@@ -83,6 +83,7 @@ def test_budget_is_never_exceeded_and_every_gold_call_is_logged_with_its_round(r
     assert [c["round"] for c in calls] == [1, 1, 2] and [c["used"] for c in calls] == [1, 2, 3]
     assert whole["gold_used"] == 3 and [r["gold/used"] for r in whole["rounds"]] == [2, 3]
     assert stopped["rounds_done"] == 1 and stopped["gold_used"] == 2
+    assert stopped["train"]["status"] == "stopped" and whole["train"]["status"] == resumed["train"]["status"] == "ok"
     assert _calls(root / "resumed") == calls and resumed["gold_used"] == 3
 
 

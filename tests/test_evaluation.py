@@ -76,8 +76,8 @@ def _perturbed_tiny_llama(path):
 
 def test_a_pipeline_pool_stays_through_training_only_where_the_trainer_fits_beside_it(tmp_path, ray_local):
     """PhasePool keeps its pool (the same actor processes) through `make_room` while the trainer can start beside
-    it: in local mode, or a 1-CPU worker with a CPU free on the 2-CPU cluster; a 2-CPU worker could never be placed
-    while it runs, so there it stops. Serving an interchangeable model loads its weights into the same actors."""
+    it: in local mode (auto for a 2-CPU worker on the one-node cluster is local mode), or a 1-CPU worker with a CPU
+    free on the 2-CPU cluster; a 2-CPU Ray Train worker could never be placed while it runs, so there it stops. Serving an interchangeable model loads its weights into the same actors."""
     from rayalign.cluster_fit import trainer_fits_beside
     from rayalign.config import SamplingConfig, TrainConfig
     from rayalign.sampling.pool import PhasePool
@@ -89,6 +89,7 @@ def test_a_pipeline_pool_stays_through_training_only_where_the_trainer_fits_besi
         pool = pools.serving("tiny-llama")
         first = pids(pool)
         pools.make_room(TrainConfig(num_workers=0, cpus_per_worker=2))
+        pools.make_room(TrainConfig(num_workers="auto", cpus_per_worker=2))
         pools.make_room(TrainConfig(num_workers=1, cpus_per_worker=1))
         assert pools.pool is pool and pids(pool) == first
         assert pools.serving(str(_perturbed_tiny_llama(tmp_path / "trained"))) is pool

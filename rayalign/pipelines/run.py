@@ -1,7 +1,8 @@
 """A pipeline's run: its directory, and what its phases share instead of reloading it by name.
 
-`run_pipeline` opens a `Run` for the recipe: the config is saved, the tokenizer and tasks are loaded once, and one
-`PhasePool` (started only when a phase first samples) serves synthesis, online rounds and the final evaluation.
+`run_pipeline` opens a `Run` for the recipe: the config is saved, the tokenizer is loaded once for every phase, tasks
+are handed out as objects, and one `PhasePool` (started only when a phase first samples) serves synthesis, online
+rounds and the final evaluation.
 The recipe returns its figures and its training's `TrainSummary` under ``train``; the run's ending is the same for
 every recipe: the held-out evaluation when training finished and the recipe evaluates, then summary.json, last.
 """
