@@ -176,10 +176,14 @@ def write_samples(path: Path, prompts: list[str], samples: dict, rewards: dict) 
 
 
 def write_outputs(out: Path, report: dict, prompts: list[str], samples: dict, rewards: dict) -> None:
+    """samples.jsonl and report.png, then report.json, atomically and last: a rerun reuses a report it finds
+    (`Run.evaluate`), so one there means the evaluation's files are whole."""
+    from rayalign.files import atomic_write_text
+
     out.mkdir(parents=True, exist_ok=True)
     write_samples(out / "samples.jsonl", prompts, samples, rewards)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     plot_report(out / "report.png", report, rewards)
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
 
 
 def plot_report(path: Path, report: dict, rewards: dict) -> None:
