@@ -163,20 +163,19 @@ def resolve_workers(cfg):
 
 def resolved_train(train):
     """`train` (a TrainConfig) with num_workers: auto resolved by `auto_workers` for the machine this process
-    trains on: the one node of the job's Ray cluster when one is started or named (RAY_ADDRESS, as in a submitted
-    job), else this process's machine. A Tune trial resolves auto to 1 itself (Ray Train's local mode cannot report
-    inside a trial)."""
+    trains on: the Ray cluster this process has joined when it has one node (several: None); None for a job that
+    names a cluster by RAY_ADDRESS and has not joined it (a submitted `rayalign train`: joining now would move its
+    working directory before it reads its data); else this process's machine. A Tune trial resolves auto to 1
+    itself (Ray Train's local mode cannot report inside a trial)."""
     if train.num_workers != "auto":
         return train
     import ray
 
-    if not ray.is_initialized() and os.environ.get("RAY_ADDRESS"):
-        from rayalign.ray_setup import init_ray
-
-        init_ray()
     if ray.is_initialized():
         nodes = node_resources(ray.nodes())
         here = nodes[0] if len(nodes) == 1 else None
+    elif os.environ.get("RAY_ADDRESS"):
+        here = None
     else:
         import torch
 

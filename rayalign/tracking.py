@@ -38,6 +38,7 @@ class Tracker:
                 mode=cfg.wandb, project=cfg.project, entity=cfg.entity, group=cfg.group,
                 name=run_name, job_type=job_type, dir=str(run_dir), config=flat_config,
                 resume="allow", id=_run_id(run_dir, job_type),
+                reinit="create_new",  # a pipeline's run stays open while its training (local mode: this process) logs
             )
 
     def truncate_after(self, step: int) -> None:

@@ -362,3 +362,17 @@ def test_lora_in_a_pipeline_is_a_one_line_config_error():
 
     with pytest.raises(ConfigError, match="train.lora_r works with `rayalign train`"):
         run_pipeline(config.load(None, ["pipeline=inco", "train.lora_r=4"]))
+
+
+def test_a_pipelines_wandb_run_stays_open_while_its_training_logs_in_the_same_process(tmp_path):
+    """A pipeline (D2PO's rounds) holds a wandb run open while local-mode training opens and finishes its own in the
+    same process: the pipeline's run can still log afterwards."""
+    from rayalign.tracking import Tracker
+
+    cfg = config.load(None, BASE + [LOCAL, f"output_dir={tmp_path}", "name=inner", "train.max_steps=1"])
+    outer = Tracker(tmp_path / "outer", cfg.tracking, "outer", {}, "pipeline")
+    run_training(cfg)
+    outer.log({"x": 1.0}, step=1)
+    outer.finish()
+    assert read_metrics(tmp_path / "outer") == [{"step": 1, "x": 1.0}]
+    assert len(list((tmp_path / "outer" / "wandb").glob("offline-run-*"))) == 1
