@@ -92,6 +92,13 @@ def cmd_bench(args) -> int:
 
         print(json.dumps(run_memory_bench(args.params, int(args.workers or 2), args.out, args.overrides)))
         return 0
+    if args.what == "online":
+        from rayalign.online_bench import run_online_bench, summary_lines
+
+        result = run_online_bench(args.rounds, args.out, args.overrides)
+        print(json.dumps(result, indent=2))
+        print("\n".join(summary_lines(result)))
+        return 0
     if args.what == "serve":
         from rayalign.serve_bench import bench_serve, summary_lines
 
@@ -211,8 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="train: tokens/s and peak memory of the trainer's step vs the naive "
                            "one, or with --peer trl whole DPO runs against TRL; and of the sampler (batched vs one prompt at a time); serve: the discriminator's "
                            "and the sampler's HTTP endpoints under load (errors, p50/p99, req/s) and bad requests; memory: each rank's "
-                           "peak RSS rise while a model built from a config loads, trains, saves and resumes")
-    bench.add_argument("what", nargs="?", default="train", choices=["train", "serve", "memory"])
+                           "peak RSS rise while a model built from a config loads, trains, saves and resumes; online: "
+                           "where the seconds of jobs/d2po.yaml's rounds go, and each round's fixed overhead")
+    bench.add_argument("what", nargs="?", default="train", choices=["train", "serve", "memory", "online"])
     bench.add_argument("--model", default="smollm2-135m-instruct")
     bench.add_argument("--steps", type=int, default=5)
     bench.add_argument("--batch", type=int, default=4, help="preference pairs per step")
@@ -228,8 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "worker on a local Ray cluster); memory: Ray Train workers (default 2)")
     bench.add_argument("--skip-sampler", action="store_true", help="skip the sampler's batched vs one-at-a-time run")
     bench.add_argument("--params", type=float, default=5e8, help="memory: parameters of the Llama built from a config")
-    bench.add_argument("overrides", nargs="*", help="memory: config overrides of its runs, e.g. train.fused_adamw=true")
-    bench.add_argument("--out", help="memory: directory for the model, data and runs (default: a new temporary one)")
+    bench.add_argument("overrides", nargs="*", help="memory, online: config overrides of its runs, e.g. "
+                       "train.fused_adamw=true")
+    bench.add_argument("--out", help="memory, online: directory for the runs (default: a new temporary one)")
+    bench.add_argument("--rounds", type=int, default=4, help="online: D2PO rounds to run (round 1 is left out of "
+                       "the medians)")
     bench.add_argument("--requests", type=int, default=1000, help="serve: requests per endpoint")
     bench.add_argument("--concurrency", type=int, default=32, help="serve: requests in flight")
     bench.add_argument("--max-tokens", type=int, default=8, help="serve: new tokens per completion")

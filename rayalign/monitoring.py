@@ -39,6 +39,8 @@ METRICS = {
     "d2po_silver_gold_agreement": ("gauge", "Share of gold-labelled pairs the discriminator had labelled the same"),
     "d2po_policy_gold_reward": ("gauge", "Mean gold reward of the round's policy samples"),
     "d2po_sampler_tokens_per_s": ("gauge", "Sampler throughput in the round (tokens/s)"),
+    "d2po_round_seconds": ("gauge", "Wall time of the last D2PO round (s)"),
+    "d2po_round_overhead_seconds": ("gauge", "The last D2PO round less its sampling, scoring and train steps (s)"),
 }
 
 _objects: dict = {}
@@ -125,6 +127,8 @@ def record_d2po_round(metrics: dict, run: str | None = None) -> None:
         "d2po_silver_gold_agreement": metrics.get("silver_gold_agreement"),
         "d2po_policy_gold_reward": metrics.get("policy/gold_reward"),
         "d2po_sampler_tokens_per_s": metrics.get("sampler/tokens_per_s"),
+        "d2po_round_seconds": metrics.get("round_s"),
+        "d2po_round_overhead_seconds": metrics.get("time/overhead_s"),
     }, run)
 
 

@@ -139,3 +139,18 @@ def test_peer_bench_runs_the_same_job_through_both():
     assert result["ratios"]["whole_process_speedup"] == pytest.approx(
         result["medians"]["trl"]["seconds"] / result["medians"]["rayalign"]["seconds"])
     assert len(summary_lines(result)) == 4
+
+
+@pytest.mark.slow  # two rounds of the D2PO job on SmolLM2: about 3 minutes on 2 cores
+def test_bench_online_splits_each_round_of_the_d2po_job(tmp_path, monkeypatch):
+    from rayalign.online_bench import run_online_bench, summary_lines
+    from tests.conftest import REPO
+
+    monkeypatch.chdir(REPO)
+    result = run_online_bench(2, str(tmp_path), ["d2po.prompts_per_round=8", "d2po.window=8"])
+    assert [r["round"] for r in result["rounds"]] == [1, 2] and result["mode"] == "local mode"
+    second = result["rounds"][1]
+    assert second["overhead_s"] == pytest.approx(second["gold_s"] + second["disc_update_s"] + second["train_s"]
+                                                 - second["train_steps_s"] + second["weight_sync_s"], rel=1e-6)
+    assert result["medians_after_round_1"] == {k: v for k, v in second.items() if k != "round"}
+    assert "fixed overhead" in summary_lines(result)[1]

@@ -83,8 +83,22 @@ def test_budget_is_never_exceeded_and_every_gold_call_is_logged_with_its_round(r
     assert [c["round"] for c in calls] == [1, 1, 2] and [c["used"] for c in calls] == [1, 2, 3]
     assert whole["gold_used"] == 3 and [r["gold/used"] for r in whole["rounds"]] == [2, 3]
     assert stopped["rounds_done"] == 1 and stopped["gold_used"] == 2
-    assert stopped["train"]["status"] == "stopped" and whole["train"]["status"] == resumed["train"]["status"] == "ok"
     assert _calls(root / "resumed") == calls and resumed["gold_used"] == 3
+    assert stopped["train"]["status"] == "stopped" and whole["train"]["status"] == resumed["train"]["status"] == "ok"
+
+
+@pytest.mark.slow  # three D2PO runs on Ray (Serve, samplers, Train): about 3 minutes together
+def test_a_rounds_clock_adds_up_to_its_wall_time(runs):
+    """The phases follow each other, so they sum to the round; the overhead is the round less sampling, scoring and
+    the train steps, and the steps are part of training's phase."""
+    _, whole, _, _ = runs
+    for row in whole["rounds"]:
+        phases = [row[f"time/{p}"] for p in ("sample_s", "score_s", "gold_s", "disc_update_s", "train_s",
+                                             "weight_sync_s")]
+        assert min(phases) >= 0 and sum(phases) == pytest.approx(row["round_s"], rel=1e-9)
+        assert 0 < row["time/train_steps_s"] <= row["time/train_s"]
+        assert row["time/overhead_s"] == pytest.approx(
+            row["round_s"] - row["time/sample_s"] - row["time/score_s"] - row["time/train_steps_s"], rel=1e-9)
 
 
 @pytest.mark.slow  # three D2PO runs on Ray (Serve, samplers, Train): about 3 minutes together

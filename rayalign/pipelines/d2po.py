@@ -40,7 +40,6 @@ import dataclasses
 import json
 import random
 import shutil
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -188,40 +187,56 @@ class Round:
 
 
 def run_round(live: Round, r: int, state: State) -> tuple[State, dict]:
-    """Round r (1-based): sample, score, gold-label, update the discriminator, label, train, sync weights."""
+    """Round r (1-based): sample, score, gold-label, update the discriminator, label, train, sync weights.
+
+    Its clock (`time/*_s`, each phase from the end of the one before, adding up to `round_s`): sampling, scoring,
+    gold labels, the discriminator's update, training (its pairs written, the trainer started, its steps, its
+    checkpoint; `time/train_steps_s` the steps alone) and the weight sync; `time/overhead_s` is the round less its
+    sampling, scoring and train steps."""
     from rayalign.sampling.base import SamplingParams
+    from rayalign.tracking import PhaseClock
 
     cfg, d = live.cfg, live.cfg.d2po
     round_dir = live.run_dir / "rounds" / f"round_{r:03d}"
     shutil.rmtree(round_dir, ignore_errors=True)  # a round interrupted half-way is redone whole
     live.storage.remove(f"rounds/{round_dir.name}")  # with its checkpoints in the run's URI
     round_dir.mkdir(parents=True)
-    began = time.perf_counter()
+    clock = PhaseClock()
     span = slice((r - 1) * d.prompts_per_round, r * d.prompts_per_round)
     prompts, prompt_ids = live.prompts[span], live.prompt_ids[span]
     params = SamplingParams(n=2, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
                             max_new_tokens=cfg.sampling.max_new_tokens, seed=d.seed * 1_000_003 + r)
     outputs = live.pools.serving(state.policy).generate(prompt_ids, params)
-    sample_s = time.perf_counter() - began
+    clock.lap("sample_s")
     texts = [(row[0].text, row[1].text) for row in outputs]
-    metrics = {"sampler/tokens_per_s": sum(len(c.generated_ids) for row in outputs for c in row) / sample_s,
+    metrics = {"sampler/tokens_per_s": sum(len(c.generated_ids) for row in outputs for c in row) /
+               clock.seconds["sample_s"],
                "policy/gold_reward": _mean([live.task.gold_reward(p, t) for p, pair in zip(prompts, texts)
                                             for t in pair])}
     scores = _score(live, prompts, texts)
+    clock.lap("score_s")
     gold = _gold_labels(live, r, prompts, texts, scores, metrics)
+    clock.lap("gold_s")
     discriminator = _update_discriminator(live, r, prompts, texts, gold, state, round_dir, metrics)
+    clock.lap("disc_update_s")
     if discriminator != state.discriminator:
         scores = _score(live, prompts, texts)  # label with what the discriminator learnt this round
+        clock.lap("score_s")
     labels = silver_labels(scores, gold) if d.mode != "gold_only" else [gold.get(i) for i in range(len(texts))]
     rows = state.carry + _pair_rows(r, prompts, prompt_ids, outputs, scores, labels, gold)
     policy, carry = _train(live, r, rows, state.policy, round_dir, metrics)
+    clock.lap("train_s")
     if policy != state.policy:
         from rayalign.models import resolve_model
         from rayalign.sampling.hf import read_checkpoint
 
         live.pools.serving(policy, read_checkpoint(resolve_model(policy)))  # a state dict, through the object store
-    metrics.update({"gold/used": live.labeller.used, "pairs": len(rows) - len(carry), "round_s":
-                    time.perf_counter() - began})
+    clock.lap("weight_sync_s")
+    round_s = sum(clock.seconds.values())
+    busy = clock.seconds["sample_s"] + clock.seconds["score_s"] + metrics.get("time/train_steps_s", 0.0)
+    metrics.update({f"time/{phase}": seconds for phase, seconds in clock.seconds.items()})
+    metrics.update({"time/overhead_s": round_s - busy, "gold/used": live.labeller.used,
+                    "pairs": len(rows) - len(carry), "round_s": round_s})
     return State(r, policy, discriminator, live.labeller.used, carry), metrics
 
 
@@ -311,7 +326,8 @@ def _train(live: Round, r: int, rows: list[dict], policy: str, round_dir: Path, 
         train=dataclasses.replace(cfg.train, save_optimizer=False))  # the round, not the step, is what resumes
     summary = run_training(round_cfg)
     metrics.update({"train/loss": summary["final_metrics"].get("loss"), "train/steps": summary["steps"],
-                    "train/tokens_per_s": summary["tokens_per_s_median"]})
+                    "train/tokens_per_s": summary["tokens_per_s_median"],
+                    "time/train_steps_s": summary["phases_s"].get("steps_s", 0.0)})
     return summary["checkpoint"], []
 
 
