@@ -94,16 +94,54 @@ def check_fit(demand: Demand, nodes: list[dict[str, float]], reserved_cpus: floa
                       "autoscales: submit with --autoscaling CLUSTER_YAML, or set RAYALIGN_NO_FIT_CHECK=1)")
 
 
+def check_together(demands: list[Demand], nodes: list[dict[str, float]]) -> None:
+    """A one-line ConfigError unless the nodes hold `demands` at once, in total CPUs and GPUs: what an online
+    pipeline runs together (its samplers stay up through training, beside its services). Each demand alone is
+    `check_fit`'s; this is the sum's necessary condition, so a job that could only run its phases in turns stops
+    here, not waiting for a GPU its own samplers hold."""
+    if os.environ.get("RAYALIGN_NO_FIT_CHECK"):
+        return
+    for kind in ("GPU", "CPU"):
+        need = [(d, d.count * (d.gpus if kind == "GPU" else d.cpus)) for d in demands]
+        asked, have = sum(n for _, n in need), sum(node[kind] for node in nodes)
+        if asked > have + 1e-9:
+            parts = " + ".join(f"{n:g} for {d.count} {d.what}(s)" for d, n in need if n)
+            keys = " / ".join(d.keys for d, n in need if n)
+            raise ConfigError(f"the cluster can never run these at once: {parts} = {asked:g} {kind}, and its nodes "
+                              f"have {have:g} {kind} in all; lower {keys}, or add nodes (a cluster that autoscales: "
+                              "submit with --autoscaling CLUSTER_YAML, or set RAYALIGN_NO_FIT_CHECK=1)")
+
+
+def together_demands(cfg) -> list[Demand]:
+    """What a job of a recipe whose phases run at once (`Recipe.concurrent`) holds at the same time: the trainer, the
+    sampler pool and its services; [] for a recipe whose phases take turns. A trainer in local mode (or auto) counts
+    as one worker: it reserves nothing from Ray, but its CPUs and GPU are busy all the same."""
+    from rayalign.recipes import get_recipe
+
+    recipe = get_recipe(cfg.pipeline)
+    if not recipe.concurrent:
+        return []
+    s = cfg.sampling
+    trainer = dataclasses.replace(trainer_demand(cfg.train), count=cfg.train.processes)
+    return [trainer, sampler_demand(s.num_actors, s.cpus_per_actor, s.gpus_per_actor),
+            *recipe.services(cfg)]
+
+
 NODES_ENV = "RAYALIGN_CLUSTER_NODES"
 """JSON list of {"CPU", "GPU"}: the nodes an autoscaling cluster can grow to (set by `rayalign submit --autoscaling`)."""
 
 
-def check_local(demand: Demand) -> None:
-    """`check_fit` against the Ray cluster this process is connected to, or the nodes it can grow to."""
+def live_nodes() -> list[dict[str, float]]:
+    """The nodes of the Ray cluster this process is connected to, or those it can grow to (`NODES_ENV`)."""
     import ray
 
     grown = os.environ.get(NODES_ENV)
-    check_fit(demand, json.loads(grown) if grown else node_resources(ray.nodes()))
+    return json.loads(grown) if grown else node_resources(ray.nodes())
+
+
+def check_local(demand: Demand) -> None:
+    """`check_fit` against the Ray cluster this process is connected to, or the nodes it can grow to."""
+    check_fit(demand, live_nodes())
 
 
 def autoscaling_nodes(description: dict, where: str = "the cluster description") -> list[dict[str, float]]:

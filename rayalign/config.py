@@ -137,8 +137,9 @@ class TrainConfig:
     """Ray Train workers (FSDP2 shards the model over them). 0: Ray Train's local mode, the training loop in the
     calling process with no Ray cluster or worker to start (one device; the quickest start for a short job on one
     machine). auto: local mode where one worker fits on the driver's machine (train.cpus_per_worker CPUs, a GPU for
-    train.use_gpu) and the job's Ray cluster, if it has one, is that one machine; one Ray Train worker otherwise
-    (a multi-node cluster, a Tune trial). A run's summary says which mode ran."""
+    train.use_gpu) and the Ray cluster the driver has joined, if any, is that one machine; one Ray Train worker
+    otherwise (a multi-node cluster, a job that names one by RAY_ADDRESS, a Tune trial). A run's summary says which
+    mode ran."""
     use_gpu: bool = False
     """One GPU per worker, NCCL and bf16 mixed precision; false trains on CPU with gloo."""
     cpus_per_worker: int = 1

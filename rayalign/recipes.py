@@ -57,6 +57,11 @@ class Recipe:
     figures: tuple[str, ...] = ("win_rate", "win_rate_low", "win_rate_high", "policy_reward", "reference_reward",
                                 "pairs", "train_loss")
     """Their names (what a sweep's metric may be)."""
+    concurrent: bool = False
+    """Whether its sampler pool stays up through training (an online loop): the fit check then adds the trainer, the
+    pool and `services` together (`cluster_fit.together_demands`)."""
+    services: Callable[[Any], list] = lambda cfg: []
+    """The `cluster_fit.Demand`s of what else it runs beside them (D2PO's discriminator replica)."""
 
     def starts_pool(self, cfg) -> bool:
         """Whether a run of `cfg` needs a sampler pool at some phase (synthesis, online rounds, evaluation)."""
@@ -92,6 +97,12 @@ def import_recipes(modules: list[str]) -> None:
                               "Python path, e.g. my_methods.toy") from None
 
 
+def _d2po_services(cfg) -> list:
+    from rayalign.cluster_fit import Demand
+
+    return [Demand("discriminator replica", 1, cfg.d2po.disc_cpus, 0.0, "d2po.disc_cpus")]
+
+
 MUJOCO_FIGURES = ("mean_return", "reference_return", "gain_over_reference")
 
 
@@ -105,7 +116,8 @@ for _recipe in (
            samples=lambda cfg: True),
     Recipe("sdpo", "rayalign.pipelines.sdpo:run_sdpo", "sDPO: stages on data.path, easy to hard, then evaluate"),
     Recipe("d2po", "rayalign.pipelines.d2po:run_d2po", "D2PO: online rounds with a discriminator, then evaluate",
-           samples=lambda cfg: True, task=lambda cfg: cfg.d2po.task or cfg.inco.task),
+           samples=lambda cfg: True, task=lambda cfg: cfg.d2po.task or cfg.inco.task, concurrent=True,
+           services=_d2po_services),
     Recipe("bmc", "rayalign.pipelines.bmc:run_bmc", "BMC: pairs, bridging edits, train, evaluate",
            samples=lambda cfg: not cfg.data.path, task=lambda cfg: cfg.bmc.task or cfg.inco.task),
     Recipe("mujoco", "rayalign.pipelines.mujoco:run_mujoco", "the MuJoCo preference benchmark (loss.* on mujoco.*)",

@@ -183,7 +183,7 @@ def cluster_nodes(url: str) -> list[dict[str, float]] | None:
 def check_cluster_fits(cfg, url: str, entrypoint_cpus: float, grown: list[dict] | None = None) -> None:
     """One line, before submitting, when the cluster can never run the job's trainer or samplers (`grown`: the
     nodes an autoscaling cluster can grow to, instead of those it has now)."""
-    from rayalign.cluster_fit import check_fit, job_demands
+    from rayalign.cluster_fit import check_fit, check_together, job_demands, together_demands
 
     nodes = grown if grown is not None else cluster_nodes(url)
     if nodes is None:
@@ -191,6 +191,7 @@ def check_cluster_fits(cfg, url: str, entrypoint_cpus: float, grown: list[dict] 
         return
     for demand in job_demands(cfg):
         check_fit(demand, nodes, reserved_cpus=entrypoint_cpus)
+    check_together(together_demands(cfg), nodes)
 
 
 def trainer_resources(cfg) -> str:

@@ -15,10 +15,12 @@ from rayalign.cluster_fit import (
     autoscaling_nodes,
     check_fit,
     check_local,
+    check_together,
     job_demands,
     node_resources,
     resolve_workers,
     sampler_demand,
+    together_demands,
     trainer_demand,
     waiting_line,
     watch_waiting,
@@ -117,6 +119,32 @@ def test_auto_resolves_on_the_jobs_one_node_cluster_and_a_run_says_its_mode(ray_
         f"output_dir={tmp_path}", "name=auto"]))
     assert summary["mode"] == "local mode" and "worker_group_start_s" not in summary["phases_s"]
     assert config.load(tmp_path / "auto" / "config.yaml").train.num_workers == 0  # what ran, saved
+
+
+def test_what_runs_at_once_must_fit_at_once_by_hand(monkeypatch):
+    """A GPU trainer and a GPU sampler each fit a one-GPU node, but not together: an online pipeline holds both."""
+    trainer, sampler = Demand("Ray Train worker", 1, 1, 1.0, "train.*"), Demand("sampler actor", 2, 1, 0.5, "sampling.*")
+    one_gpu, two_gpus = [{"CPU": 8.0, "GPU": 1.0}], [{"CPU": 4.0, "GPU": 1.0}, {"CPU": 4.0, "GPU": 1.0}]
+    for demand in (trainer, sampler):
+        check_fit(demand, one_gpu)
+    with pytest.raises(ConfigError) as error:
+        check_together([trainer, sampler], one_gpu)
+    assert str(error.value).startswith("the cluster can never run these at once: 1 for 1 Ray Train worker(s) + 1 "
+                                       "for 2 sampler actor(s) = 2 GPU, and its nodes have 1 GPU in all; lower "
+                                       "train.* / sampling.*")
+    check_together([trainer, sampler], two_gpus)
+    with pytest.raises(ConfigError, match="= 9 CPU, and its nodes have 8 CPU"):
+        check_together([trainer, Demand("sampler actor", 4, 2, 0.0, "sampling.*")], two_gpus)
+    monkeypatch.setenv("RAYALIGN_NO_FIT_CHECK", "1")
+    check_together([trainer, sampler], one_gpu)
+
+
+def test_only_an_online_pipeline_adds_its_phases_together():
+    d2po = config.load(None, ["pipeline=d2po", "train.use_gpu=true", "sampling.gpus_per_actor=0.5",
+                              "sampling.num_actors=2", "d2po.disc_cpus=1"])
+    assert [(d.what, d.count, d.cpus, d.gpus) for d in together_demands(d2po)] == [
+        ("Ray Train worker", 1, 1, 1.0), ("sampler actor", 2, 1, 0.5), ("discriminator replica", 1, 1.0, 0.0)]
+    assert together_demands(config.load(None, ["pipeline=inco", "train.use_gpu=true"])) == []
 
 
 def test_an_autoscaling_cluster_can_turn_the_check_off(monkeypatch):

@@ -167,3 +167,33 @@ def test_plot_script_counts_the_discriminators_right_answers_on_new_gold_pairs()
     metrics = [{"step": 1, "disc/accuracy_new_gold": 0.5}, {"step": 2, "disc/accuracy_new_gold": 0.75},
                {"step": 3, "disc/accuracy_new_gold": 0.5}, {"step": 4}]  # round 4: no gold pair, no accuracy
     assert plot.accuracy_on_new_gold(metrics, gold_pairs) == (3 + 1, 4 + 2)
+
+
+GPUS_OF_ONE = """
+import sys
+import ray
+ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, logging_level="WARNING")  # declared, not real
+from rayalign.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_samplers_and_trainer_that_cannot_share_the_gpus_stop_in_seconds_with_one_line(tmp_path):
+    """On a cluster of one (declared) GPU, a GPU trainer and a GPU sampler each fit alone, but D2PO keeps its
+    samplers through training: the run stops before any sampler or service starts, never waiting for a GPU."""
+    import subprocess
+    import sys
+    import time
+
+    job = tmp_path / "job.yaml"
+    job.write_text("name: gpus\n")
+    began = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", GPUS_OF_ONE, "run", str(job), *TINY, f"output_dir={tmp_path}",
+                           "train.use_gpu=true", "sampling.gpus_per_actor=1"], capture_output=True, text=True,
+                          timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith("error: the cluster can never run these at once: 1 for 1 Ray Train worker(s) + 1 for "
+                               "1 sampler actor(s) = 2 GPU, and its nodes have 1 GPU in all")
+    assert time.monotonic() - began < 120
+    assert not (tmp_path / "gpus" / "rounds" / "round_001").exists()

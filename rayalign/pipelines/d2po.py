@@ -155,9 +155,13 @@ class Round:
     """The live pieces every round uses: prompts, samplers, the discriminator service, the labeller."""
 
     def __init__(self, run: Run, state: State):
+        from rayalign.cluster_fit import check_together, live_nodes, together_demands
         from rayalign.data.tokenize import encode_prompt
+        from rayalign.ray_setup import init_ray
 
         cfg, d = run.cfg, run.cfg.d2po
+        init_ray()
+        check_together(together_demands(cfg), live_nodes())  # before a sampler or the service starts
         self.cfg, self.run_dir, self.task = cfg, run.dir, run.task(d.task)
         self.storage = cfg.storage()
         self.prompts = self.task.prompts("train", d.rounds * d.prompts_per_round, d.seed)
