@@ -179,8 +179,9 @@ def _pod_resources(group: dict) -> dict[str, float]:
 def trainer_fits_beside(train, pool_gpus: float) -> bool:
     """Whether the trainer can start now beside a running sampler pool (whose actors use `pool_gpus` GPU each).
     In local mode (auto included, where it resolves so) it takes nothing from Ray, so yes, unless both would share
-    the GPU (vLLM holds most of its memory). With workers: when the free resources of a one-node cluster hold them all; on several nodes Ray
-    does not say what is free on each, and a guess wrong would leave the workers waiting on the pool forever."""
+    the GPU (vLLM holds most of its memory). With workers: when the free resources of a one-node cluster hold them
+    all; on several nodes Ray does not say what is free on each, and a guess wrong would leave the workers waiting
+    on the pool forever."""
     import ray
 
     train = resolved_train(train)
