@@ -229,6 +229,25 @@ def test_serve_scores_over_http_and_handle(trained, ray_local, tmp_path):
         serve.shutdown()
 
 
+def test_more_pairs_than_one_request_holds_are_scored_whole_and_in_order(trained, ray_local, tmp_path):
+    """More pairs than one request may hold (MAX_ITEMS) go as chunks in flight together: every score comes back, in
+    order, equal to the model's own."""
+    from rayalign.scoring.serve import MAX_ITEMS, DiscriminatorService
+
+    model = trained[0]
+    prompts = [f"Any advice on topic {i % 13}?" for i in range(MAX_ITEMS + 5)]
+    responses = [" ".join(random.Random(i).sample(FILLER + word_collector.WORDS, 3)) for i in range(len(prompts))]
+    service = DiscriminatorService(str(model.save(tmp_path / "d")), name="chunks", route_prefix="/chunks",
+                                   port=free_port())
+    try:
+        served = service.score(prompts, responses)
+        with pytest.raises(RayAlignError, match="5 prompts but 4 responses"):
+            service.score(prompts[:5], responses[:4])
+    finally:
+        service.shutdown()
+    assert served == pytest.approx(model.score(prompts, responses), abs=1e-5)
+
+
 def test_service_starts_inside_a_tune_trials_placement_group(trained, ray_local, tmp_path):
     """A D2PO job in a sweep creates its service inside a trial: a one-bundle placement group whose tasks
     capture their children. Serve's controller must still start (outside it) and the service score."""

@@ -22,6 +22,9 @@ from ray import serve
 from rayalign.serving import GATEWAY_OPTIONS, QUIET, REPLICA_WAIT_S, Gateway, limit_body_size
 
 MAX_ITEMS = 4096
+SCORE_CHUNK = 256
+"""Pairs per request when a pipeline scores through the handle: each request far inside `MAX_ITEMS` and the
+gateway's time limit, all of a call's requests in flight at once (Serve batches them across replicas)."""
 
 app = FastAPI(title="rayalign discriminator")
 limit_body_size(app)
@@ -122,8 +125,16 @@ class DiscriminatorService:
         self.name, self.route_prefix, self.num_cpus = name, route_prefix, num_cpus
         self.handle = serve.run(build_app(checkpoint, num_cpus), name=name, route_prefix=route_prefix)
 
-    def score(self, prompts: list[str], responses: list[str]) -> list[float]:
-        return self.handle.score.remote(list(prompts), list(responses)).result()
+    def score(self, prompts: list[str], responses: list[str], chunk: int = SCORE_CHUNK) -> list[float]:
+        """The score of every (prompt, response), in order: a round of any size, sent as requests of `chunk`
+        pairs, all in flight at once."""
+        from rayalign.errors import RayAlignError
+
+        if len(prompts) != len(responses):
+            raise RayAlignError(f"got {len(prompts)} prompts but {len(responses)} responses to score")
+        calls = [self.handle.score.remote(list(prompts[i:i + chunk]), list(responses[i:i + chunk]))
+                 for i in range(0, len(prompts), chunk)]
+        return [value for call in calls for value in call.result()]
 
     def swap(self, checkpoint: str) -> None:
         """Serve replaces the replicas with ones holding `checkpoint` (rolling: no request is dropped);
