@@ -200,7 +200,7 @@ def trainer_resources(cfg) -> str:
         return "local mode: the trainer runs in the job's entrypoint (--num-cpus / --num-gpus reserve its share)"
     if t.num_workers == "auto":
         return (f"1 worker x {t.cpus_per_worker} CPU" + (" + 1 GPU" if t.use_gpu else "") +
-                " (train.num_workers: auto; local mode in the entrypoint on a one-node cluster)")
+                " (train.num_workers: auto; a pipeline on a one-node cluster trains in the entrypoint instead)")
     return f"{t.num_workers} worker(s) x {t.cpus_per_worker} CPU" + (" + 1 GPU" if t.use_gpu else "")
 
 

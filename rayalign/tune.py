@@ -141,8 +141,6 @@ def tune_config(sweep: SweepConfig):
                            max_concurrent_trials=sweep.max_concurrent_trials, search_alg=search_algorithm(sweep))
 
 
-
-
 def assignments(params: dict) -> list[str]:
     """key=value overrides of a trial's parameters; comma-joined keys take their values in order."""
     pairs = []
