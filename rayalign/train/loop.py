@@ -169,6 +169,30 @@ def train_step(model, ref_model, ref_values, pairs, indices, cfg, pad_id, device
     return sums
 
 
+def take_step(model, optimizer, scheduler, ref_model, ref_values, pairs, step: int, total: int, cfg, pad_id: int,
+              device, shared_prompt: bool, probe=None) -> dict:
+    """Optimizer step `step` of `total` on `pairs` (every rank): its TRL-named metrics, with "status" ok, or
+    non_finite_loss when the loss or gradient norm is NaN/inf (then no update is made)."""
+    began = time.perf_counter()
+    indices = step_indices(step, len(pairs), cfg.train.batch_size, cfg.train.seed)
+    sums = train_step(model, ref_model, ref_values, pairs, indices, cfg, pad_id, device, progress=step / total,
+                      shared_prompt=shared_prompt)
+    if probe is not None:
+        probe.mark("forward_backward")
+    grad_norm = clip_gradients(model, cfg.train.max_grad_norm)
+    metrics = _reduce(sums, cfg.train.batch_size, device)
+    if not (math.isfinite(metrics["loss"]) and math.isfinite(grad_norm)):
+        return {**metrics, "step": step + 1, "status": "non_finite_loss"}
+    metrics.update({"grad_norm": grad_norm, "learning_rate": scheduler.get_last_lr()[0]})
+    optimizer_step(optimizer, scheduler)
+    if probe is not None:
+        probe.mark("optimizer")
+    elapsed = time.perf_counter() - began
+    return {**metrics, "tokens_per_s": metrics["num_tokens"] / elapsed, "step_time_s": elapsed,
+            "epoch": (step + 1) / max(1, steps_per_epoch(len(pairs), cfg.train.batch_size)), "step": step + 1,
+            "status": "ok"}
+
+
 def _reduce(sums: dict, batch_size: int, device) -> dict[str, float]:
     keys = sorted(sums)
     stacked = torch.stack([torch.as_tensor(sums[k], dtype=torch.float32).to(device) for k in keys])
@@ -330,7 +354,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
     elif dist.get_world_size() > 1 or numerics(cfg)[1]:
         return_freed_blocks()  # a sharded CPU rank frees gathered units each step: give them back to the OS
     torch.manual_seed(cfg.train.seed)
-    torch.set_num_threads(cfg.train.threads or cfg.train.cpus_per_worker)
+    torch.set_num_threads(cfg.train.torch_threads)
     tokenizer = load_tokenizer(cfg.model.name)
     total = total_steps(cfg, len(pairs))
     warmup = int(cfg.train.warmup_ratio * total)
@@ -369,25 +393,13 @@ def train_fn_per_worker(loop_config: dict) -> None:
     clock.lap("tracking_setup_s")
     status, done = "ok", start
     for step in range(start, stop):
-        began = time.perf_counter()
-        indices = step_indices(step, len(pairs), cfg.train.batch_size, cfg.train.seed)
-        sums = train_step(model, ref_model, ref_values, pairs, indices, cfg, tokenizer.pad_token_id,
-                          device, progress=step / total, shared_prompt=shared_prompt)
-        probe.mark("forward_backward")
-        grad_norm = clip_gradients(model, cfg.train.max_grad_norm)
-        metrics = _reduce(sums, cfg.train.batch_size, device)
+        metrics = take_step(model, optimizer, scheduler, ref_model, ref_values, pairs, step, total, cfg,
+                            tokenizer.pad_token_id, device, shared_prompt, probe)
         done = step + 1
-        if not (math.isfinite(metrics["loss"]) and math.isfinite(grad_norm)):
-            status = "non_finite_loss"
-            ray.train.report({**metrics, "step": done, "status": status})
+        if metrics["status"] != "ok":
+            status = metrics["status"]
+            ray.train.report(metrics)
             break
-        metrics.update({"grad_norm": grad_norm, "learning_rate": scheduler.get_last_lr()[0]})
-        optimizer_step(optimizer, scheduler)
-        probe.mark("optimizer")
-        elapsed = time.perf_counter() - began
-        metrics.update({"tokens_per_s": metrics["num_tokens"] / elapsed, "step_time_s": elapsed,
-                        "epoch": done / max(1, steps_per_epoch(len(pairs), cfg.train.batch_size)),
-                        "step": done, "status": "ok"})
         save = done == stop or bool(cfg.train.save_every and done % cfg.train.save_every == 0)
         if save or done % cfg.train.report_every == 0:
             clock.lap("steps_s")
