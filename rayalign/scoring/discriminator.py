@@ -136,6 +136,14 @@ class Discriminator:
         self.optimizer = torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=self.config.lr,
                                            weight_decay=self.config.weight_decay)
         self.updates = 0  # how many `update` calls so far: seeds each call's shuffling
+        self.device = torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> Discriminator:
+        """Move the model (and what it encodes from now on) to `device`; the optimizer keeps its parameters."""
+        self.device = torch.device(device)
+        self.backbone.to(self.device)
+        self.head.to(self.device)
+        return self
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return list(self.backbone.parameters()) + list(self.head.parameters())
@@ -161,7 +169,7 @@ class Discriminator:
             else:
                 rows.append([*p, *r, tok.eos_token_id])
                 segments.append([0] * len(p) + [1] * (len(r) + 1))
-        return _pad(rows, segments, tok.pad_token_id or 0, encoder)
+        return {k: v.to(self.device) for k, v in _pad(rows, segments, tok.pad_token_id or 0, encoder).items()}
 
     def _pooled(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """What the head reads: the pooled hidden states of each of `pool_layers`, side by side."""
@@ -268,7 +276,7 @@ class Discriminator:
         directory.mkdir(parents=True, exist_ok=True)
         self.backbone.save_pretrained(directory / "backbone")
         self.tokenizer.save_pretrained(directory / "backbone")
-        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(directory / _HEAD_FILE))
+        save_file({k: v.contiguous().cpu() for k, v in self.head.state_dict().items()}, str(directory / _HEAD_FILE))
         meta = {"config": dataclasses.asdict(self.config), "pooling": self.pooling, "encoder": self.encoder,
                 "updates": self.updates}
         (directory / _CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")

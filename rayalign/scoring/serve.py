@@ -21,6 +21,7 @@ from ray import serve
 
 from rayalign.serving import GATEWAY_OPTIONS, QUIET, REPLICA_WAIT_S, Gateway, limit_body_size
 
+SERVER_VERSION = "1"
 MAX_ITEMS = 4096
 SCORE_CHUNK = 256
 """Pairs per request when a pipeline scores through the handle: each request far inside `MAX_ITEMS` and the
@@ -52,24 +53,45 @@ class ScoreResponse(BaseModel):
 class DiscriminatorServer:
     """One replica holds one discriminator, loaded from a `Discriminator.save` directory.
 
-    The directory arrives as `user_config={"checkpoint": DIR}`, which Serve passes to `reconfigure`
-    when a replica starts. A redeploy with another directory (`DiscriminatorService.swap`) is, through
-    `serve.run`, a rolling update: Serve starts a replica with the new weights and only then stops
-    the old one, so every request is answered, by one set of weights or the other. (Serve's in-place
-    "lightweight" user_config update applies to config-file deploys; `serve.run` gives each deploy a
-    new code version.) `reconfigure` builds the new model before it replaces the old one, so it also
-    serves an in-place update atomically.
+    The directory arrives as `user_config={"checkpoint": DIR, "device": ...}`, which Serve passes to `reconfigure`
+    when a replica starts and, because the deployment's `version` is fixed, on every redeploy that changes only the
+    checkpoint (`DiscriminatorService.swap`): the running replica loads it in place, building the new model before
+    it replaces the old one, so every request is answered by one set of weights or the other. `update` trains it
+    where it runs (D2PO's rounds), and a replica that restarts later reads the last checkpoint from the config.
     """
 
     def __init__(self):
-        self.checkpoint, self.model = None, None
+        self.checkpoint, self.model, self.device = None, None, "cpu"
 
     def reconfigure(self, config: dict) -> None:
+        self.device = config.get("device", "cpu")
         if config["checkpoint"] != self.checkpoint:
             from rayalign.scoring.discriminator import Discriminator
 
-            model = Discriminator.load(config["checkpoint"])
+            model = Discriminator.load(config["checkpoint"]).to(self.device)
             self.model, self.checkpoint = model, config["checkpoint"]
+
+    async def update(self, pairs: list[dict], known: list[dict], directory: str, storage=None,
+                     relative: str | None = None) -> dict:
+        """Train on new gold `pairs` where this replica runs (its CPUs, its GPU), from its checkpoint with a fresh
+        AdamW (as a load in any process would); its accuracy on them and on all gold pairs so far (`known` + them)
+        is measured first. The trained model is saved to `directory` (and to the run's URI: `storage`, `relative`),
+        then replaces the served one: requests meanwhile are answered by the old one."""
+        from rayalign.scoring.discriminator import Discriminator
+
+        def train() -> tuple[Discriminator, dict]:
+            model = Discriminator.load(self.checkpoint).to(self.device)
+            metrics = {"disc/accuracy_new_gold": model.accuracy(pairs),
+                       "disc/accuracy_gold_so_far": model.accuracy(known + pairs)}
+            model.update(pairs)
+            model.save(directory)
+            if storage is not None:
+                storage.push(relative)
+            return model, metrics
+
+        model, metrics = await asyncio.to_thread(train)
+        self.model, self.checkpoint = model, directory
+        return metrics
 
     def current_checkpoint(self) -> dict:
         import os
@@ -106,10 +128,13 @@ class DiscriminatorGateway(Gateway):
         return await self.call("score", request.prompts, request.responses)
 
 
-def build_app(checkpoint: str, num_cpus: float = 1.0, wait_s: float = REPLICA_WAIT_S):
-    """The Serve application for `serve.run`; `num_cpus` is what the model's replica reserves."""
-    server = DiscriminatorServer.options(ray_actor_options={"num_cpus": num_cpus}, user_config={"checkpoint": checkpoint},
-                                         logging_config=QUIET)
+def build_app(checkpoint: str, num_cpus: float = 1.0, wait_s: float = REPLICA_WAIT_S, num_gpus: float = 0.0):
+    """The Serve application for `serve.run`; `num_cpus` and `num_gpus` are what the model's replica reserves (with a
+    GPU it computes there). A fixed `version`: a redeploy that changes only the checkpoint is Serve's in-place
+    user_config update (`reconfigure` on the running replica), not a new replica."""
+    server = DiscriminatorServer.options(
+        ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus}, version=SERVER_VERSION, logging_config=QUIET,
+        user_config={"checkpoint": checkpoint, "device": "cuda" if num_gpus else "cpu"})
     return DiscriminatorGateway.options(logging_config=QUIET).bind(server.bind(), wait_s)
 
 
@@ -118,12 +143,16 @@ class DiscriminatorService:
     `POST <route_prefix>/score` over HTTP for outsiders, `swap` to new weights without dropping a request."""
 
     def __init__(self, checkpoint: str, name: str = "discriminator", route_prefix: str = "/discriminator",
-                 num_cpus: float = 0.0, host: str = "127.0.0.1", port: int = 8000):
+                 num_cpus: float = 0.0, host: str = "127.0.0.1", port: int = 8000, num_gpus: float = 0.0):
         from rayalign.serving import start_serve
 
         start_serve(host, port, logging_config=QUIET)
-        self.name, self.route_prefix, self.num_cpus = name, route_prefix, num_cpus
-        self.handle = serve.run(build_app(checkpoint, num_cpus), name=name, route_prefix=route_prefix)
+        self.name, self.route_prefix, self.num_cpus, self.num_gpus = name, route_prefix, num_cpus, num_gpus
+        self.handle = self._deploy(checkpoint)
+
+    def _deploy(self, checkpoint: str):
+        return serve.run(build_app(checkpoint, self.num_cpus, num_gpus=self.num_gpus), name=self.name,
+                         route_prefix=self.route_prefix)
 
     def score(self, prompts: list[str], responses: list[str], chunk: int = SCORE_CHUNK) -> list[float]:
         """The score of every (prompt, response), in order: a round of any size, sent as requests of `chunk`
@@ -137,9 +166,19 @@ class DiscriminatorService:
         return [value for call in calls for value in call.result()]
 
     def swap(self, checkpoint: str) -> None:
-        """Serve replaces the replicas with ones holding `checkpoint` (rolling: no request is dropped);
-        returns once every replica serves it."""
-        self.handle = serve.run(build_app(checkpoint, self.num_cpus), name=self.name, route_prefix=self.route_prefix)
+        """Every replica loads `checkpoint` in place (the old weights answer until the new ones are built); returns
+        once every replica serves it. A replica that restarts later starts from it."""
+        self.handle = self._deploy(checkpoint)
+
+    def update(self, pairs: list[dict], known: list[dict], directory: str, storage=None,
+               relative: str | None = None) -> dict:
+        """Train on new gold pairs in the model's replica (`DiscriminatorServer.update`), straight to it (no gateway
+        time limit on training), then record the new checkpoint in the deployment (the replica already holds it);
+        returns its accuracies measured before training."""
+        server = serve.get_deployment_handle("DiscriminatorServer", app_name=self.name)
+        metrics = server.update.remote(pairs, known, directory, storage, relative).result()
+        self.swap(directory)
+        return metrics
 
     def shutdown(self) -> None:
         serve.delete(self.name)
