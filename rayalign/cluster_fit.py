@@ -40,7 +40,7 @@ def trainer_demand(train) -> Demand:
 
 def sampler_demand(num_actors: int, cpus: float, gpus: float) -> Demand:
     return Demand("sampler actor", num_actors, cpus, gpus,
-                  "sampling.num_actors / sampling.cpus_per_actor / sampling.gpus_per_actor")
+                  "sampling.num_actors / sampling.cpus_per_actor / sampling.gpus_per_actor / sampling.tensor_parallel_size")
 
 
 def job_demands(cfg) -> list[Demand]:
@@ -51,7 +51,7 @@ def job_demands(cfg) -> list[Demand]:
     demands, recipe = [trainer_demand(cfg.train)], get_recipe(cfg.pipeline)
     if recipe.starts_pool(cfg):
         s = cfg.sampling
-        demands.append(sampler_demand(s.num_actors, s.cpus_per_actor, s.gpus_per_actor))
+        demands.append(sampler_demand(s.num_actors, s.cpus_per_actor, s.gpus_per_engine))
     return demands
 
 
@@ -115,7 +115,8 @@ def check_together(demands: list[Demand], nodes: list[dict[str, float]]) -> None
 def together_demands(cfg) -> list[Demand]:
     """What a job of a recipe whose phases run at once (`Recipe.concurrent`) holds at the same time: the trainer, the
     sampler pool and its services; [] for a recipe whose phases take turns. A trainer in local mode (or auto) counts
-    as one worker: it reserves nothing from Ray, but its CPUs and GPU are busy all the same."""
+    as one worker: it reserves nothing from Ray, but its CPUs and GPU are busy all the same. Colocated
+    (`sampling.colocate`), a trainer rank per engine takes the rest of the engine's GPU."""
     from rayalign.recipes import get_recipe
 
     recipe = get_recipe(cfg.pipeline)
@@ -123,7 +124,9 @@ def together_demands(cfg) -> list[Demand]:
         return []
     s = cfg.sampling
     trainer = dataclasses.replace(trainer_demand(cfg.train), count=cfg.train.processes)
-    return [trainer, sampler_demand(s.num_actors, s.cpus_per_actor, s.gpus_per_actor),
+    if s.colocate:
+        trainer = dataclasses.replace(trainer, count=s.num_actors, gpus=1.0 - s.gpus_per_actor)
+    return [trainer, sampler_demand(s.num_actors, s.cpus_per_actor, s.gpus_per_engine),
             *recipe.services(cfg)]
 
 

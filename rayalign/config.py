@@ -142,11 +142,12 @@ class TrainConfig:
     mode ran."""
     use_gpu: bool = False
     """One GPU per worker, NCCL and bf16 mixed precision; false trains on CPU with gloo."""
-    cpus_per_worker: int = 1
-    """CPU cores reserved by each worker (torch threads follow it unless train.threads is set)."""
+    cpus_per_worker: Annotated[float, Field(gt=0)] = 1
+    """CPU cores reserved by each worker (fractions share a core; torch threads follow it unless train.threads is
+    set)."""
     threads: Optional[int] = None
-    """Torch threads per worker; null: cpus_per_worker. More than it reserves suits pipelines whose phases take
-    turns on the same cores (D2PO's sampler, discriminator and trainer)."""
+    """Torch threads per worker; null: cpus_per_worker (at least 1). More than it reserves suits pipelines whose
+    phases take turns on the same cores (D2PO's sampler, discriminator and trainer)."""
     start_wait_s: float = 60.0
     """While the workers' resources are not free (another job holds them), print what is awaited every this many
     seconds."""
@@ -210,6 +211,10 @@ class TrainConfig:
         return self.num_workers == 0
 
     @property
+    def torch_threads(self) -> int:
+        return self.threads or max(1, int(self.cpus_per_worker))
+
+    @property
     def processes(self) -> int:
         """How many processes train: the workers, or one (local mode, or auto, which resolves to one of the two)."""
         return 1 if self.num_workers == "auto" else max(1, self.num_workers)
@@ -237,6 +242,13 @@ class SamplingConfig:
     """CPUs reserved by each sampler actor."""
     gpus_per_actor: float = 0.0
     """GPUs per sampler actor (fractions share a GPU)."""
+    colocate: bool = False
+    """Online runs on GPUs: the vLLM engines and the trainer share the GPUs, one engine and one trainer rank per GPU
+    (gpus_per_actor its engine's share); the engines sleep while the trainer steps. Off: they need GPUs of their
+    own, checked at the start."""
+    tensor_parallel_size: Annotated[int, Field(ge=1)] = 1
+    """vllm: GPUs per engine, one node's, the model split over them (each engine gets a placement group of this many
+    one-GPU bundles, as vLLM's Ray executor expects; gpus_per_actor is then unused)."""
     samples: int = 4
     """Completions per prompt."""
     temperature: float = 1.0
@@ -255,6 +267,11 @@ class SamplingConfig:
     vllm_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Keyword arguments for vllm.LLM (vllm engine), e.g. {gpu_memory_utilization: 0.3, enforce_eager: true,
     max_model_len: 1024}: a sampler that shares its GPU with the trainer must leave it memory."""
+
+    @property
+    def gpus_per_engine(self) -> float:
+        """GPUs each sampler actor's engine holds: its tensor-parallel GPUs, else its share."""
+        return float(self.tensor_parallel_size) if self.tensor_parallel_size > 1 else self.gpus_per_actor
 
 
 @dataclass(config=_STRICT)
@@ -326,7 +343,10 @@ class D2POConfig:
     disc_max_length: int = 128
     """Most tokens the discriminator reads of prompt + response."""
     disc_cpus: float = 0.0
-    """CPUs the discriminator's Serve replica reserves (its forward passes are small; 0 lets it share the cores)."""
+    """CPUs the discriminator's Serve replica reserves (its forward passes are small; 0 lets it share the cores). The
+    replica also trains it each round."""
+    disc_gpus: float = 0.0
+    """GPUs the discriminator's Serve replica reserves (fractions share one); with a GPU it scores and trains there."""
     http_port: int = 8000
     """Port of Ray Serve's HTTP proxy (127.0.0.1), where POST /<run name>/discriminator/score answers outsiders."""
     stop_after_round: Optional[int] = None

@@ -24,7 +24,6 @@ def run_online_bench(rounds: int, out: str | None = None, overrides: list[str] |
     from rayalign import config as config_lib
     from rayalign.errors import RayAlignError
     from rayalign.pipelines import run_pipeline
-    from rayalign.summary import read_summary
     from rayalign.tracking import read_metrics
 
     if rounds < 2:
@@ -34,12 +33,11 @@ def run_online_bench(rounds: int, out: str | None = None, overrides: list[str] |
     root = Path(out) if out else Path(tempfile.mkdtemp(prefix="rayalign-online-"))
     cfg = config_lib.load(JOB, [f"d2po.stop_after_round={rounds}", f"output_dir={root}", "name=online",
                                 "tracking.wandb=disabled", *(overrides or [])])
-    run_pipeline(cfg)
+    summary = run_pipeline(cfg)
     rows = [{"round": row["step"], "round_s": row["round_s"],
              **{phase: row.get(f"time/{phase}", 0.0) for phase in PHASES}} for row in read_metrics(cfg.run_dir)]
     later = rows[1:]
-    trained = read_summary(cfg.run_dir / "rounds" / "round_001" / "train") or {}
-    return {"job": str(JOB), "overrides": overrides or [], "rounds": rows, "mode": trained.get("mode"),
+    return {"job": str(JOB), "overrides": overrides or [], "rounds": rows, "mode": summary["train"]["mode"],
             "medians_after_round_1": {key: statistics.median(r[key] for r in later)
                                       for key in ("round_s", *PHASES)}}
 

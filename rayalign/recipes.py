@@ -100,7 +100,7 @@ def import_recipes(modules: list[str]) -> None:
 def _d2po_services(cfg) -> list:
     from rayalign.cluster_fit import Demand
 
-    return [Demand("discriminator replica", 1, cfg.d2po.disc_cpus, 0.0, "d2po.disc_cpus")]
+    return [Demand("discriminator replica", 1, cfg.d2po.disc_cpus, cfg.d2po.disc_gpus, "d2po.disc_cpus / d2po.disc_gpus")]
 
 
 MUJOCO_FIGURES = ("mean_return", "reference_return", "gain_over_reference")

@@ -199,9 +199,9 @@ def trainer_resources(cfg) -> str:
     if t.local_mode:
         return "local mode: the trainer runs in the job's entrypoint (--num-cpus / --num-gpus reserve its share)"
     if t.num_workers == "auto":
-        return (f"1 worker x {t.cpus_per_worker} CPU" + (" + 1 GPU" if t.use_gpu else "") +
+        return (f"1 worker x {t.cpus_per_worker:g} CPU" + (" + 1 GPU" if t.use_gpu else "") +
                 " (train.num_workers: auto; a pipeline on a one-node cluster trains in the entrypoint instead)")
-    return f"{t.num_workers} worker(s) x {t.cpus_per_worker} CPU" + (" + 1 GPU" if t.use_gpu else "")
+    return f"{t.num_workers} worker(s) x {t.cpus_per_worker:g} CPU" + (" + 1 GPU" if t.use_gpu else "")
 
 
 def submission_id(name: str) -> str:

@@ -63,8 +63,9 @@ def test_the_message_says_what_each_needs_what_the_nodes_have_and_the_room():
         check_fit(sampler_demand(5, 1, 0.5), GPU_NODES)
     assert str(error.value) == ("the cluster can never run 5 sampler actor(s) of 1 CPU + 0.5 GPU each: its nodes have "
                                 "8 CPU + 1 GPU, 8 CPU + 1 GPU, room for 4; lower sampling.num_actors / "
-                                "sampling.cpus_per_actor / sampling.gpus_per_actor, or add nodes (a cluster that "
-                                "autoscales: submit with --autoscaling CLUSTER_YAML, or set RAYALIGN_NO_FIT_CHECK=1)")
+                                "sampling.cpus_per_actor / sampling.gpus_per_actor / sampling.tensor_parallel_size, or "
+                                "add nodes (a cluster that autoscales: submit with --autoscaling CLUSTER_YAML, or set "
+                                "RAYALIGN_NO_FIT_CHECK=1)")
 
 
 def test_job_demands_follow_the_pipeline():

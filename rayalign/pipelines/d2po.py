@@ -11,22 +11,25 @@ Each round r:
    lasts. Every gold call is logged with its round (`gold_calls.jsonl`); a gold tie is dropped
    (its label is still spent);
 4. the discriminator's accuracy on the new gold pairs is measured *before* it trains on them; then
-   it trains on them (Bradley-Terry, `d2po.disc_epochs`) and the Serve deployment swaps to the new
-   weights (a rolling update: the new replica serves before the old one stops; no request dropped);
-5. the updated discriminator labels every pair, gold labels override; DPO trains on them on Ray
-   Train from the current policy, the starting model as the frozen reference;
-6. the new weights reach every sampler actor through the object store (`update_weights`).
+   it trains on them (Bradley-Terry, `d2po.disc_epochs`) inside its Serve replica (its CPUs or GPU,
+   `d2po.disc_cpus` / `d2po.disc_gpus`), which then serves the new weights (no new replica, no
+   request dropped);
+5. the updated discriminator labels every pair, gold labels override; DPO trains on them in the
+   run's one trainer (`rayalign.train.online`: built once, the starting model as the frozen reference);
+6. the new weights reach every sampler actor over a collective from the trainer
+   (`rayalign.sampling.weight_sync`: no file, no driver or object-store copy).
 
 Baselines by one switch, `d2po.mode`: `gold_only` trains on the gold-labelled pairs alone (the same
 budget and schedule, no discriminator); `frozen` spends the budget as early as it can on random
 pairs, trains the discriminator on them and then never again (a static reward model).
 
 Choices the paper leaves open, and ours: the discriminator starts from an untrained scalar head on
-its backbone (or from `d2po.discriminator`, a saved one) with a fresh AdamW each round; a round is
-one Ray Train run from the previous round's checkpoint (a fresh AdamW too, constant LR), which
-makes the round the unit of resuming; a round with fewer usable pairs than a batch carries them
-into the next one. The round's samples are also scored with the task's gold reward as a *metric*
-(the policy's gold reward per round): that never labels a pair and never counts against the budget.
+its backbone (or from `d2po.discriminator`, a saved one) with a fresh AdamW each round; each round's
+DPO starts a fresh AdamW too (constant LR in the job), from the previous round's policy, and ends with
+the policy's checkpoint, which makes the round the unit of resuming; a round with fewer usable pairs
+than a batch carries them into the next one. The round's samples are also scored with the task's gold
+reward as a *metric* (the policy's gold reward per round): that never labels a pair and never counts
+against the budget.
 
 State: after every round, `d2po_state.json` (written last, atomically) records the rounds done, the
 policy and discriminator checkpoints, the gold labels used and the pairs carried over. A stopped run
@@ -46,7 +49,7 @@ from typing import TYPE_CHECKING
 from rayalign import config as config_lib
 from rayalign.errors import ConfigError
 from rayalign.files import atomic_write_text, read_jsonl, truncate_jsonl
-from rayalign.storage import RunStorage, is_uri
+from rayalign.storage import is_uri
 
 if TYPE_CHECKING:
     from rayalign.pipelines.run import Run
@@ -172,20 +175,42 @@ class Round:
         self.labeller = GoldLabeller(d, self.task, state.gold_used, run.dir / GOLD_LOG)
         self.gold_pairs = self._gold_pairs_so_far()
         self.pools = run.pools  # the run's: the evaluation samples on it after the last round
+        self.colocated = None
+        if cfg.sampling.colocate:  # engines and trainer on the same GPUs (`rayalign.sampling.colocate`)
+            from rayalign.sampling.colocate import check_colocate, colocated_groups
+
+            check_colocate(cfg)
+            self.colocated = self.pools.placement_groups = colocated_groups(cfg)
         self.pools.serving(state.policy)
+        self.trainer = self._trainer(state.policy)
         self.service = None
         if state.discriminator is not None:
             from rayalign.scoring.serve import DiscriminatorService
 
             self.service = DiscriminatorService(state.discriminator, name=f"discriminator_{cfg.name}",
                                                 route_prefix=f"/{cfg.name}/discriminator", num_cpus=d.disc_cpus,
-                                                port=d.http_port)
+                                                port=d.http_port, num_gpus=d.disc_gpus)
+
+    def _trainer(self, policy: str):
+        """The trainer of every round (`rayalign.train.online`), from `policy`, the starting model as reference."""
+        from rayalign.train.online import TrainerGroup
+
+        cfg = self.cfg
+        return TrainerGroup(dataclasses.replace(
+            cfg, model=dataclasses.replace(cfg.model, reference=cfg.model.reference or cfg.model.name)), policy,
+            self.colocated)
+
+    def restart_trainer(self, policy: str) -> None:
+        """A new trainer group from the last round's policy, after one of its processes died."""
+        self.trainer.close()
+        self.trainer = self._trainer(policy)
 
     def _gold_pairs_so_far(self) -> list[dict]:
         """Gold-labelled pairs of the finished rounds ({prompt, chosen, rejected}), for the accuracy metric."""
         return read_jsonl(self.run_dir / GOLD_PAIRS)
 
     def close(self) -> None:
+        self.trainer.close()
         if self.service is not None:
             self.service.shutdown()
 
@@ -228,13 +253,15 @@ def run_round(live: Round, r: int, state: State) -> tuple[State, dict]:
         clock.lap("score_s")
     labels = silver_labels(scores, gold) if d.mode != "gold_only" else [gold.get(i) for i in range(len(texts))]
     rows = state.carry + _pair_rows(r, prompts, prompt_ids, outputs, scores, labels, gold)
+    if live.colocated:
+        live.pools.pool.sleep()  # the engines free the GPUs they share with the trainer
     policy, carry = _train(live, r, rows, state.policy, round_dir, metrics)
+    if live.colocated:
+        live.pools.pool.wake_up()
     clock.lap("train_s")
     if policy != state.policy:
-        from rayalign.models import resolve_model
-        from rayalign.sampling.hf import read_checkpoint
-
-        live.pools.serving(policy, read_checkpoint(resolve_model(policy)))  # a state dict, through the object store
+        sync = live.pools.receive(policy, live.trainer.send_weights)  # trainer -> samplers over a collective
+        metrics["weight_sync/bytes"] = sync["bytes"]
     clock.lap("weight_sync_s")
     round_s = sum(clock.seconds.values())
     busy = clock.seconds["sample_s"] + clock.seconds["score_s"] + metrics.get("time/train_steps_s", 0.0)
@@ -281,16 +308,11 @@ def _update_discriminator(live: Round, r: int, prompts, texts, gold, state: Stat
     if state.discriminator is None or not pairs:
         live.gold_pairs += pairs
         return state.discriminator
-    from rayalign.scoring.discriminator import Discriminator
-
-    model = Discriminator.load(state.discriminator)
-    metrics["disc/accuracy_new_gold"] = model.accuracy(pairs)
-    metrics["disc/accuracy_gold_so_far"] = model.accuracy(live.gold_pairs + pairs)
+    relative = f"rounds/{round_dir.name}/discriminator"
+    metrics.update(live.service.update(pairs, live.gold_pairs, str(round_dir / "discriminator"), live.storage,
+                                       relative))  # trained in its Serve replica, which then serves it
     live.gold_pairs += pairs
-    model.update(pairs)
-    saved = str(model.save(round_dir / "discriminator"))
-    live.service.swap(saved)
-    return saved
+    return str(round_dir / "discriminator")
 
 
 def _pair_rows(r: int, prompts, prompt_ids, outputs, scores, labels, gold) -> list[dict]:
@@ -315,24 +337,47 @@ def _pair_columns() -> dict:
 
 
 def _train(live: Round, r: int, rows: list[dict], policy: str, round_dir: Path, metrics: dict):
-    """DPO on the round's pairs from the current policy; (new policy, rows carried to the next round)."""
+    """DPO on the round's pairs from the current policy, by the run's trainer; then its checkpoint (what a resumed
+    run starts from). Returns (the new policy's checkpoint, rows carried to the next round)."""
+    from rayalign.errors import TrainingError
     from rayalign.pipelines.pairs import write_pairs
-    from rayalign.train.driver import run_training
+    from rayalign.train.driver import prepare_pairs
+    from rayalign.train.online import TrainerLost
 
     cfg = live.cfg
     if len(rows) < cfg.train.batch_size:
         return policy, rows
     path = write_pairs(rows, round_dir / "pairs.parquet", _pair_columns())
-    round_cfg = dataclasses.replace(
-        cfg, output_dir=_round_root(live, round_dir), name="train",
-        model=dataclasses.replace(cfg.model, name=policy, reference=cfg.model.reference or cfg.model.name),
-        data=dataclasses.replace(cfg.data, path=str(path), format="token_ids"),
-        train=dataclasses.replace(cfg.train, save_optimizer=False))  # the round, not the step, is what resumes
-    summary = run_training(round_cfg)
-    metrics.update({"train/loss": summary["final_metrics"].get("loss"), "train/steps": summary["steps"],
-                    "train/tokens_per_s": summary["tokens_per_s_median"],
-                    "time/train_steps_s": summary["phases_s"].get("steps_s", 0.0)})
-    return summary["checkpoint"], []
+    pairs = prepare_pairs(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(path),
+                                                                             format="token_ids"))).pairs
+    for attempt in range(cfg.train.max_failures + 1):
+        try:
+            result = live.trainer.train_round(pairs)
+            break
+        except TrainerLost as error:
+            if attempt == cfg.train.max_failures:
+                raise TrainingError(f"d2po round {r}: {error}; train.max_failures ({cfg.train.max_failures}) "
+                                    "used up. Rerun the same command to resume after the last finished round") from None
+            print(f"rayalign: d2po round {r}: {error}; its training starts again from the last round's policy",
+                  flush=True)
+            live.restart_trainer(policy)
+    if result["status"] != "ok":
+        raise TrainingError(f"d2po round {r}: the loss became NaN/inf; lower train.lr or check the round's pairs "
+                            f"({path})")
+    steps = result["rows"]
+    atomic_write_text(round_dir / "train_metrics.jsonl", "".join(json.dumps(row) + "\n" for row in steps))
+    relative = f"checkpoints/round_{r:03d}"
+    live.trainer.call("save", str(live.run_dir / relative), live.storage, relative)
+    metrics.update({"train/loss": steps[-1]["loss"], "train/steps": len(steps),
+                    "train/tokens_per_s": _median([row["tokens_per_s"] for row in steps]),
+                    "time/train_steps_s": result["steps_s"], "time/train_reference_s": result["reference_s"]})
+    return f"{live.storage.root}/{relative}", []
+
+
+def _median(values: list[float]) -> float:
+    import statistics
+
+    return statistics.median(values)
 
 
 def run_d2po(run: Run) -> dict:
@@ -343,6 +388,9 @@ def run_d2po(run: Run) -> dict:
     cfg, run_dir = run.cfg, run.dir
     if cfg.d2po.relabels < 1 or cfg.d2po.window < 1 or cfg.d2po.prompts_per_round < 1:
         raise ConfigError("d2po.window, d2po.relabels and d2po.prompts_per_round must be >= 1")
+    if cfg.train.lora_r > 0:
+        raise ConfigError("d2po: train.lora_r > 0 is not supported (each round the samplers take the policy's full "
+                          "weights over a collective); set train.lora_r=0")
     state = State.load(run_dir, cfg)
     if state.rounds_done == 0 and state.discriminator is None:
         state.discriminator = _initial_discriminator(cfg, run_dir)
@@ -367,22 +415,18 @@ def run_d2po(run: Run) -> dict:
     tracker.finish()
     rounds = _round_rows(run_dir)
     return {"mode": cfg.d2po.mode, "rounds_done": state.rounds_done, "gold_used": state.gold_used,
-            "rounds": rounds, "train": _train_totals(state, rounds, cfg.d2po.rounds)}
-
-
-def _round_root(live: Round, round_dir: Path) -> str:
-    """Where a round's training run lives: inside the run directory, or inside its URI (so its workers write there)."""
-    return f"{live.storage.root}/rounds/{round_dir.name}"
+            "rounds": rounds, "train": _train_totals(state, rounds, cfg.d2po.rounds, trainer_mode(cfg))}
 
 
 def _drop_old_weights(live: Round, state: State) -> None:
     """Once a round's state is saved, earlier policy and discriminator weights are never read again."""
     keep = {_where(state.policy), _where(state.discriminator or live.run_dir)}
+    for checkpoint in sorted((live.run_dir / "checkpoints").glob("round_*")):
+        relative = f"checkpoints/{checkpoint.name}"
+        if _where(f"{live.storage.root}/{relative}") not in keep:
+            shutil.rmtree(checkpoint)
+            live.storage.remove(relative)
     for round_dir in sorted((live.run_dir / "rounds").glob("round_*"))[:-1]:
-        train = RunStorage(_round_root(live, round_dir), "train")
-        for checkpoint in train.checkpoints():
-            if _where(checkpoint) not in keep:
-                train.remove_checkpoint(checkpoint)
         discriminator = round_dir / "discriminator"
         if discriminator.is_dir() and _where(discriminator) not in keep:
             shutil.rmtree(discriminator)
@@ -399,7 +443,15 @@ def _round_rows(run_dir: Path) -> list[dict]:
     return read_metrics(run_dir)
 
 
-def _train_totals(state: State, rounds: list[dict], planned: int) -> TrainSummary:
+def trainer_mode(cfg: config_lib.Config) -> str:
+    """How the run's trainer runs on this cluster (`train.num_workers: auto` resolved)."""
+    from rayalign.cluster_fit import resolved_train
+
+    train = resolved_train(cfg.train)
+    return "local mode" if train.local_mode else f"{train.num_workers} Ray actor worker(s)"
+
+
+def _train_totals(state: State, rounds: list[dict], planned: int, mode: str) -> TrainSummary:
     """The rounds' trainings as one: finished when every planned round ran (a later round's steps are not known)."""
     from rayalign.summary import train_summary
 
@@ -408,4 +460,4 @@ def _train_totals(state: State, rounds: list[dict], planned: int) -> TrainSummar
     return train_summary(steps=steps, total_steps=steps if state.rounds_done == planned else None,
                          checkpoint=state.policy, final_metrics={"loss": losses[-1]} if losses else {},
                          speeds=[row["train/tokens_per_s"] for row in rounds if row.get("train/tokens_per_s")],
-                         wall_time_s=sum(row.get("round_s", 0.0) for row in rounds))
+                         wall_time_s=sum(row.get("round_s", 0.0) for row in rounds), mode=mode)

@@ -92,6 +92,15 @@ class Sampler(Protocol):
         """Replace the weights: an HF-format checkpoint directory (safetensors) or a state dict."""
         ...
 
+    def weights_info(self) -> tuple[str, int]:
+        """(the dtype its weights are computed in, how many processes hold them)."""
+        ...
+
+    def receive_weights(self, meet, rank: int, plan, dtype: str) -> None:
+        """Replace the weights with those a trainer broadcasts (`rayalign.sampling.weight_sync`): join its group as
+        `rank` (and the next ranks, one per further process) and load them bucket by bucket."""
+        ...
+
 
 def make_sampler(engine: str, model: str, **kwargs) -> Sampler:
     """Build an engine by name; imports it only now (vLLM and its CUDA stack are heavy)."""

@@ -214,6 +214,19 @@ class HFSampler:
         load_state_checked(self.model, state)
 
 
+    def weights_info(self) -> tuple[str, int]:
+        """(the dtype this sampler computes in, its processes): what a weight sync sends it, and how many ranks."""
+        return str(next(self.model.parameters()).dtype).removeprefix("torch."), 1
+
+    def receive_weights(self, meet, rank: int, plan, dtype: str) -> None:
+        """Join a weight sync's group as `rank` and load every bucket as it arrives (`weight_sync`)."""
+        from rayalign.sampling import weight_sync
+
+        group = weight_sync.join(meet, rank)
+        with torch.no_grad():
+            weight_sync.receive(group, plan, getattr(torch, dtype), self.device, weight_sync.load_into(self.model))
+
+
 def read_checkpoint(directory: str | Path) -> dict[str, torch.Tensor]:
     """All tensors of an HF checkpoint directory (single file or sharded) as one state dict."""
     from safetensors.torch import load_file

@@ -35,7 +35,7 @@ from ray.exceptions import RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from rayalign.cluster_fit import check_local, sampler_demand, trainer_fits_beside
+from rayalign.cluster_fit import check_local, live_nodes, sampler_demand, trainer_fits_beside
 from rayalign.errors import ConfigError, RayAlignError
 from rayalign.ray_setup import init_ray
 from rayalign.sampling.base import Completion, SamplingParams, check_inputs, make_sampler
@@ -46,6 +46,10 @@ STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 def chunk_seed(seed: int | None, start: int) -> int | None:
     """The seed of the chunk whose first prompt has index `start` in the call."""
     return None if seed is None else seed + start
+
+
+class StaleWeights(RayAlignError):
+    """An actor that restarted since the last collective sync: the pool brings it up to date (`catch_up`)."""
 
 
 class SamplerWorker:
@@ -65,19 +69,57 @@ class SamplerWorker:
         self.weights_version = 0
 
     def sync(self, weights: tuple) -> int:
-        """Load `weights` = (version, path | ObjectRef of a state dict) unless already on that version."""
+        """Load `weights` = (version, path | ObjectRef of a state dict | None) unless already on that version;
+        None: a trainer sends them over a collective (`receive_weights`), so only the pool can bring this actor up
+        to date. Returns the version this actor is on."""
         version, source = weights
-        if version != self.weights_version:
+        if version != self.weights_version and source is not None:
             self.sampler.load_weights(ray.get(source) if isinstance(source, ray.ObjectRef) else source)
             self.weights_version = version
+        return self.weights_version
+
+    def weights_info(self) -> tuple[str, int]:
+        return self.sampler.weights_info()
+
+    def receive_weights(self, meet, rank: int, plan, dtype: str, version: int) -> int:
+        self.sampler.receive_weights(meet, rank, plan, dtype)
+        self.weights_version = version
+        return version
+
+    def pid(self) -> int:
         return os.getpid()
+
+    def gpu(self) -> str | None:
+        from rayalign.sampling.colocate import gpu_id
+
+        return gpu_id()
+
+    def receive_ipc(self, handle, entries, dtype: str) -> None:
+        self.sampler.receive_ipc(handle, entries, dtype)
+
+    def finish_sync(self, version: int) -> int:
+        """After the last bucket of a colocated sync: this actor is on `version`."""
+        self.sampler.finish_sync()
+        self.weights_version = version
+        return version
+
+    def sleep(self) -> None:
+        self.sampler.sleep()
+
+    def wake_up(self) -> None:
+        self.sampler.wake_up()
+
+    def parameters(self) -> dict:
+        """The hf engine's weights (tests compare them with the trainer's)."""
+        return {name: p.detach().clone() for name, p in self.sampler.model.named_parameters()}
 
     def generate(self, index: int, prompts, params, prefixes, weights: tuple):
         import time
 
         from rayalign.monitoring import record_samples
 
-        self.sync(weights)
+        if self.sync(weights) != weights[0]:  # restarted since the last sync: never answer with old weights
+            raise StaleWeights(f"sampler on weights version {self.weights_version}, the pool's is {weights[0]}")
         began = time.perf_counter()
         outputs = self.sampler.generate(prompts, params, prefixes)
         completions = [c for row in outputs for c in row]
@@ -92,13 +134,19 @@ class SamplerPool:
     def __init__(self, engine: str = "hf", model: str = "tiny-llama", num_actors: int = 2, num_cpus: float = 1,
                  num_gpus: float = 0, max_restarts: int = 1, strategy: str = "PACK", chunk_size: int = 4,
                  max_in_flight: int = 2, restart_timeout_s: float = 300, max_chunk_attempts: int = 3,
-                 ready_timeout_s: float = 600, num_threads: int | None = None, **engine_kwargs):
+                 ready_timeout_s: float = 600, num_threads: int | None = None, tensor_parallel_size: int = 1,
+                 placement_groups: list | None = None, **engine_kwargs):
         if strategy not in STRATEGIES:
             raise ConfigError(f"sampler pool: strategy '{strategy}' is not one of {', '.join(STRATEGIES)}")
         if num_actors < 1 or chunk_size < 1 or max_in_flight < 1:
             raise ConfigError("sampler pool: num_actors, chunk_size and max_in_flight must be >= 1")
         init_ray()
-        check_local(sampler_demand(num_actors, num_cpus, num_gpus))
+        self.tensor_parallel_size = tensor_parallel_size
+        if tensor_parallel_size > 1:
+            check_tensor_parallel(engine, tensor_parallel_size, live_nodes())
+            engine_kwargs.update(tensor_parallel_size=tensor_parallel_size, distributed_executor_backend="ray")
+        check_local(sampler_demand(num_actors, num_cpus, num_gpus if tensor_parallel_size == 1 else
+                                   tensor_parallel_size))
         if engine == "hf" and num_gpus and "device" not in engine_kwargs:
             engine_kwargs["device"] = "cuda"  # a GPU share is pointless if the model stays on the CPU
         self.engine, self.model, self.engine_kwargs = engine, model, engine_kwargs
@@ -106,15 +154,13 @@ class SamplerPool:
         self.num_threads = num_threads
         self.chunk_size, self.max_in_flight = chunk_size, max_in_flight
         self.restart_timeout_s, self.max_chunk_attempts = restart_timeout_s, max_chunk_attempts
-        bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})}
-        self.placement_group = placement_group([dict(bundle) for _ in range(num_actors)], strategy=strategy)
-        if not self._wait(self.placement_group.ready(), ready_timeout_s):
-            remove_placement_group(self.placement_group)
-            raise RayAlignError(f"sampler pool: the cluster cannot place {num_actors} actors of {bundle} "
-                                f"within {ready_timeout_s:.0f} s; lower num_actors or the per-actor resources")
+        self.owns_groups = placement_groups is None  # given: a colocated trainer's too (`colocate`)
+        self.placement_groups = placement_groups or engine_groups(num_actors, num_cpus, num_gpus, tensor_parallel_size,
+                                                                  strategy, ready_timeout_s)
         self.actors = [self._new_actor(i) for i in range(num_actors)]
         self.incarnation = [0] * num_actors
-        self.weights = (0, None)  # (version, path | ObjectRef of a state dict); 0: the constructor's
+        self.weights = (0, None)  # (version, path | ObjectRef of a state dict | None: the sender's); 0: the constructor's
+        self.sender: Callable[[list, int], dict] | None = None
         self.last_stats: dict[str, int] = {}
         try:
             ray.get([actor.sync.remote(self.weights) for actor in self.actors])
@@ -123,17 +169,24 @@ class SamplerPool:
             raise RayAlignError(f"sampler pool: the '{engine}' sampler for '{model}' did not start: "
                                 f"{_last_error_line(str(error))}") from None
 
-    @staticmethod
-    def _wait(ref, timeout: float) -> bool:
-        ready, _ = ray.wait([ref], timeout=timeout)
-        return bool(ready)
-
     def _new_actor(self, i: int):
         threads = (self.num_threads or max(1, int(self.num_cpus))) if self.engine == "hf" else None
         remote = ray.remote(SamplerWorker).options(
-            num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_restarts=self.max_restarts, max_task_retries=0,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=i))
+            max_restarts=self.max_restarts, max_task_retries=0, **actor_placement(self.placement_groups, i,
+                                                                                  self.num_cpus, self.num_gpus))
         return remote.remote(self.engine, self.model, self.engine_kwargs, threads)
+
+    def _remove_groups(self) -> None:
+        if self.owns_groups:
+            _remove(self.placement_groups)
+        self.placement_groups = []
+
+    def sleep(self) -> None:
+        """Every engine frees its GPU for a colocated trainer (vLLM's sleep mode)."""
+        ray.get([actor.sleep.remote() for actor in self.actors])
+
+    def wake_up(self) -> None:
+        ray.get([actor.wake_up.remote() for actor in self.actors])
 
     # ---- generation -------------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], params: SamplingParams, prefixes: list[list[int]] | None = None,
@@ -164,12 +217,27 @@ class SamplerPool:
             self.weights = previous  # actors that did load go back on their next task (version mismatch)
             raise error.as_instanceof_cause() from None
 
+    def receive_weights(self, sender: Callable[[list, int], dict]) -> dict:
+        """Every actor gets the next version of the weights from `sender(actors, version)` (a trainer's
+        collective: `TrainerGroup.send_weights`), which is remembered: an actor restarted later catches up from it
+        (`catch_up`). Returns the sender's figures."""
+        self.weights, self.sender = (self.weights[0] + 1, None), sender
+        return self.sender(self.actors, self.weights[0])
+
+    def catch_up(self, i: int) -> bool:
+        """Bring actor `i`, restarted on older weights, to the current version; whether the sender had to send."""
+        if ray.get(self.actors[i].sync.remote(self.weights)) == self.weights[0]:
+            return False
+        self.sender([self.actors[i]], self.weights[0])
+        return True
+
     def _revive_blocking(self, i: int) -> None:
         try:
             ray.get(self.actors[i].sync.remote(self.weights), timeout=self.restart_timeout_s)
         except (RayActorError, ray.exceptions.GetTimeoutError):
             self.replace_actor(i)
             ray.get(self.actors[i].sync.remote(self.weights))
+        self.catch_up(i)
         self.incarnation[i] += 1
 
     def replace_actor(self, i: int) -> None:
@@ -181,13 +249,63 @@ class SamplerPool:
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
         self.actors = []
-        remove_placement_group(self.placement_group)
+        self._remove_groups()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.shutdown()
+
+
+def engine_bundles(num_actors: int, cpus: float, gpus: float, tensor_parallel_size: int) -> list[list[dict]]:
+    """The placement groups' bundles: one group of one bundle per actor; a tensor-parallel vLLM engine gets a group
+    of its own, one one-GPU bundle per worker (vLLM's Ray executor places its workers on the bundles of the actor's
+    placement group and refuses a bundle of several GPUs), the actor's CPUs in the first."""
+    if tensor_parallel_size == 1:
+        return [[{"CPU": cpus, **({"GPU": gpus} if gpus else {})} for _ in range(num_actors)]]
+    return [[{"CPU": cpus, "GPU": 1.0}] + [{"GPU": 1.0} for _ in range(tensor_parallel_size - 1)]
+            for _ in range(num_actors)]
+
+
+def engine_groups(num_actors: int, cpus: float, gpus: float, tensor_parallel_size: int, strategy: str,
+                  timeout_s: float) -> list:
+    """The pool's placement groups (`engine_bundles`; a tensor-parallel engine's on one node), once placed."""
+    groups = [placement_group(bundles, strategy=strategy if tensor_parallel_size == 1 else "STRICT_PACK")
+              for bundles in engine_bundles(num_actors, cpus, gpus, tensor_parallel_size)]
+    ready, _ = ray.wait([group.ready() for group in groups], num_returns=len(groups), timeout=timeout_s)
+    if len(ready) < len(groups):
+        _remove(groups)
+        raise RayAlignError(f"sampler pool: the cluster cannot place {num_actors} actors of "
+                            f"{engine_bundles(1, cpus, gpus, tensor_parallel_size)[0]} within {timeout_s:.0f} s; "
+                            "lower num_actors or the per-actor resources")
+    return groups
+
+
+def _remove(groups: list) -> None:
+    for group in groups:
+        remove_placement_group(group)
+
+
+def actor_placement(groups: list, i: int, cpus: float, gpus: float) -> dict:
+    """Ray options placing actor `i`: its bundle in the pool's one group; or, for a tensor-parallel engine, bundle 0
+    of its own group with no GPU of its own, and that group captured for the engine's workers."""
+    if len(groups) == 1:
+        return {"num_cpus": cpus, "num_gpus": gpus,
+                "scheduling_strategy": PlacementGroupSchedulingStrategy(groups[0], placement_group_bundle_index=i)}
+    return {"num_cpus": cpus, "num_gpus": 0, "scheduling_strategy": PlacementGroupSchedulingStrategy(
+        groups[i], placement_group_bundle_index=0, placement_group_capture_child_tasks=True)}
+
+
+def check_tensor_parallel(engine: str, size: int, nodes: list[dict[str, float]]) -> None:
+    """One line unless a `size`-way tensor-parallel engine can exist: vLLM, and a node with `size` GPUs."""
+    if engine != "vllm":
+        raise ConfigError(f"sampling.tensor_parallel_size={size} needs sampling.engine=vllm (the hf engine runs on "
+                          "one device)")
+    most = max((node.get("GPU", 0) for node in nodes), default=0)
+    if size > most and not os.environ.get("RAYALIGN_NO_FIT_CHECK"):
+        raise ConfigError(f"sampling.tensor_parallel_size={size} needs {size} GPUs on one node, and the largest node "
+                          f"of the cluster has {most:g}; lower sampling.tensor_parallel_size or add larger nodes")
 
 
 def _last_error_line(text: str) -> str:
@@ -247,7 +365,12 @@ class _Run:
             self._actor_failed(actor, chunk, stale=incarnation != self.pool.incarnation[actor])
             return
         except ray.exceptions.RayTaskError as error:  # the sampler itself raised: a real error, not a crash
-            raise error.as_instanceof_cause() from None
+            if not isinstance(error.cause, StaleWeights):
+                raise error.as_instanceof_cause() from None
+            # restarted between calls: the current weights first (once), then the chunk again
+            self.stats["actors_caught_up"] += self.pool.catch_up(actor)
+            self.pending.appendleft(chunk)
+            return
         if index in self.results:
             self.stats["duplicates_dropped"] += 1
             return
@@ -284,6 +407,7 @@ class _Run:
             return
         except ray.exceptions.RayTaskError as error:  # alive, but the weights would not load
             raise error.as_instanceof_cause() from None
+        self.pool.catch_up(actor)
         self.reviving[actor] = False
         self.pool.incarnation[actor] += 1
 
@@ -299,14 +423,19 @@ class _Run:
 
 def engine_options(sampling) -> dict:
     """The engine's own keyword arguments from a `SamplingConfig`: hf's batch size, or `vllm_options` for vllm.LLM."""
-    return {"batch_size": sampling.batch_size} if sampling.engine == "hf" else dict(sampling.vllm_options)
+    if sampling.engine == "hf":
+        return {"batch_size": sampling.batch_size}
+    return {**sampling.vllm_options, **({"enable_sleep_mode": True} if sampling.colocate else {})}
 
 
-def pool_from_config(model: str, sampling) -> SamplerPool:
-    """The pool a `SamplingConfig` describes, serving `model` (synthesis and evaluation both use it)."""
+def pool_from_config(model: str, sampling, placement_groups: list | None = None) -> SamplerPool:
+    """The pool a `SamplingConfig` describes, serving `model` (synthesis and evaluation both use it); in
+    `placement_groups` when it shares them with a colocated trainer."""
     return SamplerPool(engine=sampling.engine, model=model, num_actors=sampling.num_actors,
                        num_cpus=sampling.cpus_per_actor, num_gpus=sampling.gpus_per_actor,
-                       chunk_size=sampling.chunk_size, num_threads=sampling.threads, **engine_options(sampling))
+                       chunk_size=sampling.chunk_size, num_threads=sampling.threads,
+                       tensor_parallel_size=sampling.tensor_parallel_size, placement_groups=placement_groups,
+                       **engine_options(sampling))
 
 
 _NOT_ARCHITECTURE = {"_name_or_path", "name_or_path", "transformers_version", "torch_dtype", "dtype"}
@@ -335,13 +464,14 @@ class PhasePool:
 
     def __init__(self, sampling):
         self.sampling, self.pool, self.model, self.starts = sampling, None, None, 0
+        self.placement_groups: list | None = None  # a colocated online run's, shared with its trainer
 
     def serving(self, model: str, weights: dict | None = None) -> SamplerPool:
         """The pool, serving `model` (its directory's weights, or `weights`, a state dict of it)."""
         if self.pool is not None and model != self.model and not interchangeable(self.model, model):
             self.close()
         if self.pool is None:
-            self.pool = pool_from_config(model, self.sampling)
+            self.pool = pool_from_config(model, self.sampling, self.placement_groups)
             self.starts += 1
         elif model != self.model or weights is not None:
             from rayalign.models import resolve_model
@@ -350,9 +480,16 @@ class PhasePool:
         self.model = model
         return self.pool
 
+    def receive(self, model: str, sender: Callable[[list, int], dict]) -> dict:
+        """The running pool takes `model`'s weights from `sender`, a trainer's collective (`SamplerPool.receive_weights`),
+        not from `model`'s directory; returns the sender's figures."""
+        figures = self.pool.receive_weights(sender)
+        self.model = model
+        return figures
+
     def make_room(self, train) -> None:
         """Before training with `train` (a TrainConfig): stop the pool unless the trainer fits beside it."""
-        if self.pool is not None and not trainer_fits_beside(train, self.sampling.gpus_per_actor):
+        if self.pool is not None and not trainer_fits_beside(train, self.sampling.gpus_per_engine):
             self.close()
 
     def close(self) -> None:

@@ -53,6 +53,31 @@ class WeightSyncExtension:
         return len(loaded) if loaded is not None else -1
 
 
+    def rayalign_receive(self, meet, first_rank: int, plan, dtype: str) -> None:
+        """Join a weight sync's group (this engine's workers take ranks `first_rank`, `first_rank` + 1, ... by their
+        rank in the engine) and load each bucket as it arrives; vLLM shards it for tensor parallelism itself."""
+        import torch
+        from vllm.distributed.parallel_state import get_world_group
+
+        from rayalign.sampling import weight_sync
+
+        device = torch.device("cuda", torch.cuda.current_device())
+        group = weight_sync.join(meet, first_rank + get_world_group().rank)
+        weight_sync.receive(group, plan, getattr(torch, dtype), device,
+                            lambda named: self.model_runner.model.load_weights(weights=named))
+
+
+    def rayalign_receive_ipc(self, handle, entries, dtype: str) -> None:
+        """Colocated with the trainer: load one bucket from the trainer's memory on this GPU (`colocate`)."""
+        import torch
+
+        from rayalign.sampling.colocate import open_ipc
+        from rayalign.sampling.weight_sync import split
+
+        self.model_runner.model.load_weights(weights=split(open_ipc(handle), entries))
+        torch.cuda.synchronize()  # loaded before the trainer reuses the bucket's memory
+
+
 def _require_vllm_and_cuda():
     if importlib.util.find_spec("vllm") is None:
         raise MissingPackageError("vllm", "the vllm sampling engine", "pip install 'rayalign[gpu]'")
@@ -124,6 +149,31 @@ class VLLMSampler:
                 self._load_directory(tmp)
             return
         self._load_directory(str(source))
+
+    def weights_info(self) -> tuple[str, int]:
+        """(the dtype the engine computes in, its worker processes: one per tensor-parallel rank)."""
+        config = self.llm.llm_engine.vllm_config
+        processes = config.parallel_config.tensor_parallel_size * config.parallel_config.pipeline_parallel_size
+        return str(config.model_config.dtype).removeprefix("torch."), processes
+
+    def receive_weights(self, meet, rank: int, plan, dtype: str) -> None:
+        """Every worker of the engine joins the weight sync's group and loads the buckets; then the prefix cache,
+        computed with the old weights, is dropped."""
+        self.llm.collective_rpc("rayalign_receive", args=(meet, rank, plan, dtype))
+        self.llm.reset_prefix_cache()
+
+    def receive_ipc(self, handle, entries, dtype: str) -> None:
+        self.llm.collective_rpc("rayalign_receive_ipc", args=(handle, entries, dtype))
+
+    def finish_sync(self) -> None:
+        self.llm.reset_prefix_cache()  # its KV blocks were computed with the old weights
+
+    def sleep(self) -> None:
+        """Free the GPU for a colocated trainer: weights offloaded to CPU memory, KV cache dropped (level 1)."""
+        self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        self.llm.wake_up()
 
     def _load_directory(self, directory: str) -> None:
         if not list(Path(directory).expanduser().glob("*.safetensors")):

@@ -73,7 +73,7 @@ def _summary(cfg, storage, prepared, clock: PhaseClock, fit_ended: float) -> Tra
         phases_s=phase_seconds(clock, fit_ended, state, cfg.train.local_mode), cuda_peak_mib=state.get("cuda_peak_mib"))
 
 
-def _prepare(cfg: config_lib.Config, prepared: PreparedData | None) -> PreparedData:
+def prepare_pairs(cfg: config_lib.Config, prepared: PreparedData | None = None) -> PreparedData:
     """Provision the models, read and tokenise the data (unless given), mark BMC's tokens, check the count."""
     tokenizer = load_tokenizer(cfg.model.name)
     resolve_model(cfg.model.reference or cfg.model.name)  # provision once, before workers race
@@ -108,7 +108,7 @@ def run_training(cfg: config_lib.Config, prepared: PreparedData | None = None) -
     storage.pull(checkpoints=cfg.train.local_mode, fresh=True)  # a URI run's files (local mode: checkpoints too)
     # Before Ray's start, not beside it: in a submitted job, data read while `ray.init` connected missed its relative
     # path (tests/test_submit.py), as `ray.init` sets up the job's working directory.
-    prepared = _prepare(cfg, prepared)
+    prepared = prepare_pairs(cfg, prepared)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_lib.save(cfg, run_dir / "config.yaml")
     steps = total_steps(cfg, len(prepared.pairs))
