@@ -189,7 +189,8 @@ class Round:
 
             self.service = DiscriminatorService(state.discriminator, name=f"discriminator_{cfg.name}",
                                                 route_prefix=f"/{cfg.name}/discriminator", num_cpus=d.disc_cpus,
-                                                port=d.http_port, num_gpus=d.disc_gpus)
+                                                port=d.http_port, num_gpus=d.disc_gpus,
+                                                latest=str(run.dir / "discriminator_latest.txt"))
 
     def _trainer(self, policy: str):
         """The trainer of every round (`rayalign.train.online`), from `policy`, the starting model as reference."""

@@ -21,7 +21,6 @@ from ray import serve
 
 from rayalign.serving import GATEWAY_OPTIONS, QUIET, REPLICA_WAIT_S, Gateway, limit_body_size
 
-SERVER_VERSION = "1"
 MAX_ITEMS = 4096
 SCORE_CHUNK = 256
 """Pairs per request when a pipeline scores through the handle: each request far inside `MAX_ITEMS` and the
@@ -53,23 +52,28 @@ class ScoreResponse(BaseModel):
 class DiscriminatorServer:
     """One replica holds one discriminator, loaded from a `Discriminator.save` directory.
 
-    The directory arrives as `user_config={"checkpoint": DIR, "device": ...}`, which Serve passes to `reconfigure`
-    when a replica starts and, because the deployment's `version` is fixed, on every redeploy that changes only the
-    checkpoint (`DiscriminatorService.swap`): the running replica loads it in place, building the new model before
-    it replaces the old one, so every request is answered by one set of weights or the other. `update` trains it
-    where it runs (D2PO's rounds), and a replica that restarts later reads the last checkpoint from the config.
+    The directory arrives as `user_config={"checkpoint": DIR, "latest": FILE, "device": ...}`, which Serve passes to
+    `reconfigure` when a replica starts. A redeploy with another directory (`DiscriminatorService.swap`) is, through
+    `serve.run`, a rolling update: Serve starts a replica with the new weights and only then stops the old one, so
+    every request is answered by one set of weights or the other. `update` trains the model where it runs (D2PO's
+    rounds) and swaps it in place, no new replica; it records the new directory in the `latest` file, which a
+    replica that restarts later loads instead of the deployed one.
     """
 
     def __init__(self):
         self.checkpoint, self.model, self.device = None, None, "cpu"
 
     def reconfigure(self, config: dict) -> None:
-        self.device = config.get("device", "cpu")
-        if config["checkpoint"] != self.checkpoint:
+        from pathlib import Path
+
+        self.device, self.latest = config.get("device", "cpu"), config.get("latest")
+        latest = Path(self.latest) if self.latest else None
+        checkpoint = latest.read_text() if latest is not None and latest.is_file() else config["checkpoint"]
+        if checkpoint != self.checkpoint:
             from rayalign.scoring.discriminator import Discriminator
 
-            model = Discriminator.load(config["checkpoint"]).to(self.device)
-            self.model, self.checkpoint = model, config["checkpoint"]
+            model = Discriminator.load(checkpoint).to(self.device)
+            self.model, self.checkpoint = model, checkpoint
 
     async def update(self, pairs: list[dict], known: list[dict], directory: str, storage=None,
                      relative: str | None = None) -> dict:
@@ -77,6 +81,7 @@ class DiscriminatorServer:
         AdamW (as a load in any process would); its accuracy on them and on all gold pairs so far (`known` + them)
         is measured first. The trained model is saved to `directory` (and to the run's URI: `storage`, `relative`),
         then replaces the served one: requests meanwhile are answered by the old one."""
+        from rayalign.files import atomic_write_text
         from rayalign.scoring.discriminator import Discriminator
 
         def train() -> tuple[Discriminator, dict]:
@@ -87,6 +92,8 @@ class DiscriminatorServer:
             model.save(directory)
             if storage is not None:
                 storage.push(relative)
+            if self.latest:
+                atomic_write_text(self.latest, directory)
             return model, metrics
 
         model, metrics = await asyncio.to_thread(train)
@@ -128,13 +135,13 @@ class DiscriminatorGateway(Gateway):
         return await self.call("score", request.prompts, request.responses)
 
 
-def build_app(checkpoint: str, num_cpus: float = 1.0, wait_s: float = REPLICA_WAIT_S, num_gpus: float = 0.0):
+def build_app(checkpoint: str, num_cpus: float = 1.0, wait_s: float = REPLICA_WAIT_S, num_gpus: float = 0.0,
+              latest: str | None = None):
     """The Serve application for `serve.run`; `num_cpus` and `num_gpus` are what the model's replica reserves (with a
-    GPU it computes there). A fixed `version`: a redeploy that changes only the checkpoint is Serve's in-place
-    user_config update (`reconfigure` on the running replica), not a new replica."""
+    GPU it computes there); `latest`: the file in which `update` records the newest checkpoint."""
     server = DiscriminatorServer.options(
-        ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus}, version=SERVER_VERSION, logging_config=QUIET,
-        user_config={"checkpoint": checkpoint, "device": "cuda" if num_gpus else "cpu"})
+        ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus}, logging_config=QUIET,
+        user_config={"checkpoint": checkpoint, "latest": latest, "device": "cuda" if num_gpus else "cpu"})
     return DiscriminatorGateway.options(logging_config=QUIET).bind(server.bind(), wait_s)
 
 
@@ -143,16 +150,23 @@ class DiscriminatorService:
     `POST <route_prefix>/score` over HTTP for outsiders, `swap` to new weights without dropping a request."""
 
     def __init__(self, checkpoint: str, name: str = "discriminator", route_prefix: str = "/discriminator",
-                 num_cpus: float = 0.0, host: str = "127.0.0.1", port: int = 8000, num_gpus: float = 0.0):
+                 num_cpus: float = 0.0, host: str = "127.0.0.1", port: int = 8000, num_gpus: float = 0.0,
+                 latest: str | None = None):
+        """`latest`: a file for `update` to record the newest checkpoint in (a restarted replica loads that one);
+        it starts as `checkpoint`."""
+        from rayalign.files import atomic_write_text
         from rayalign.serving import start_serve
 
         start_serve(host, port, logging_config=QUIET)
         self.name, self.route_prefix, self.num_cpus, self.num_gpus = name, route_prefix, num_cpus, num_gpus
+        self.latest = latest
+        if latest:
+            atomic_write_text(latest, checkpoint)
         self.handle = self._deploy(checkpoint)
 
     def _deploy(self, checkpoint: str):
-        return serve.run(build_app(checkpoint, self.num_cpus, num_gpus=self.num_gpus), name=self.name,
-                         route_prefix=self.route_prefix)
+        return serve.run(build_app(checkpoint, self.num_cpus, num_gpus=self.num_gpus, latest=self.latest),
+                         name=self.name, route_prefix=self.route_prefix)
 
     def score(self, prompts: list[str], responses: list[str], chunk: int = SCORE_CHUNK) -> list[float]:
         """The score of every (prompt, response), in order: a round of any size, sent as requests of `chunk`
@@ -166,19 +180,20 @@ class DiscriminatorService:
         return [value for call in calls for value in call.result()]
 
     def swap(self, checkpoint: str) -> None:
-        """Every replica loads `checkpoint` in place (the old weights answer until the new ones are built); returns
-        once every replica serves it. A replica that restarts later starts from it."""
+        """Serve replaces the replicas with ones holding `checkpoint` (rolling: no request is dropped);
+        returns once every replica serves it."""
+        if self.latest:
+            from rayalign.files import atomic_write_text
+
+            atomic_write_text(self.latest, checkpoint)
         self.handle = self._deploy(checkpoint)
 
     def update(self, pairs: list[dict], known: list[dict], directory: str, storage=None,
                relative: str | None = None) -> dict:
         """Train on new gold pairs in the model's replica (`DiscriminatorServer.update`), straight to it (no gateway
-        time limit on training), then record the new checkpoint in the deployment (the replica already holds it);
-        returns its accuracies measured before training."""
+        time limit on training); it then serves them. Returns its accuracies measured before training."""
         server = serve.get_deployment_handle("DiscriminatorServer", app_name=self.name)
-        metrics = server.update.remote(pairs, known, directory, storage, relative).result()
-        self.swap(directory)
-        return metrics
+        return server.update.remote(pairs, known, directory, storage, relative).result()
 
     def shutdown(self) -> None:
         serve.delete(self.name)
