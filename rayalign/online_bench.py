@@ -3,7 +3,8 @@
 It runs the first `rounds` rounds of `jobs/d2po.yaml` (the embedded SmolLM2 and minilm, the word-collector task;
 `key=value` overrides apply, e.g. ``train.num_workers=1``) in a new run directory, with wandb off, and reads each
 round's clock from its metrics.jsonl (`rayalign.pipelines.d2po.run_round`): sampling, scoring, gold labels, the
-discriminator's update, training (`train_steps_s` the steps alone) and the weight sync. The fixed overhead of a
+discriminator's update, training (`train_steps_s` the steps alone, `train_reference_s` the reference's pass) and the
+weight sync (and its bytes). The fixed overhead of a
 round is its wall time less its sampling, scoring and train steps: what the online loop spends on anything but
 generating, judging and learning. Medians over the rounds; round 1 is reported but left out of them (it loads what
 later rounds reuse).
@@ -16,8 +17,8 @@ import tempfile
 from pathlib import Path
 
 JOB = Path("jobs") / "d2po.yaml"
-PHASES = ("sample_s", "score_s", "gold_s", "disc_update_s", "train_s", "train_steps_s", "weight_sync_s",
-          "overhead_s")
+PHASES = ("sample_s", "score_s", "gold_s", "disc_update_s", "train_s", "train_steps_s", "train_reference_s",
+          "weight_sync_s", "checkpoint_wait_s", "overhead_s")
 
 
 def run_online_bench(rounds: int, out: str | None = None, overrides: list[str] | None = None) -> dict:
@@ -34,12 +35,12 @@ def run_online_bench(rounds: int, out: str | None = None, overrides: list[str] |
     cfg = config_lib.load(JOB, [f"d2po.stop_after_round={rounds}", f"output_dir={root}", "name=online",
                                 "tracking.wandb=disabled", *(overrides or [])])
     summary = run_pipeline(cfg)
-    rows = [{"round": row["step"], "round_s": row["round_s"],
+    rows = [{"round": row["step"], "round_s": row["round_s"], "sync_bytes": row.get("weight_sync/bytes", 0.0),
              **{phase: row.get(f"time/{phase}", 0.0) for phase in PHASES}} for row in read_metrics(cfg.run_dir)]
     later = rows[1:]
     return {"job": str(JOB), "overrides": overrides or [], "rounds": rows, "mode": summary["train"]["mode"],
             "medians_after_round_1": {key: statistics.median(r[key] for r in later)
-                                      for key in ("round_s", *PHASES)}}
+                                      for key in ("round_s", "sync_bytes", *PHASES)}}
 
 
 def summary_lines(result: dict) -> list[str]:
@@ -49,5 +50,8 @@ def summary_lines(result: dict) -> list[str]:
     split = (f"  round {m['round_s']:.1f} s = sampling {m['sample_s']:.1f} + scoring {m['score_s']:.1f} + train "
              f"steps {m['train_steps_s']:.1f} + fixed overhead {m['overhead_s']:.1f} s")
     overhead = (f"  of which: gold labels {m['gold_s']:.1f}, discriminator update {m['disc_update_s']:.1f}, training "
-                f"beyond its steps {m['train_s'] - m['train_steps_s']:.1f}, weight sync {m['weight_sync_s']:.1f} s")
-    return [head, split, overhead]
+                f"beyond its steps {m['train_s'] - m['train_steps_s']:.1f} (reference pass {m['train_reference_s']:.1f}), "
+                f"weight sync {m['weight_sync_s']:.1f}, checkpoint wait {m['checkpoint_wait_s']:.1f} s")
+    sync = (f"  weight sync: {m['sync_bytes'] / 1e6:.0f} MB in {m['weight_sync_s']:.2f} s, "
+            f"{m['sync_bytes'] / 1e9 / m['weight_sync_s']:.2f} GB/s" if m["weight_sync_s"] else "  no weight sync")
+    return [head, split, overhead, sync]

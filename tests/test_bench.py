@@ -151,6 +151,7 @@ def test_bench_online_splits_each_round_of_the_d2po_job(tmp_path, monkeypatch):
     assert [r["round"] for r in result["rounds"]] == [1, 2] and result["mode"] == "local mode"
     second = result["rounds"][1]
     assert second["overhead_s"] == pytest.approx(second["gold_s"] + second["disc_update_s"] + second["train_s"]
-                                                 - second["train_steps_s"] + second["weight_sync_s"], rel=1e-6)
+                                                 - second["train_steps_s"] + second["weight_sync_s"]
+                                                 + second["checkpoint_wait_s"], rel=1e-6)
     assert result["medians_after_round_1"] == {k: v for k, v in second.items() if k != "round"}
     assert "fixed overhead" in summary_lines(result)[1]

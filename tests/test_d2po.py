@@ -94,7 +94,7 @@ def test_a_rounds_clock_adds_up_to_its_wall_time(runs):
     _, whole, _, _ = runs
     for row in whole["rounds"]:
         phases = [row[f"time/{p}"] for p in ("sample_s", "score_s", "gold_s", "disc_update_s", "train_s",
-                                             "weight_sync_s")]
+                                             "weight_sync_s", "checkpoint_wait_s")]
         assert min(phases) >= 0 and sum(phases) == pytest.approx(row["round_s"], rel=1e-9)
         assert 0 < row["time/train_steps_s"] <= row["time/train_s"]
         assert row["time/overhead_s"] == pytest.approx(

@@ -63,7 +63,8 @@ def test_three_rounds_of_the_persistent_trainer_equal_a_new_trainer_per_round(tm
         for path in files:
             pairs = prepare_pairs(dataclasses.replace(base, data=dataclasses.replace(base.data, path=str(path)))).pairs
             persistent.append([row["loss"] for row in trainer.train_round(pairs)["rows"]])
-        saved = trainer.call("save", str(tmp_path / "online_policy"))
+        trainer.call("save", str(tmp_path / "online_policy"), True)  # with the HF directory, as a last round's
+        saved = trainer.call("saved")
     finally:
         trainer.close()
     assert persistent == per_round and len(per_round) == 3 and all(len(losses) == 2 for losses in per_round)
@@ -122,7 +123,8 @@ def test_workers_persist_and_every_sampler_gets_the_weights_bitwise_even_after_a
             trainer.train_round(pairs)
             assert trainer.pids() == pids and len(set(pids)) == 2
             sent = pool.receive_weights(trainer.send_weights)
-            checkpoint = trainer.call("save", str(tmp_path / f"policy_{r}"))
+            trainer.call("save", str(tmp_path / f"policy_{r}"), True)
+            checkpoint = trainer.call("saved")
             assert _sampler_weights_equal(pool, checkpoint) == [True, True]
             assert sent["bytes"] == sum(t.numel() * 4 for t in HFSampler(checkpoint).model.parameters())
 
@@ -227,3 +229,36 @@ def test_colocated_engines_and_trainer_share_one_bundle_per_gpu_where_apart_they
                                      "2 sampler actor(s) = 2.2 GPU")
     assert found["together"] is None
     assert found["bundles"] == [{"CPU": 1.5, "GPU": 1.0}] * 2
+
+
+def test_a_trainer_resumed_from_a_rounds_background_checkpoint_continues_bitwise(tmp_path):
+    """The round-1 checkpoint is written in the background while round 2 already trains (DCP copied the weights
+    first); a trainer started from it trains round 2 to the same losses and weights."""
+    from rayalign.sampling.hf import read_checkpoint
+    from rayalign.train.driver import prepare_pairs
+    from rayalign.train.online import TrainerGroup
+
+    base = _cfg(tmp_path, "train.num_workers=0", "name=online")
+    rounds = [prepare_pairs(dataclasses.replace(base, data=dataclasses.replace(base.data, path=str(path)))).pairs
+              for path in _round_files(tmp_path, rounds=2)]
+    first = TrainerGroup(base, "tiny-llama")
+    try:
+        first.train_round(rounds[0])
+        first.call("save", str(tmp_path / "round_1"))
+        whole = [row["loss"] for row in first.train_round(rounds[1])["rows"]]
+        assert first.call("saved") == str(tmp_path / "round_1")
+        first.call("save", str(tmp_path / "whole"), True)
+        first.call("saved")
+    finally:
+        first.close()
+    assert not (tmp_path / "round_1" / "model.safetensors").exists()  # training state only
+    second = TrainerGroup(base, str(tmp_path / "round_1"))
+    try:
+        resumed = [row["loss"] for row in second.train_round(rounds[1])["rows"]]
+        second.call("save", str(tmp_path / "resumed"), True)
+        second.call("saved")
+    finally:
+        second.close()
+    assert resumed == whole
+    a, b = read_checkpoint(tmp_path / "whole"), read_checkpoint(tmp_path / "resumed")
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)

@@ -165,7 +165,7 @@ class Round:
         cfg, d = run.cfg, run.cfg.d2po
         init_ray()
         check_together(together_demands(cfg), live_nodes())  # before a sampler or the service starts
-        self.cfg, self.run_dir, self.task = cfg, run.dir, run.task(d.task)
+        self.cfg, self.run_dir, self.task, self.tokenizer = cfg, run.dir, run.task(d.task), run.tokenizer
         self.storage = cfg.storage()
         self.prompts = self.task.prompts("train", d.rounds * d.prompts_per_round, d.seed)
         self.prompt_ids = [encode_prompt([{"role": "user", "content": p}], run.tokenizer, cfg.data.chat_template)
@@ -181,8 +181,10 @@ class Round:
 
             check_colocate(cfg)
             self.colocated = self.pools.placement_groups = colocated_groups(cfg)
-        self.pools.serving(state.policy)
+        self.pools.serving(cfg.model.name)
         self.trainer = self._trainer(state.policy)
+        if state.policy != cfg.model.name:  # a resumed run: the samplers get the last round's policy from the trainer
+            self.pools.receive(state.policy, self.trainer.send_weights)
         self.service = None
         if state.discriminator is not None:
             from rayalign.scoring.serve import DiscriminatorService
@@ -220,9 +222,10 @@ def run_round(live: Round, r: int, state: State) -> tuple[State, dict]:
     """Round r (1-based): sample, score, gold-label, update the discriminator, label, train, sync weights.
 
     Its clock (`time/*_s`, each phase from the end of the one before, adding up to `round_s`): sampling, scoring,
-    gold labels, the discriminator's update, training (its pairs written, the trainer started, its steps, its
-    checkpoint; `time/train_steps_s` the steps alone) and the weight sync; `time/overhead_s` is the round less its
-    sampling, scoring and train steps."""
+    gold labels, the discriminator's update, training (its pairs read, the reference's pass, its steps, the start of
+    its checkpoint; `time/train_steps_s` the steps alone, `time/train_reference_s` the reference's pass), the weight
+    sync, and the wait for the checkpoint written meanwhile; `time/overhead_s` is the round less its sampling,
+    scoring and train steps."""
     from rayalign.sampling.base import SamplingParams
     from rayalign.tracking import PhaseClock
 
@@ -260,10 +263,14 @@ def run_round(live: Round, r: int, state: State) -> tuple[State, dict]:
     if live.colocated:
         live.pools.pool.wake_up()
     clock.lap("train_s")
-    if policy != state.policy:
+    trained = policy != state.policy
+    if trained:
         sync = live.pools.receive(policy, live.trainer.send_weights)  # trainer -> samplers over a collective
         metrics["weight_sync/bytes"] = sync["bytes"]
     clock.lap("weight_sync_s")
+    if trained:
+        live.trainer.call("saved", live.storage, _checkpoint(r))  # written meanwhile; the round's state needs it
+    clock.lap("checkpoint_wait_s")
     round_s = sum(clock.seconds.values())
     busy = clock.seconds["sample_s"] + clock.seconds["score_s"] + metrics.get("time/train_steps_s", 0.0)
     metrics.update({f"time/{phase}": seconds for phase, seconds in clock.seconds.items()})
@@ -349,8 +356,8 @@ def _train(live: Round, r: int, rows: list[dict], policy: str, round_dir: Path, 
     if len(rows) < cfg.train.batch_size:
         return policy, rows
     path = write_pairs(rows, round_dir / "pairs.parquet", _pair_columns())
-    pairs = prepare_pairs(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(path),
-                                                                             format="token_ids"))).pairs
+    round_data = dataclasses.replace(cfg.data, path=str(path), format="token_ids")
+    pairs = prepare_pairs(dataclasses.replace(cfg, data=round_data), tokenizer=live.tokenizer).pairs
     for attempt in range(cfg.train.max_failures + 1):
         try:
             result = live.trainer.train_round(pairs)
@@ -367,12 +374,16 @@ def _train(live: Round, r: int, rows: list[dict], policy: str, round_dir: Path, 
                             f"({path})")
     steps = result["rows"]
     atomic_write_text(round_dir / "train_metrics.jsonl", "".join(json.dumps(row) + "\n" for row in steps))
-    relative = f"checkpoints/round_{r:03d}"
-    live.trainer.call("save", str(live.run_dir / relative), live.storage, relative)
+    live.trainer.call("save", str(live.run_dir / _checkpoint(r)), r == cfg.d2po.rounds)  # finished after the sync
     metrics.update({"train/loss": steps[-1]["loss"], "train/steps": len(steps),
                     "train/tokens_per_s": _median([row["tokens_per_s"] for row in steps]),
                     "time/train_steps_s": result["steps_s"], "time/train_reference_s": result["reference_s"]})
-    return f"{live.storage.root}/{relative}", []
+    return f"{live.storage.root}/{_checkpoint(r)}", []
+
+
+def _checkpoint(r: int) -> str:
+    """Where round r's policy checkpoint is, in the run directory."""
+    return f"checkpoints/round_{r:03d}"
 
 
 def _median(values: list[float]) -> float:

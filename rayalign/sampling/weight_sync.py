@@ -1,10 +1,11 @@
 """Weights from the trainer to the samplers over a collective: no file, no driver copy, no object-store copy.
 
 One sync is one broadcast group: the trainer's rank 0 opens a `TCPStore` (port 0: the OS picks a free one, so two
-syncs never race for a port), every sampler process joins it with ranks 1..n, and the weights travel in buckets
-of about `BUCKET_BYTES`: each bucket one flat tensor of whole parameters in the samplers' dtype, in the order of
-the trainer's plan (names and shapes, sent beside the call: small). Every trainer rank takes part in gathering a
-parameter from its FSDP2 shards (`full_parameters`); only rank 0 is in the group. Gloo on CPU, NCCL on GPU.
+syncs never race for a port), every sampler process joins it with ranks 1..n, and the weights travel in buckets of
+up to `BUCKET_BYTES`, each one flat tensor of whole parameters in the samplers' dtype, in the order of the trainer's
+plan (names and shapes, sent beside the call: small); two are in flight, one packed or loaded while the other
+travels. Every trainer rank takes part in gathering a parameter from its FSDP2 shards (`full_parameters`); only
+rank 0 is in the group. Gloo on CPU, NCCL on GPU.
 
 The group is built from `torch.distributed`'s process-group classes directly, not with `init_process_group`:
 a trainer rank already has its default group (FSDP's), and a sampler must not get one. It lives for one sync, so a
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-BUCKET_BYTES = 256 << 20
+BUCKET_BYTES = 64 << 20
 TIMEOUT = datetime.timedelta(minutes=10)
 
 Plan = list[tuple[str, tuple[int, ...]]]
@@ -80,11 +81,12 @@ def join(meet: Rendezvous, rank: int, store=None):
 
 
 def send(named: Iterator[tuple[str, torch.Tensor]], plan: Plan, dtype: torch.dtype, device: torch.device,
-         deliver: Callable[[torch.Tensor, list[int]], None] | None) -> int:
+         deliver: Callable[[torch.Tensor, list[int]], object] | None) -> int:
     """Pack the parameters `named` yields (in plan order) bucket by bucket and `deliver(flat, indices)` each one
-    (a broadcast, or CUDA IPC handles); returns the bytes delivered. `deliver` None: a trainer rank that only takes
-    part in gathering each parameter (`full_parameters` is a collective)."""
-    sent = 0
+    (a broadcast, or CUDA IPC handles); returns the bytes delivered. `deliver` may return a pending transfer (with
+    `wait`): the next bucket is packed while it runs, and at most two are held. `deliver` None: a trainer rank that
+    only takes part in gathering each parameter (`full_parameters` is a collective)."""
+    sent, in_flight = 0, None
     for bucket in buckets(plan, dtype):
         parts = []
         for index in bucket:
@@ -95,23 +97,39 @@ def send(named: Iterator[tuple[str, torch.Tensor]], plan: Plan, dtype: torch.dty
                 parts.append(tensor.detach().to(device=device, dtype=dtype).reshape(-1))
         if deliver is not None:
             flat = torch.cat(parts)
-            deliver(flat, bucket)
+            _wait(in_flight)
+            in_flight = deliver(flat, bucket)
             sent += flat.numel() * flat.element_size()
+    _wait(in_flight)
     return sent
 
 
-def broadcaster(group) -> Callable[[torch.Tensor, list[int]], None]:
-    """`send`'s delivery over a sync group, from rank 0."""
-    return lambda flat, _: group.broadcast(flat, 0).wait()
+def _wait(pending) -> None:
+    if pending is not None:
+        pending.wait()
+
+
+def broadcaster(group) -> Callable[[torch.Tensor, list[int]], object]:
+    """`send`'s delivery over a sync group, from rank 0: the broadcast, pending."""
+    return lambda flat, _: group.broadcast(flat, 0)
 
 
 def receive(group, plan: Plan, dtype: torch.dtype, device: torch.device,
             load: Callable[[list[tuple[str, torch.Tensor]]], None]) -> None:
-    """A sampler process: take every bucket from rank 0 and hand its parameters to `load`, bucket by bucket."""
-    for bucket in buckets(plan, dtype):
+    """A sampler process: take every bucket from rank 0 and hand its parameters to `load`, bucket by bucket; the
+    next bucket's receive is posted before this one is loaded."""
+    cut = buckets(plan, dtype)
+
+    def post(bucket: list[int]):
         entries = [plan[i] for i in bucket]
         flat = torch.empty(sum(_numel(shape) for _, shape in entries), dtype=dtype, device=device)
-        group.broadcast(flat, 0).wait()
+        return flat, entries, group.broadcast(flat, 0)
+
+    pending = post(cut[0]) if cut else None
+    for k in range(len(cut)):
+        flat, entries, work = pending
+        pending = post(cut[k + 1]) if k + 1 < len(cut) else None
+        work.wait()
         load(split(flat, entries))
 
 

@@ -64,24 +64,32 @@ def _trainable_state(lm) -> dict:
 
 
 def save_checkpoint(path: Path, model, lm, optimizer, scheduler, step: int, with_optimizer: bool,
-                    meta: dict, weights: bool = True) -> None:
+                    meta: dict, weights: bool = True, async_group=None):
     """Collective: every rank writes its shards of the trainable weights (unless `weights` is false: the HF files
     beside them hold them) and AdamW's state under `path`/dcp; rank 0 writes trainer/state.json with `meta`
-    (what an export needs: base model, LoRA settings)."""
+    (what an export needs: base model, LoRA settings). `async_group` (a process group of its own): DCP copies the
+    shards to memory and writes them in a background thread; returns its future (the checkpoint is whole once it
+    is done), else None."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     state = {"model": _trainable_state(lm)} if weights else {}
     if with_optimizer:
         state["optim"] = get_optimizer_state_dict(model, optimizer)
+    pending = None
     if state:  # no fsync per file: a checkpoint is whole once its directory is renamed or handed to Ray Train
-        dcp.save(state, storage_writer=dcp.FileSystemWriter(str(path / "dcp"), sync_files=False))
+        writer = dcp.FileSystemWriter(str(path / "dcp"), sync_files=False)
+        if async_group is not None:
+            pending = dcp.async_save(state, storage_writer=writer, process_group=async_group)
+        else:
+            dcp.save(state, storage_writer=writer)
     rng = _rng_states()
     if dist.get_rank() == 0:
         (path / "trainer").mkdir(parents=True, exist_ok=True)
         record = {"step": step, "optimizer": with_optimizer, "weights": "dcp" if weights else "hf",
                   "scheduler": scheduler.state_dict(), "world_size": dist.get_world_size(), "rng": rng, **meta}
         (path / "trainer" / "state.json").write_text(json.dumps(record, indent=1))
+    return pending
 
 
 def read_state(path: Path) -> dict:

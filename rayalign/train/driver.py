@@ -73,9 +73,10 @@ def _summary(cfg, storage, prepared, clock: PhaseClock, fit_ended: float) -> Tra
         phases_s=phase_seconds(clock, fit_ended, state, cfg.train.local_mode), cuda_peak_mib=state.get("cuda_peak_mib"))
 
 
-def prepare_pairs(cfg: config_lib.Config, prepared: PreparedData | None = None) -> PreparedData:
-    """Provision the models, read and tokenise the data (unless given), mark BMC's tokens, check the count."""
-    tokenizer = load_tokenizer(cfg.model.name)
+def prepare_pairs(cfg: config_lib.Config, prepared: PreparedData | None = None, tokenizer=None) -> PreparedData:
+    """Provision the models, read and tokenise the data (unless given), mark BMC's tokens, check the count.
+    `tokenizer`: the model's, already loaded (an online run's rounds)."""
+    tokenizer = tokenizer or load_tokenizer(cfg.model.name)
     resolve_model(cfg.model.reference or cfg.model.name)  # provision once, before workers race
     if prepared is None:
         prepared = prepare_data(cfg.data, tokenizer)

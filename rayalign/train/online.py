@@ -11,8 +11,9 @@ mode (`train.num_workers: auto` on one machine) it is this process. Ray Train ru
 A round trains exactly as a new trainer started from the round's policy would (a test compares them bitwise): the
 same seed, a fresh AdamW state (the moments reset, the object kept), the round's own schedule over its steps, the
 reference's log-probs of the round's pairs from the live frozen reference (no disk cache: every round's pairs are
-new). Each round ends with its checkpoint (`save`: the HF directory the evaluation and a resumed run read), so
-resuming is per round, as before; a worker lost mid-round costs that round's training, redone by a new group from
+new). Each round ends with the policy's checkpoint (`save`: DCP shards written in the background while the weights
+go to the samplers; the last round's also as the HF directory the evaluation reads), so resuming is per round, as
+before; a worker lost mid-round costs that round's training, redone by a new group from
 the last round's checkpoint (`TrainerLost`).
 """
 
@@ -30,7 +31,9 @@ import torch.distributed as dist
 from rayalign import config as config_lib
 from rayalign.errors import RayAlignError
 from rayalign.sampling import weight_sync
+from rayalign.storage import download_model, is_uri
 from rayalign.train import reference as ref_lib
+from rayalign.train.checkpoint import save_checkpoint
 from rayalign.train.loop import (
     build_model,
     make_optimizer,
@@ -81,14 +84,30 @@ class OnlineTrainer:
         torch.set_num_threads(cfg.train.torch_threads)
         self.tokenizer = load_tokenizer(cfg.model.name)
         torch.manual_seed(cfg.train.seed)
-        self.lm, self.model = build_model(start, cfg, device=self.device, trainable=True)
-        self.optimizer = make_optimizer(self.model, cfg)
-        self.scheduler, self.steps = None, 0
+        self._save_group = dist.new_group(backend="gloo")  # the background checkpoint writes' own collectives
+        self._pending = self._partial = None
+        self.steps = 0
+        self._start_from(start)
         self.reference = None
         if needs_reference(cfg.loss):
             self.reference = build_model(cfg.model.reference or cfg.model.name, cfg, self.device, trainable=False)[1]
         self.sync_dtype = getattr(torch, numerics(cfg)[0])
         return os.getpid()
+
+    def _start_from(self, start: str) -> None:
+        """The policy from `start` (a model, or a round's checkpoint: its training state on the base model), with a
+        new AdamW and a constant schedule until the first round sets its own."""
+        from rayalign.train.checkpoint import load_checkpoint, read_state, weights_in
+
+        cfg = self.cfg
+        local = download_model(start, with_state=True) if is_uri(start) else start
+        resume = (Path(local) / "trainer" / "state.json").is_file() and weights_in(read_state(local)) == "dcp"
+        self.lm, self.model = build_model(cfg.model.name if resume else start, cfg, device=self.device,
+                                          trainable=True, fill=not resume)
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
+        if resume:
+            self.steps = load_checkpoint(Path(local), self.model, self.lm, self.optimizer, self.scheduler)
 
     def train_round(self, pairs: list) -> dict:
         """Train on one round's pairs as a new trainer from the current policy would; rank 0's figures: the steps'
@@ -132,20 +151,35 @@ class OnlineTrainer:
                                            pad, self.cfg.train.micro_batch_size, self.device, shared)
         return None, values
 
-    def save(self, path: str, storage=None, relative: str | None = None) -> str:
-        """Collective: the policy's checkpoint (HF directory and trainer state) at `path`, whole or not at all;
-        rank 0 then copies it to the run's URI (`storage`, as `relative`)."""
-        final = Path(path)
-        partial = final.with_name(final.name + ".partial")
+    def save(self, path: str, final: bool = False) -> None:
+        """Collective: start the policy's checkpoint at `path` (`saved` finishes it): the training state (DCP), copied
+        to memory now and written in the background while the round goes on; or, for the run's last round (`final`),
+        the HF directory beside it, which the evaluation reads, written now."""
+        from rayalign.train.loop import checkpoint_meta
+
+        final_path = Path(path)
+        self._partial = final_path.with_name(final_path.name + ".partial")
         if dist.get_rank() == 0:
-            shutil.rmtree(partial, ignore_errors=True)
+            shutil.rmtree(self._partial, ignore_errors=True)
         dist.barrier()
-        write_checkpoint(partial, self.model, self.lm, self.tokenizer, self.optimizer, self.scheduler, self.steps,
-                         self.cfg, export=True)
+        if final:
+            write_checkpoint(self._partial, self.model, self.lm, self.tokenizer, self.optimizer, self.scheduler,
+                             self.steps, self.cfg, export=True)
+        else:
+            self._pending = save_checkpoint(self._partial, self.model, self.lm, self.optimizer, self.scheduler,
+                                            self.steps, False, checkpoint_meta(self.cfg), async_group=self._save_group)
+
+    def saved(self, storage=None, relative: str | None = None) -> str:
+        """Collective: wait for the checkpoint `save` started, then put it in place, whole (and, with `storage`, copy
+        it to the run's URI as `relative`)."""
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
         dist.barrier()
+        final = self._partial.with_name(self._partial.name.removesuffix(".partial"))
         if dist.get_rank() == 0:
             shutil.rmtree(final, ignore_errors=True)
-            partial.rename(final)
+            self._partial.rename(final)
             if storage is not None and relative is not None:
                 storage.push(relative)
         return str(final)
