@@ -41,7 +41,10 @@ METRICS = {
     "d2po_sampler_tokens_per_s": ("gauge", "Sampler throughput in the round (tokens/s)"),
     "d2po_round_seconds": ("gauge", "Wall time of the last D2PO round (s)"),
     "d2po_round_overhead_seconds": ("gauge", "The last D2PO round less its sampling, scoring and train steps (s)"),
+    "d2po_phase_seconds": ("gauge", "Seconds of one phase of the last D2PO round (tag phase: sample_s, score_s, "
+                                    "gold_s, disc_update_s, train_s, train_steps_s, weight_sync_s, ...)"),
 }
+PHASE_TAGGED = {"d2po_phase_seconds"}  # tagged with the phase as well as the run
 
 _objects: dict = {}
 _warned = False
@@ -59,22 +62,23 @@ def _metric(name: str):
 
         kind, description = METRICS[name]
         full = PREFIX + name
+        keys = (*TAG_KEYS, "phase") if name in PHASE_TAGGED else TAG_KEYS
         if kind == "counter":
-            _objects[name] = metrics.Counter(full, description=description, tag_keys=TAG_KEYS)
+            _objects[name] = metrics.Counter(full, description=description, tag_keys=keys)
         elif kind == "gauge":
-            _objects[name] = metrics.Gauge(full, description=description, tag_keys=TAG_KEYS)
+            _objects[name] = metrics.Gauge(full, description=description, tag_keys=keys)
         else:
             _objects[name] = metrics.Histogram(full, description=description, boundaries=LATENCY_BOUNDARIES,
                                                tag_keys=TAG_KEYS)
     return _objects[name]
 
 
-def _record(values: dict, run: str | None) -> None:
+def _record(values: dict, run: str | None, **more_tags: str) -> None:
     """{metric name: value}; counters are incremented, gauges set, histograms observed."""
     global _warned
     if not ray_ready():
         return
-    tags = {"run": run or "-"}
+    tags = {"run": run or "-", **more_tags}
     try:
         for name, value in values.items():
             if value is None:
@@ -130,6 +134,9 @@ def record_d2po_round(metrics: dict, run: str | None = None) -> None:
         "d2po_round_seconds": metrics.get("round_s"),
         "d2po_round_overhead_seconds": metrics.get("time/overhead_s"),
     }, run)
+    for key, seconds in metrics.items():  # the round's clock, phase by phase
+        if key.startswith("time/"):
+            _record({"d2po_phase_seconds": seconds}, run, phase=key.removeprefix("time/"))
 
 
 def record_pairs(n: int, run: str | None = None) -> None:

@@ -83,7 +83,7 @@ def test_a_pipeline_pool_stays_through_training_only_where_the_trainer_fits_besi
     from rayalign.sampling.pool import PhasePool
 
     def pids(pool):
-        return ray_local.get([actor.sync.remote(pool.weights) for actor in pool.actors])
+        return ray_local.get([actor.pid.remote() for actor in pool.actors])
 
     with PhasePool(SamplingConfig(num_actors=1, cpus_per_actor=1)) as pools:
         pool = pools.serving("tiny-llama")

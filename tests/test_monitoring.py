@@ -56,7 +56,7 @@ EXPECTED = ("rayalign_samples_generated", "rayalign_sampler_tokens", "rayalign_s
             "rayalign_train_steps", "rayalign_train_loss", "rayalign_train_reward_accuracy",
             "rayalign_train_reward_margin", "rayalign_train_tokens_per_s", "rayalign_d2po_rounds",
             "rayalign_d2po_gold_used", "rayalign_d2po_discriminator_accuracy", "rayalign_d2po_round_seconds",
-            "rayalign_d2po_round_overhead_seconds")
+            "rayalign_d2po_round_overhead_seconds", "rayalign_d2po_phase_seconds")
 
 
 def _names(text: str, run: str) -> set[str]:
@@ -87,7 +87,7 @@ def test_metrics_reach_the_nodes_prometheus_endpoint(ray_local):
                                  "tokens_per_s": 900.0}, run="mon-test")
             m.record_d2po_round({"gold/used": 4, "disc/accuracy_new_gold": 0.75, "silver_gold_agreement": 0.5,
                                  "policy/gold_reward": 1.2, "sampler/tokens_per_s": 300.0, "round_s": 40.0,
-                                 "time/overhead_s": 14.0}, run="mon-test")
+                                 "time/overhead_s": 14.0, "time/weight_sync_s": 1.5}, run="mon-test")
             return sorted(m._objects)
 
     actor = Pipeline.remote()  # alive while we read: a gauge goes away with its process
@@ -95,12 +95,14 @@ def test_metrics_reach_the_nodes_prometheus_endpoint(ray_local):
     deadline, found = time.monotonic() + 60, set()
     while time.monotonic() < deadline:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            found = _names(response.read().decode(), "mon-test")
+            text = response.read().decode()
+        found = _names(text, "mon-test")
         if set(EXPECTED) <= found:
             break
         time.sleep(1)
     ray.kill(actor)
     assert set(EXPECTED) <= found, sorted(set(EXPECTED) - found)
+    assert 'phase="weight_sync_s"' in text and 'phase="overhead_s"' in text  # one series per phase of the clock
 
 
 def test_a_bad_value_warns_once_and_never_raises(ray_local, monkeypatch):

@@ -68,7 +68,7 @@ class OnlineTrainer:
         its AdamW and the frozen reference; returns this process's id."""
         from rayalign.losses import needs_reference
         from rayalign.models import load_tokenizer
-        from rayalign.train.loop import _local_device_and_group, numerics
+        from rayalign.train.loop import _local_device_and_group
 
         os.environ.update(env)
         self.cfg = cfg = config_lib.build(config)
@@ -91,7 +91,6 @@ class OnlineTrainer:
         self.reference = None
         if needs_reference(cfg.loss):
             self.reference = build_model(cfg.model.reference or cfg.model.name, cfg, self.device, trainable=False)[1]
-        self.sync_dtype = getattr(torch, numerics(cfg)[0])
         return os.getpid()
 
     def _start_from(self, start: str) -> None:
