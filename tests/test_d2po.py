@@ -197,3 +197,40 @@ def test_samplers_and_trainer_that_cannot_share_the_gpus_stop_in_seconds_with_on
                                "1 sampler actor(s) = 2 GPU, and its nodes have 1 GPU in all")
     assert time.monotonic() - began < 120
     assert not (tmp_path / "gpus" / "rounds" / "round_001").exists()
+
+
+@pytest.mark.slow  # a fourth D2PO run on Ray, its trainer on a Ray actor killed between rounds: about 40 s
+def test_a_trainer_killed_between_rounds_is_replaced_and_the_run_ends_as_an_uninterrupted_one(runs, capfd):
+    """The trainer's process is SIGKILLed once round 1's state is saved (as the OOM killer would); round 2's
+    training finds it gone, a new trainer starts from round 1's checkpoint and redoes it: the run ends with the
+    uninterrupted run's losses and gold rewards."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import psutil
+
+    root, whole, _, _ = runs
+    state_file = root / "killed" / "d2po_state.json"
+    killed: list[int] = []
+
+    def kill_after_round_1():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            if state_file.is_file() and json.loads(state_file.read_text())["rounds_done"] == 1:
+                for process in psutil.process_iter(["cmdline"]):
+                    if (process.info["cmdline"] or [""])[0].startswith("ray::OnlineTrainer"):
+                        os.kill(process.pid, signal.SIGKILL)  # Ray names an actor's process after its class
+                        killed.append(process.pid)
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=kill_after_round_1, daemon=True)
+    watcher.start()
+    survived = _run(root, "killed", "train.num_workers=1")
+    watcher.join()
+    assert len(killed) == 1
+    assert "its training starts again from the last round's policy" in capfd.readouterr().out
+    assert survived["rounds_done"] == 2 and survived["train"]["status"] == "ok"
+    for key in ("policy/gold_reward", "train/loss"):
+        assert [r.get(key) for r in survived["rounds"]] == pytest.approx([r.get(key) for r in whole["rounds"]]), key
