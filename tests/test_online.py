@@ -106,6 +106,7 @@ def test_workers_persist_and_every_sampler_gets_the_weights_bitwise_even_after_a
     from the pool's version before it answers."""
     import ray
 
+    from rayalign.export import export_checkpoint
     from rayalign.sampling.base import SamplingParams
     from rayalign.sampling.hf import HFSampler
     from rayalign.sampling.pool import SamplerPool
@@ -122,9 +123,12 @@ def test_workers_persist_and_every_sampler_gets_the_weights_bitwise_even_after_a
             pairs = prepare_pairs(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(path)))).pairs
             trainer.train_round(pairs)
             assert trainer.pids() == pids and len(set(pids)) == 2
+            trainer.call("save", str(tmp_path / f"policy_{r}"), r == 2)  # round 1: DCP shards, in the background
             sent = pool.receive_weights(trainer.send_weights)
-            trainer.call("save", str(tmp_path / f"policy_{r}"), True)
             checkpoint = trainer.call("saved")
+            if r == 1:  # the two ranks' shards, whole: exported, they are the weights the samplers got
+                export_checkpoint(checkpoint, str(tmp_path / "policy_1_hf"))
+                checkpoint = str(tmp_path / "policy_1_hf")
             assert _sampler_weights_equal(pool, checkpoint) == [True, True]
             assert sent["bytes"] == sum(t.numel() * 4 for t in HFSampler(checkpoint).model.parameters())
 
