@@ -77,6 +77,19 @@ def test_save_and_load_round_trip_without_pickles(trained, tmp_path):
         Discriminator.load(tmp_path)
 
 
+def test_a_copy_trains_exactly_as_its_saved_and_loaded_self(trained, tmp_path):
+    """`copy` (what a Serve replica trains each round) is `load` of `save` without the disk: a fresh AdamW, the
+    same update count, the same weights after the same pairs."""
+    model = trained[0]
+    pairs = word_pairs("train", 16, seed=7)
+    twin, loaded = model.copy(), Discriminator.load(model.save(tmp_path / "disc"))
+    assert not twin.optimizer.state and twin.updates == loaded.updates == model.updates
+    twin.update(pairs, epochs=2), loaded.update(pairs, epochs=2)
+    prompts, responses = [p["prompt"] for p in pairs], [p["chosen"] for p in pairs]
+    assert twin.score(prompts, responses) == pytest.approx(loaded.score(prompts, responses), abs=1e-6)
+    assert twin.score(prompts, responses) != pytest.approx(model.score(prompts, responses), abs=1e-3)
+
+
 def test_score_checks_lengths(trained):
     with pytest.raises(RayAlignError, match="1 prompts but 2 responses"):
         trained[0].score(["p"], ["a", "b"])
@@ -402,6 +415,50 @@ def test_a_killed_replica_costs_requests_time_not_answers(trained, ray_local, tm
         assert after != before
         assert max(seconds for _, seconds, _ in answers) < REPLICA_WAIT_S
         assert len(answers) > 28  # requests were answered after the kill, by the new replica
+    finally:
+        serve.shutdown()
+
+
+def test_the_replica_trains_itself_and_a_restarted_replica_serves_the_trained_model(trained, ray_local, tmp_path):
+    """`update` trains in the model's replica (accuracies measured before training), which then serves the new
+    weights from the same process; its checkpoint is the `latest` file's, which a replica SIGKILLed afterwards
+    loads when Serve restarts it (not the deployed starting checkpoint)."""
+    import os
+    import signal
+
+    from ray import serve
+
+    from rayalign.scoring.serve import DiscriminatorService
+
+    model = trained[0]
+    start = str(model.save(tmp_path / "start"))
+    pairs = word_pairs("train", 16, seed=9)
+    prompts, responses = [p["prompt"] for p in pairs[:4]], [p["chosen"] for p in pairs[:4]]
+    expected = model.copy()
+    before_accuracy = expected.accuracy(pairs)
+    expected.update(pairs)
+    port = free_port()
+    try:
+        service = DiscriminatorService(start, name="update_test", route_prefix="/upd", port=port,
+                                       latest=str(tmp_path / "latest.txt"))
+        pid = service.handle.current_checkpoint.remote().result()["replica_pid"]
+        metrics = service.update(pairs, [], str(tmp_path / "round_1"))
+        assert metrics["disc/accuracy_new_gold"] == pytest.approx(before_accuracy)
+        assert (tmp_path / "latest.txt").read_text() == str(tmp_path / "round_1")
+        served = service.handle.current_checkpoint.remote().result()
+        assert served == {"checkpoint": str(tmp_path / "round_1"), "replica_pid": pid}  # in place, no new replica
+        assert service.score(prompts, responses) == pytest.approx(expected.score(prompts, responses), abs=1e-5)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                served = service.handle.current_checkpoint.remote().result(timeout_s=30)
+                if served["replica_pid"] != pid:
+                    break
+            except Exception:  # noqa: BLE001 - the replica is down until Serve restarts it
+                time.sleep(0.5)
+        assert served["replica_pid"] != pid and served["checkpoint"] == str(tmp_path / "round_1")
+        assert service.score(prompts, responses) == pytest.approx(expected.score(prompts, responses), abs=1e-5)
     finally:
         serve.shutdown()
 

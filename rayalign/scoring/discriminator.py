@@ -133,10 +133,21 @@ class Discriminator:
             torch.nn.init.zeros_(self.head.bias)
         if self.config.train_layers is not None:
             _freeze_below(self.backbone, self.config.train_layers)
-        self.optimizer = torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=self.config.lr,
-                                           weight_decay=self.config.weight_decay)
+        self.optimizer = self._new_optimizer()
         self.updates = 0  # how many `update` calls so far: seeds each call's shuffling
         self.device = torch.device("cpu")
+
+    def _new_optimizer(self) -> torch.optim.AdamW:
+        return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=self.config.lr,
+                                 weight_decay=self.config.weight_decay)
+
+    def copy(self) -> Discriminator:
+        """A copy with a fresh AdamW: what `load` of this model's `save` gives, without the disk."""
+        import copy
+
+        twin = copy.deepcopy(self)
+        twin.optimizer = twin._new_optimizer()
+        return twin
 
     def to(self, device: str | torch.device) -> Discriminator:
         """Move the model (and what it encodes from now on) to `device`; the optimizer keeps its parameters."""

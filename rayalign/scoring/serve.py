@@ -77,15 +77,14 @@ class DiscriminatorServer:
 
     async def update(self, pairs: list[dict], known: list[dict], directory: str, storage=None,
                      relative: str | None = None) -> dict:
-        """Train on new gold `pairs` where this replica runs (its CPUs, its GPU), from its checkpoint with a fresh
-        AdamW (as a load in any process would); its accuracy on them and on all gold pairs so far (`known` + them)
-        is measured first. The trained model is saved to `directory` (and to the run's URI: `storage`, `relative`),
+        """Train on new gold `pairs` where this replica runs (its CPUs, its GPU): a copy of the served model with a
+        fresh AdamW (as a load of its checkpoint would give); its accuracy on them and on all gold pairs so far
+        (`known` + them) is measured first. The trained model is saved to `directory` (and to the run's URI: `storage`, `relative`),
         then replaces the served one: requests meanwhile are answered by the old one."""
         from rayalign.files import atomic_write_text
-        from rayalign.scoring.discriminator import Discriminator
 
-        def train() -> tuple[Discriminator, dict]:
-            model = Discriminator.load(self.checkpoint).to(self.device)
+        def train() -> tuple:
+            model = self.model.copy()
             metrics = {"disc/accuracy_new_gold": model.accuracy(pairs),
                        "disc/accuracy_gold_so_far": model.accuracy(known + pairs)}
             model.update(pairs)
