@@ -400,9 +400,6 @@ def run_d2po(run: Run) -> dict:
     cfg, run_dir = run.cfg, run.dir
     if cfg.d2po.relabels < 1 or cfg.d2po.window < 1 or cfg.d2po.prompts_per_round < 1:
         raise ConfigError("d2po.window, d2po.relabels and d2po.prompts_per_round must be >= 1")
-    if cfg.train.lora_r > 0:
-        raise ConfigError("d2po: train.lora_r > 0 is not supported (each round the samplers take the policy's full "
-                          "weights over a collective); set train.lora_r=0")
     state = State.load(run_dir, cfg)
     if state.rounds_done == 0 and state.discriminator is None:
         state.discriminator = _initial_discriminator(cfg, run_dir)
