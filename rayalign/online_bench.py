@@ -50,7 +50,8 @@ def summary_lines(result: dict) -> list[str]:
     split = (f"  round {m['round_s']:.1f} s = sampling {m['sample_s']:.1f} + scoring {m['score_s']:.1f} + train "
              f"steps {m['train_steps_s']:.1f} + fixed overhead {m['overhead_s']:.1f} s")
     overhead = (f"  of which: gold labels {m['gold_s']:.1f}, discriminator update {m['disc_update_s']:.1f}, training "
-                f"beyond its steps {m['train_s'] - m['train_steps_s']:.1f} (reference pass {m['train_reference_s']:.1f}), "
+                f"beyond its steps {m['train_s'] - m['train_steps_s']:.1f} (reference pass "
+                f"{m['train_reference_s']:.1f}), "
                 f"weight sync {m['weight_sync_s']:.1f}, checkpoint wait {m['checkpoint_wait_s']:.1f} s")
     sync = (f"  weight sync: {m['sync_bytes'] / 1e6:.0f} MB in {m['weight_sync_s']:.2f} s, "
             f"{m['sync_bytes'] / 1e9 / m['weight_sync_s']:.2f} GB/s" if m["weight_sync_s"] else "  no weight sync")

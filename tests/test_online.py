@@ -166,16 +166,19 @@ from rayalign.cluster_fit import live_nodes
 from rayalign.errors import ConfigError
 from rayalign.sampling.pool import actor_placement, check_tensor_parallel, engine_groups
 groups = engine_groups(2, 1.0, 0.0, 2, "PACK", 60)
-options = actor_placement(groups, 1, 1.0, 0.0)
+options = actor_placement(groups, 1, 1.0, 0.0, 2)
 strategy = options["scheduling_strategy"]
+alone = actor_placement(groups[:1], 0, 1.0, 0.0, 2)["scheduling_strategy"]  # one engine: the same rules
 try:
     check_tensor_parallel("vllm", 8, live_nodes())
     refused = None
 except ConfigError as error:
     refused = str(error)
-print(json.dumps({"bundles": [g.bundle_specs for g in groups], "same_group": strategy.placement_group.id == groups[1].id,
-                  "bundle": strategy.placement_group_bundle_index, "captures": strategy.placement_group_capture_child_tasks,
-                  "num_gpus": options["num_gpus"], "refused": refused}))
+print(json.dumps({"bundles": [g.bundle_specs for g in groups],
+                  "same_group": strategy.placement_group.id == groups[1].id,
+                  "bundle": strategy.placement_group_bundle_index,
+                  "captures": strategy.placement_group_capture_child_tasks, "num_gpus": options["num_gpus"],
+                  "refused": refused, "alone_captures": alone.placement_group_capture_child_tasks}))
 """
 
 COLOCATED = """
@@ -210,11 +213,13 @@ def test_a_tensor_parallel_engine_gets_one_gpu_bundles_on_one_node_and_too_many_
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", TENSOR_PARALLEL], capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run([sys.executable, "-c", TENSOR_PARALLEL], capture_output=True, text=True, timeout=300,
+                          check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found["bundles"] == [[{"CPU": 1.0, "GPU": 1.0}, {"GPU": 1.0}]] * 2
     assert found["same_group"] and found["bundle"] == 0 and found["captures"] and found["num_gpus"] == 0
+    assert found["alone_captures"]
     assert found["refused"] == ("sampling.tensor_parallel_size=8 needs 8 GPUs on one node, and the largest node of "
                                 "the cluster has 4; lower sampling.tensor_parallel_size or add larger nodes")
 
@@ -228,7 +233,8 @@ def test_colocated_engines_and_trainer_share_one_bundle_per_gpu_where_apart_they
     done = subprocess.run([sys.executable, "-c", COLOCATED], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
-    assert found["hf"] == "sampling.colocate=true needs sampling.engine=vllm (its sleep mode frees the GPU for the trainer)"
+    assert found["hf"] == ("sampling.colocate=true needs sampling.engine=vllm (its sleep mode frees the GPU for the "
+                           "trainer)")
     assert found["apart"].startswith("the cluster can never run these at once: 1 for 1 Ray Train worker(s) + 1.2 for "
                                      "2 sampler actor(s) = 2.2 GPU")
     assert found["together"] is None

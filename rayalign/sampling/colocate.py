@@ -41,7 +41,7 @@ def check_colocate(cfg) -> None:
 
 
 def colocated_trainer(cfg):
-    """The run's TrainConfig when colocated: one Ray actor rank per sampler GPU (never local mode: Ray must place it)."""
+    """The run's TrainConfig when colocated: one Ray actor rank per sampler GPU (never local mode: Ray places it)."""
     import dataclasses
 
     return dataclasses.replace(cfg.train, num_workers=cfg.sampling.num_actors)

@@ -159,7 +159,7 @@ class SamplerPool:
                                                                   strategy, ready_timeout_s)
         self.actors = [self._new_actor(i) for i in range(num_actors)]
         self.incarnation = [0] * num_actors
-        self.weights = (0, None)  # (version, path | ObjectRef of a state dict | None: the sender's); 0: the constructor's
+        self.weights = (0, None)  # (version, path | ObjectRef of a state dict | None: the sender's); 0: initial
         self.sender: Callable[[list, int], dict] | None = None
         self.last_stats: dict[str, int] = {}
         try:
@@ -172,8 +172,8 @@ class SamplerPool:
     def _new_actor(self, i: int):
         threads = (self.num_threads or max(1, int(self.num_cpus))) if self.engine == "hf" else None
         remote = ray.remote(SamplerWorker).options(
-            max_restarts=self.max_restarts, max_task_retries=0, **actor_placement(self.placement_groups, i,
-                                                                                  self.num_cpus, self.num_gpus))
+            max_restarts=self.max_restarts, max_task_retries=0,
+            **actor_placement(self.placement_groups, i, self.num_cpus, self.num_gpus, self.tensor_parallel_size))
         return remote.remote(self.engine, self.model, self.engine_kwargs, threads)
 
     def _remove_groups(self) -> None:
@@ -287,10 +287,10 @@ def _remove(groups: list) -> None:
         remove_placement_group(group)
 
 
-def actor_placement(groups: list, i: int, cpus: float, gpus: float) -> dict:
+def actor_placement(groups: list, i: int, cpus: float, gpus: float, tensor_parallel_size: int) -> dict:
     """Ray options placing actor `i`: its bundle in the pool's one group; or, for a tensor-parallel engine, bundle 0
     of its own group with no GPU of its own, and that group captured for the engine's workers."""
-    if len(groups) == 1:
+    if tensor_parallel_size == 1:
         return {"num_cpus": cpus, "num_gpus": gpus,
                 "scheduling_strategy": PlacementGroupSchedulingStrategy(groups[0], placement_group_bundle_index=i)}
     return {"num_cpus": cpus, "num_gpus": 0, "scheduling_strategy": PlacementGroupSchedulingStrategy(
@@ -481,8 +481,8 @@ class PhasePool:
         return self.pool
 
     def receive(self, model: str, sender: Callable[[list, int], dict]) -> dict:
-        """The running pool takes `model`'s weights from `sender`, a trainer's collective (`SamplerPool.receive_weights`),
-        not from `model`'s directory; returns the sender's figures."""
+        """The running pool takes `model`'s weights from `sender`, a trainer's collective
+        (`SamplerPool.receive_weights`), not from `model`'s directory; returns the sender's figures."""
         figures = self.pool.receive_weights(sender)
         self.model = model
         return figures

@@ -79,8 +79,8 @@ class DiscriminatorServer:
                      relative: str | None = None) -> dict:
         """Train on new gold `pairs` where this replica runs (its CPUs, its GPU): a copy of the served model with a
         fresh AdamW (as a load of its checkpoint would give); its accuracy on them and on all gold pairs so far
-        (`known` + them) is measured first. The trained model is saved to `directory` (and to the run's URI: `storage`, `relative`),
-        then replaces the served one: requests meanwhile are answered by the old one."""
+        (`known` + them) is measured first. The trained model is saved to `directory` (and to the run's URI:
+        `storage`, `relative`), then replaces the served one: requests meanwhile are answered by the old one."""
         from rayalign.files import atomic_write_text
 
         def train() -> tuple:
