@@ -16,6 +16,7 @@ A receiver applies each bucket as it arrives (`load(named_tensors)`), so it neve
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -44,20 +45,13 @@ def buckets(plan: Plan, dtype: torch.dtype, bucket_bytes: int = BUCKET_BYTES) ->
     cut: list[list[int]] = [[]]
     used = 0
     for index, (_, shape) in enumerate(plan):
-        nbytes = size * _numel(shape)
+        nbytes = size * math.prod(shape)
         if cut[-1] and used + nbytes > bucket_bytes:
             cut.append([])
             used = 0
         cut[-1].append(index)
         used += nbytes
     return [b for b in cut if b]
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count
 
 
 def open_store(world: int):
@@ -122,7 +116,7 @@ def receive(group, plan: Plan, dtype: torch.dtype, device: torch.device,
 
     def post(bucket: list[int]):
         entries = [plan[i] for i in bucket]
-        flat = torch.empty(sum(_numel(shape) for _, shape in entries), dtype=dtype, device=device)
+        flat = torch.empty(sum(math.prod(shape) for _, shape in entries), dtype=dtype, device=device)
         return flat, entries, group.broadcast(flat, 0)
 
     pending = post(cut[0]) if cut else None
@@ -137,7 +131,7 @@ def split(flat: torch.Tensor, entries: Plan) -> list[tuple[str, torch.Tensor]]:
     """A bucket's flat tensor as its named parameters (views, no copy)."""
     named, offset = [], 0
     for name, shape in entries:
-        count = _numel(shape)
+        count = math.prod(shape)
         named.append((name, flat[offset:offset + count].view(shape)))
         offset += count
     return named
