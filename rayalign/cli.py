@@ -14,17 +14,44 @@ import sys
 from rayalign.errors import RayAlignError
 
 
-def _config_help() -> str:
+def _config_help(pipeline: str | None) -> str:
     from rayalign.config import describe_fields
 
-    return "\n".join(f"  {key} = {default!r}\n      {doc}" for key, default, doc in describe_fields())
+    return "\n".join(f"  {key} = {default!r}\n      {doc.replace(chr(10), chr(10) + '      ')}"
+                     for key, default, doc in describe_fields(pipeline))
+
+
+def _job(args) -> tuple[str | None, list[str]]:
+    """(YAML file or None, overrides): a first argument that is key=value and no file is an override, so
+    `rayalign train data.path=prefs.jsonl` needs no YAML."""
+    from pathlib import Path
+
+    if args.config and "=" in args.config and not Path(args.config).exists():
+        return None, [args.config, *args.overrides]
+    return args.config, args.overrides
+
+
+def _help_pipeline(argv: list[str]) -> str | None:
+    """For `train --help` / `run --help`: the pipeline whose keys to list: `pipeline=NAME`, else the named YAML's
+    `pipeline`, else train's (for `train`) or every key (None, for `run`)."""
+    from pathlib import Path
+
+    from rayalign.config import read_yaml_mapping
+
+    for token in argv[1:]:
+        if token.startswith("pipeline="):
+            return token.partition("=")[2]
+    for token in argv[1:]:
+        if not token.startswith("-") and "=" not in token and Path(token).is_file():
+            return str(read_yaml_mapping(token, "config").get("pipeline", "train"))
+    return "train" if argv[0] == "train" else None
 
 
 def cmd_train(args) -> int:
     from rayalign import config
     from rayalign.train.driver import run_training
 
-    cfg = config.load(args.config, args.overrides)
+    cfg = config.load(*_job(args))
     _print_train(run_training(cfg), cfg.run_dir)
     print(f"summary: {cfg.run_dir / 'summary.json'}")
     return 0
@@ -47,7 +74,7 @@ def cmd_run(args) -> int:
     from rayalign import config
     from rayalign.pipelines import run_pipeline
 
-    cfg = config.load(args.config, args.overrides)
+    cfg = config.load(*_job(args))
     summary = run_pipeline(cfg)
     if "train" in summary:  # the mujoco pipeline prints its own line
         _print_train(summary["train"], cfg.run_dir)
@@ -186,23 +213,28 @@ def cmd_serve(args) -> int:
     return serve_sampler(args.model, args.host, args.port, args.engine)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(keys_of: str | None = None) -> argparse.ArgumentParser:
+    """The CLI; `keys_of`: the pipeline whose config keys `train --help` / `run --help` list (None: none for train,
+    every key for run)."""
     parser = argparse.ArgumentParser(prog="rayalign", description="Preference optimisation of LLMs on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a policy with DPO or another preference loss",
                            formatter_class=argparse.RawDescriptionHelpFormatter,
-                           epilog="config keys (override any as key=value):\n" + _config_help())
-    train.add_argument("config", nargs="?", help="YAML config (see jobs/)")
+                           epilog="config keys (override any as key=value):\n" + _config_help(keys_of or "train"))
+    train.add_argument("config", nargs="?", help="YAML config (see jobs/); or leave it out and give key=value only")
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-5 loss.name=ipo")
     train.set_defaults(func=cmd_train)
 
     from rayalign.recipes import RECIPES
 
+    keys = (f"config keys of the {keys_of} pipeline (override any as key=value):\n" + _config_help(keys_of)
+            if keys_of else "every pipeline's keys: `rayalign run --help pipeline=NAME` (or JOB.yaml) lists one's")
     run = sub.add_parser("run", help="run a pipeline job (the config's `pipeline`: " + ", ".join(RECIPES) + ")",
                          formatter_class=argparse.RawDescriptionHelpFormatter,
-                         epilog="pipelines:\n" + "\n".join(f"  {r.name:8s} {r.help}" for r in RECIPES.values()))
-    run.add_argument("config", help="YAML job (see jobs/)")
+                         epilog="pipelines:\n" + "\n".join(f"  {r.name:8s} {r.help}" for r in RECIPES.values()) +
+                         "\n\n" + keys)
+    run.add_argument("config", nargs="?", help="YAML job (see jobs/); or leave it out and give key=value only")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. inco.ratio=0.25")
     run.set_defaults(func=cmd_run)
 
@@ -312,7 +344,13 @@ _STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    asks_keys = argv[:1] in (["train"], ["run"]) and ("-h" in argv or "--help" in argv)
+    try:
+        parser = build_parser(_help_pipeline(argv) if asks_keys else None)
+    except RayAlignError as error:  # an unknown pipeline= or a bad YAML named beside --help
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     args, stray = parser.parse_known_args(argv)
     if stray:  # key=value overrides after an option (`plan MODEL --gpus 8 train.micro_batch_size=2`) are overrides
         if not hasattr(args, "overrides") or not all("=" in token and not token.startswith("-") for token in stray):

@@ -515,10 +515,24 @@ def _default(info) -> Any:
     return info.get_default(call_default_factory=True)
 
 
-def describe_fields() -> list[tuple[str, Any, str]]:
-    """(dotted key, default, doc) for every field: the key list of `rayalign train --help`."""
+_OWN_SECTIONS = ("inco", "sdpo", "d2po", "bmc", "mujoco")  # a section only its pipeline reads
+
+
+def describe_fields(pipeline: str | None = None) -> list[tuple[str, Any, str]]:
+    """(dotted key, default, doc) of every field, or of those `pipeline` reads (`rayalign train --help`,
+    `rayalign run --help pipeline=d2po`): no other pipeline's own section, and sampling and eval only for a pipeline
+    that samples or evaluates."""
+    from rayalign.recipes import get_recipe
+
+    skip: set[str] = set()
+    if pipeline is not None:
+        skip = {section for section in _OWN_SECTIONS if section != pipeline}
+        if not get_recipe(pipeline).starts_pool(build({"pipeline": pipeline})):  # neither samples nor evaluates
+            skip |= {"sampling", "eval"}
     rows = []
     for name, info in Config.__pydantic_fields__.items():
+        if name in skip:
+            continue
         if name in _SECTIONS:
             for sub, sub_info in _SECTIONS[name].__pydantic_fields__.items():
                 rows.append((f"{name}.{sub}", _default(sub_info), sub_info.description or ""))

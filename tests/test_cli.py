@@ -33,8 +33,47 @@ def test_help_lists_commands_and_config_keys():
     assert "train.lora_target_modules = ['all-linear']" in result.stdout and "  recipes = []" in result.stdout
 
 
+def _keys(help_text: str) -> set[str]:
+    return {line.split(" = ")[0].strip() for line in help_text.splitlines() if line.startswith("  ") and " = " in line
+            and not line.startswith("      ")}
+
+
+def test_help_lists_the_keys_of_the_pipeline_asked(capsys):
+    """`run --help pipeline=d2po` (or a job file) lists the keys that pipeline reads, each with its default; train's
+    help has no pipeline's own section and no sampling; a bare `run --help` says how to ask."""
+    from rayalign.cli import main
+
+    listed = {}
+    for argv in (["run", "--help", "pipeline=d2po"], ["run", "--help", "jobs/inco_dpo.yaml"], ["train", "--help"],
+                 ["run", "--help"]):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 0
+        listed[" ".join(argv)] = capsys.readouterr().out
+    d2po, inco = _keys(listed["run --help pipeline=d2po"]), _keys(listed["run --help jobs/inco_dpo.yaml"])
+    train = _keys(listed["train --help"])
+    assert {"d2po.gold_budget", "sampling.num_actors", "eval.num_prompts", "train.lr"} <= d2po
+    assert not any(key.startswith(("inco.", "bmc.", "sdpo.", "mujoco.")) for key in d2po)
+    assert "inco.ratio" in inco and not any(key.startswith("d2po.") for key in inco)
+    assert "train.lr" in train and not any(key.startswith(("d2po.", "inco.", "sampling.", "eval.")) for key in train)
+    assert "  d2po.gold_budget = 32\n" in listed["run --help pipeline=d2po"]
+    assert "rayalign run --help pipeline=NAME" in listed["run --help"] and not _keys(listed["run --help"])
+
+
+def test_train_takes_key_value_overrides_without_a_yaml_file(tmp_path, capsys):
+    from rayalign.cli import main
+
+    code = main(["train", "model.name=tiny-llama", f"data.path={QUICKSTART_DATA}", "data.limit=8",
+                 "train.max_steps=1", "train.batch_size=2", "train.micro_batch_size=2", "train.num_workers=0",
+                 f"output_dir={tmp_path}", "name=no_yaml", "tracking.wandb=disabled"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "no_yaml" / "summary.json").read_text())
+    assert summary["steps"] == 1 and summary["status"] == "ok"
+
+
 @pytest.mark.parametrize("args, expected", [
     (["train", "no_such.yaml"], "no_such.yaml: no such config file"),
+    (["run", "--help", "pipeline=nope"], "unknown pipeline 'nope'"),
     (["train", "jobs/dpo_quickstart.yaml", "train.lrr=1"], "unknown config key 'train.lrr': did you mean 'train.lr'?"),
     (["train", "jobs/dpo_quickstart.yaml", "train.lr=fast"], "config key 'train.lr'"),
     (["train", "jobs/dpo_quickstart.yaml", "loss.name=dpoo"], "loss.name 'dpoo' is unknown"),
