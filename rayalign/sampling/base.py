@@ -92,8 +92,8 @@ class Sampler(Protocol):
         """Replace the weights: an HF-format checkpoint directory (safetensors) or a state dict."""
         ...
 
-    def weights_info(self) -> tuple[str, int]:
-        """(the dtype its weights are computed in, how many processes hold them)."""
+    def weights_info(self) -> tuple[str, int, str]:
+        """(the dtype its weights are computed in, how many processes hold them, their device type)."""
         ...
 
     def receive_weights(self, meet, rank: int, plan, dtype: str) -> None:

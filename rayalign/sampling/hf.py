@@ -214,9 +214,10 @@ class HFSampler:
         load_state_checked(self.model, state)
 
 
-    def weights_info(self) -> tuple[str, int]:
-        """(the dtype this sampler computes in, its processes): what a weight sync sends it, and how many ranks."""
-        return str(next(self.model.parameters()).dtype).removeprefix("torch."), 1
+    def weights_info(self) -> tuple[str, int, str]:
+        """(the dtype this sampler computes in, its processes, its device type): what a weight sync sends it, to how
+        many ranks, over which backend."""
+        return str(next(self.model.parameters()).dtype).removeprefix("torch."), 1, self.device.type
 
     def receive_weights(self, meet, rank: int, plan, dtype: str) -> None:
         """Join a weight sync's group as `rank` and load every bucket as it arrives (`weight_sync`)."""
@@ -224,7 +225,8 @@ class HFSampler:
 
         group = weight_sync.join(meet, rank)
         with torch.no_grad():
-            weight_sync.receive(group, plan, getattr(torch, dtype), self.device, weight_sync.load_into(self.model))
+            weight_sync.receive(group, plan, getattr(torch, dtype), weight_sync.transfer_device(meet, self.device),
+                                weight_sync.load_into(self.model))
 
 
 def read_checkpoint(directory: str | Path) -> dict[str, torch.Tensor]:

@@ -78,7 +78,7 @@ class SamplerWorker:
             self.weights_version = version
         return self.weights_version
 
-    def weights_info(self) -> tuple[str, int]:
+    def weights_info(self) -> tuple[str, int, str]:
         return self.sampler.weights_info()
 
     def receive_weights(self, meet, rank: int, plan, dtype: str, version: int) -> int:
@@ -269,16 +269,18 @@ def engine_bundles(num_actors: int, cpus: float, gpus: float, tensor_parallel_si
 
 
 def engine_groups(num_actors: int, cpus: float, gpus: float, tensor_parallel_size: int, strategy: str,
-                  timeout_s: float) -> list:
-    """The pool's placement groups (`engine_bundles`; a tensor-parallel engine's on one node), once placed."""
+                  timeout_s: float, what: str = "sampler pool", keys: str = "num_actors or the per-actor resources"
+                  ) -> list:
+    """The placement groups of `num_actors` actors (`engine_bundles`; a tensor-parallel engine's on one node), once
+    placed; else one line naming `what` and the `keys` to lower."""
     groups = [placement_group(bundles, strategy=strategy if tensor_parallel_size == 1 else "STRICT_PACK")
               for bundles in engine_bundles(num_actors, cpus, gpus, tensor_parallel_size)]
     ready, _ = ray.wait([group.ready() for group in groups], num_returns=len(groups), timeout=timeout_s)
     if len(ready) < len(groups):
         _remove(groups)
-        raise RayAlignError(f"sampler pool: the cluster cannot place {num_actors} actors of "
+        raise RayAlignError(f"{what}: the cluster cannot place {num_actors} actors of "
                             f"{engine_bundles(1, cpus, gpus, tensor_parallel_size)[0]} within {timeout_s:.0f} s; "
-                            "lower num_actors or the per-actor resources")
+                            f"lower {keys}")
     return groups
 
 

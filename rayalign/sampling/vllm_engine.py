@@ -61,7 +61,7 @@ class WeightSyncExtension:
 
         from rayalign.sampling import weight_sync
 
-        device = torch.device("cuda", torch.cuda.current_device())
+        device = weight_sync.transfer_device(meet, torch.device("cuda", torch.cuda.current_device()))
         group = weight_sync.join(meet, first_rank + get_world_group().rank)
         weight_sync.receive(group, plan, getattr(torch, dtype), device,
                             lambda named: self.model_runner.model.load_weights(weights=named))
@@ -150,11 +150,11 @@ class VLLMSampler:
             return
         self._load_directory(str(source))
 
-    def weights_info(self) -> tuple[str, int]:
-        """(the dtype the engine computes in, its worker processes: one per tensor-parallel rank)."""
+    def weights_info(self) -> tuple[str, int, str]:
+        """(the dtype the engine computes in, its worker processes: one per tensor-parallel rank, "cuda")."""
         config = self.llm.llm_engine.vllm_config
         processes = config.parallel_config.tensor_parallel_size * config.parallel_config.pipeline_parallel_size
-        return str(config.model_config.dtype).removeprefix("torch."), processes
+        return str(config.model_config.dtype).removeprefix("torch."), processes, "cuda"
 
     def receive_weights(self, meet, rank: int, plan, dtype: str) -> None:
         """Every worker of the engine joins the weight sync's group and loads the buckets; then the prefix cache,

@@ -5,7 +5,7 @@ syncs never race for a port), every sampler process joins it with ranks 1..n, an
 up to `BUCKET_BYTES`, each one flat tensor of whole parameters in the samplers' dtype, in the order of the trainer's
 plan (names and shapes, sent beside the call: small); two are in flight, one packed or loaded while the other
 travels. Every trainer rank takes part in gathering a parameter from its FSDP2 shards (`full_parameters`); only
-rank 0 is in the group. Gloo on CPU, NCCL on GPU.
+rank 0 is in the group. NCCL when trainer and samplers are all on GPUs, else gloo.
 
 The group is built from `torch.distributed`'s process-group classes directly, not with `init_process_group`:
 a trainer rank already has its default group (FSDP's), and a sampler must not get one. It lives for one sync, so a
@@ -37,6 +37,12 @@ class Rendezvous:
     port: int
     world: int
     backend: str  # gloo | nccl
+
+
+def transfer_device(meet: Rendezvous, device: torch.device) -> torch.device:
+    """Where a process packs or receives buckets: its GPU under NCCL, the CPU under gloo (a GPU trainer sending to
+    CPU samplers, or the other way round, goes through gloo)."""
+    return device if meet.backend == "nccl" else torch.device("cpu")
 
 
 def buckets(plan: Plan, dtype: torch.dtype, bucket_bytes: int = BUCKET_BYTES) -> list[list[int]]:

@@ -198,7 +198,7 @@ class OnlineTrainer:
         deliver = weight_sync.broadcaster(weight_sync.join(meet, 0, self._store)) if rank0 else None
         with torch.no_grad():
             sent = weight_sync.send(iter(weight_sync.full_parameters(self.lm)), self.plan(), getattr(torch, dtype),
-                                    self.device, deliver)
+                                    weight_sync.transfer_device(meet, self.device), deliver)
         self._store = None
         return sent
 
@@ -255,7 +255,8 @@ class TrainerGroup:
             group = self.colocated[0]
         else:
             group = self.placement = engine_groups(t.num_workers, t.cpus_per_worker, 1.0 if t.use_gpu else 0.0, 1,
-                                                   "PACK", t.start_wait_s)[0]
+                                                   "PACK", t.start_wait_s, "online trainer",
+                                                   "train.num_workers or train.cpus_per_worker")[0]
         remote = ray.remote(OnlineTrainer)
         self.actors = [remote.options(num_cpus=t.cpus_per_worker, num_gpus=gpus, max_restarts=0,
                                       scheduling_strategy=PlacementGroupSchedulingStrategy(group, i)).remote()
@@ -295,8 +296,8 @@ class TrainerGroup:
         import ray
 
         began = time.perf_counter()
-        infos = ray.get([s.weights_info.remote() for s in samplers])  # (dtype, processes) of each
-        dtypes = {dtype for dtype, _ in infos}
+        infos = ray.get([s.weights_info.remote() for s in samplers])  # (dtype, processes, device type) of each
+        dtypes = {dtype for dtype, _, _ in infos}
         if len(dtypes) != 1:
             raise RayAlignError(f"weight sync: the samplers compute in different dtypes {sorted(dtypes)}")
         if self.colocated:
@@ -304,11 +305,12 @@ class TrainerGroup:
             sent = self._all([a.send_ipc.remote(samplers, gpus, dtypes.pop()) for a in self.actors])[0]
             ray.get([s.finish_sync.remote(version) for s in samplers])
             return {"seconds": time.perf_counter() - began, "bytes": sent}
-        world = 1 + sum(processes for _, processes in infos)
+        world = 1 + sum(processes for _, processes, _ in infos)
         address, port = self.local.open_sync(world) if self.local is not None else \
             self._all([self.actors[0].open_sync.remote(world)])[0]
-        meet = weight_sync.Rendezvous(address, port, world, "nccl" if self.cfg.train.use_gpu else "gloo")
-        firsts = [1 + sum(p for _, p in infos[:i]) for i in range(len(infos))]
+        on_gpus = self.cfg.train.use_gpu and all(device == "cuda" for _, _, device in infos)
+        meet = weight_sync.Rendezvous(address, port, world, "nccl" if on_gpus else "gloo")
+        firsts = [1 + sum(p for _, p, _ in infos[:i]) for i in range(len(infos))]
         dtype = dtypes.pop()
         receiving = [s.receive_weights.remote(meet, first, self.plan(), dtype, version)
                      for s, first in zip(samplers, firsts)]
