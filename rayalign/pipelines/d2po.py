@@ -43,6 +43,7 @@ import dataclasses
 import json
 import random
 import shutil
+import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -376,7 +377,7 @@ def _train(live: Round, r: int, rows: list[dict], policy: str, round_dir: Path, 
     atomic_write_text(round_dir / "train_metrics.jsonl", "".join(json.dumps(row) + "\n" for row in steps))
     live.trainer.call("save", str(live.run_dir / _checkpoint(r)), r == cfg.d2po.rounds)  # finished after the sync
     metrics.update({"train/loss": steps[-1]["loss"], "train/steps": len(steps),
-                    "train/tokens_per_s": _median([row["tokens_per_s"] for row in steps]),
+                    "train/tokens_per_s": statistics.median(row["tokens_per_s"] for row in steps),
                     "time/train_steps_s": result["steps_s"], "time/train_reference_s": result["reference_s"]})
     return f"{live.storage.root}/{_checkpoint(r)}", []
 
@@ -384,12 +385,6 @@ def _train(live: Round, r: int, rows: list[dict], policy: str, round_dir: Path, 
 def _checkpoint(r: int) -> str:
     """Where round r's policy checkpoint is, in the run directory."""
     return f"checkpoints/round_{r:03d}"
-
-
-def _median(values: list[float]) -> float:
-    import statistics
-
-    return statistics.median(values)
 
 
 def run_d2po(run: Run) -> dict:

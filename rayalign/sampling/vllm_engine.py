@@ -66,7 +66,6 @@ class WeightSyncExtension:
         weight_sync.receive(group, plan, getattr(torch, dtype), device,
                             lambda named: self.model_runner.model.load_weights(weights=named))
 
-
     def rayalign_receive_ipc(self, handle, entries, dtype: str) -> None:
         """Colocated with the trainer: load one bucket from the trainer's memory on this GPU (`colocate`)."""
         import torch
@@ -106,6 +105,7 @@ class VLLMSampler:
         path = resolve_model(model_name)
         self.llm = LLM(model=path, tokenizer=path, dtype=dtype, seed=seed,
                        worker_extension_cls=_EXTENSION, **llm_kwargs)
+        self.processes = llm_kwargs.get("tensor_parallel_size", 1) * llm_kwargs.get("pipeline_parallel_size", 1)
 
     def generate(self, prompts: list[list[int]], params: SamplingParams,
                  prefixes: list[list[int]] | None = None) -> list[list[Completion]]:
@@ -152,9 +152,7 @@ class VLLMSampler:
 
     def weights_info(self) -> tuple[str, int, str]:
         """(the dtype the engine computes in, its worker processes: one per tensor-parallel rank, "cuda")."""
-        config = self.llm.llm_engine.vllm_config
-        processes = config.parallel_config.tensor_parallel_size * config.parallel_config.pipeline_parallel_size
-        return str(config.model_config.dtype).removeprefix("torch."), processes, "cuda"
+        return str(self.llm.llm_engine.model_config.dtype).removeprefix("torch."), self.processes, "cuda"
 
     def receive_weights(self, meet, rank: int, plan, dtype: str) -> None:
         """Every worker of the engine joins the weight sync's group and loads the buckets; then the prefix cache,
