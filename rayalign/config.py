@@ -50,6 +50,13 @@ class DataConfig:
     """Preference data: a .jsonl/.json/.parquet file (optionally .gz), or a `datasets` name."""
     split: str = "train"
     """Split to read when `path` is a `datasets` name."""
+    name: Optional[str] = None
+    """The `datasets` config (subset) to read when `path` is a `datasets` name or directory."""
+    data_dir: Optional[str] = None
+    """The `datasets` data_dir inside `path` (e.g. HH-RLHF's harmless-base)."""
+    columns: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Your column names for rayalign's prompt, chosen and rejected, e.g. {prompt: question, chosen: response_j,
+    rejected: response_k}: each row is read as if it had rayalign's names; a bad row's error names your column."""
     format: Literal["auto", "standard", "conversational", "hh_rlhf", "ultrafeedback", "token_ids"] = "auto"
     """Row form; auto detects it from the fields of each row (token_ids: prompt_ids/chosen_ids/rejected_ids, as
     pipelines write them, trained without re-tokenising)."""
@@ -62,9 +69,16 @@ class DataConfig:
     on_bad_row: Literal["error", "skip"] = "error"
     """error: stop at the first bad row with a one-line message; skip: drop it and count it by reason."""
     limit: Optional[int] = None
-    """Use only the first N rows (after dropping bad ones)."""
+    """Use only the first N rows (after dropping bad ones); a `datasets` dataset is then streamed, so no more of it is
+    read than that."""
     chat_template: bool = True
     """Wrap prompts with the tokenizer's chat template (when it has one)."""
+
+    def __post_init__(self):
+        unknown = sorted(set(self.columns) - {"prompt", "chosen", "rejected"})
+        if unknown:
+            raise ValueError(f"data.columns maps rayalign's prompt, chosen and rejected to your column names; "
+                             f"{', '.join(unknown)} is not one of them")
 
 
 PAPER_BETA = {"simpo": 2.0, "bmc": 0.01}

@@ -294,7 +294,7 @@ def test_every_reader_gives_the_same_examples(tmp_path, tokenizer):
     expected = list(enumerate(STANDARD_ROWS, start=1))
     fingerprints = set()
     for path in write_all_kinds(tmp_path):
-        rows = list(iter_rows(str(path), "train"))
+        rows = list(iter_rows(DataConfig(path=str(path))))
         assert rows == expected, path
         fingerprints.add(fingerprint(prepare_data(DataConfig(path=str(path)), tokenizer).pairs))
     assert len(fingerprints) == 1
@@ -302,24 +302,24 @@ def test_every_reader_gives_the_same_examples(tmp_path, tokenizer):
 
 def test_missing_file_and_unloadable_dataset_are_one_line(tmp_path):
     with pytest.raises(DataError, match=r"^.*nope\.jsonl\.gz: no such file; check data\.path$"):
-        iter_rows(str(tmp_path / "nope.jsonl.gz"), "train")
+        iter_rows(DataConfig(path=str(tmp_path / "nope.jsonl.gz")))
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"could not load dataset '.*empty' \(split 'train'\): ") as caught:
-        iter_rows(str(tmp_path / "empty"), "train")
+        iter_rows(DataConfig(path=str(tmp_path / "empty")))
     assert "\n" not in str(caught.value)
     with pytest.raises(DataError, match="unsupported file type"):
-        iter_rows(str(write_jsonl(tmp_path / "d.txt", STANDARD_ROWS)), "train")
+        iter_rows(DataConfig(path=str(write_jsonl(tmp_path / "d.txt", STANDARD_ROWS))))
 
 
 def test_json_file_must_hold_a_list(tmp_path):
     (tmp_path / "d.json").write_text(json.dumps({"data": STANDARD_ROWS}))
     with pytest.raises(DataError, match="a .json data file must be a list of row objects"):
-        list(iter_rows(str(tmp_path / "d.json"), "train"))
+        list(iter_rows(DataConfig(path=str(tmp_path / "d.json"))))
 
 
 def test_blank_lines_count_in_row_numbers(tmp_path):
     path = write_jsonl(tmp_path / "b.jsonl", ["", STANDARD_ROWS[0], "   ", STANDARD_ROWS[1]])
-    assert [number for number, _ in iter_rows(str(path), "train")] == [2, 4]
+    assert [number for number, _ in iter_rows(DataConfig(path=str(path)))] == [2, 4]
 
 
 # ---------------------------------------------------------------- real data
@@ -339,3 +339,62 @@ def test_real_hh_rlhf_sample(tokenizer):
     assert all(pair.prompt_ids[-len(tail):] == tail for pair in prepared.pairs)
     assert all(len(pair.prompt_ids) <= 256 and len(pair.prompt_ids) + len(pair.chosen_ids) <= 512
                for pair in prepared.pairs)
+
+
+# ---------------------------------------------------------------- your column names, configs, data_dir, streaming
+
+THEIR_COLUMNS = {"prompt": "question", "chosen": "response_j", "rejected": "response_k"}
+
+
+def _theirs(row: dict) -> dict:
+    return {THEIR_COLUMNS[key]: value for key, value in row.items()}
+
+
+def test_columns_read_a_users_names_as_rayaligns(tmp_path, tokenizer):
+    ours = write_jsonl(tmp_path / "ours.jsonl", STANDARD_ROWS)
+    theirs = write_jsonl(tmp_path / "theirs.jsonl", [{**_theirs(row), "score": 1} for row in STANDARD_ROWS])
+    expected = prepare_data(DataConfig(path=str(ours)), tokenizer)
+    mapped = prepare_data(DataConfig(path=str(theirs), columns=THEIR_COLUMNS), tokenizer)
+    assert fingerprint(mapped.pairs) == fingerprint(expected.pairs) and len(mapped.pairs) == 3
+    with pytest.raises(DataError, match="missing"):  # without the mapping the rows lack rayalign's fields
+        prepare_data(DataConfig(path=str(theirs)), tokenizer)
+
+
+def test_a_bad_row_in_a_mapped_column_names_the_users_column(tmp_path, tokenizer):
+    rows = [_theirs(STANDARD_ROWS[0]), _theirs({**STANDARD_ROWS[1], "rejected": STANDARD_ROWS[1]["chosen"]})]
+    path = write_jsonl(tmp_path / "theirs.jsonl", rows)
+    with pytest.raises(DataError) as caught:
+        prepare_data(DataConfig(path=str(path), columns=THEIR_COLUMNS), tokenizer)
+    assert str(caught.value).startswith(f"{path}, row 2, field 'response_k (data.columns: rejected)': identical to "
+                                        "'chosen'")
+
+
+def _dataset_folder(root: Path) -> Path:
+    """A hub-layout dataset folder: two configs (README metadata) in two data directories."""
+    for name, rows in (("harmless", STANDARD_ROWS[:2]), ("helpful", STANDARD_ROWS[2:])):
+        (root / name).mkdir(parents=True)
+        write_jsonl(root / name / "train.jsonl", rows)
+    (root / "README.md").write_text("---\nconfigs:\n- config_name: harmless\n  data_files: harmless/*.jsonl\n"
+                                    "- config_name: helpful\n  data_files: helpful/*.jsonl\n---\n")
+    return root
+
+
+def test_a_datasets_config_name_and_data_dir_choose_the_rows(tmp_path):
+    folder = str(_dataset_folder(tmp_path / "hub"))
+    by_name = [row for _, row in iter_rows(DataConfig(path=folder, name="helpful"))]
+    by_dir = [row for _, row in iter_rows(DataConfig(path=folder, data_dir="harmless"))]
+    assert by_name == STANDARD_ROWS[2:] and by_dir == STANDARD_ROWS[:2]
+    with pytest.raises(DataError, match="could not load dataset .* check data.path, data.split, data.name"):
+        iter_rows(DataConfig(path=folder, name="no_such_config"))
+
+
+def test_a_limit_streams_the_dataset_and_reads_no_further(tmp_path, tokenizer):
+    """The split's second file is not JSON: the whole split cannot be loaded, but 2 rows of the first can."""
+    folder = tmp_path / "streamed"
+    (folder / "data").mkdir(parents=True)
+    write_jsonl(folder / "data" / "train-0.jsonl", STANDARD_ROWS)
+    (folder / "data" / "train-1.jsonl").write_text("this is not json\n")
+    limited = prepare_data(DataConfig(path=str(folder), limit=2), tokenizer)
+    assert len(limited.pairs) == 2 and limited.stats["rows_read"] == 2
+    with pytest.raises(DataError, match="could not"):
+        prepare_data(DataConfig(path=str(folder)), tokenizer)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from rayalign.config import DataConfig
 from rayalign.data.bad_rows import BadRow
 from rayalign.data.formats import normalise
-from rayalign.data.readers import iter_rows
+from rayalign.data.readers import iter_rows, their_field
 from rayalign.data.tokenize import TokenizedPair, Truncation, pair_from_ids, tokenize_example
 from rayalign.errors import DataError
 
@@ -47,7 +47,7 @@ def prepare_data(cfg: DataConfig, tokenizer, keep_text: bool = False) -> Prepare
         raise DataError("data.path", None, None, "no data given; set data.path to a file or a datasets name")
     prepared = PreparedData(pairs=[])
     bad_rows: Counter = Counter()
-    for row, raw in iter_rows(cfg.path, cfg.split):
+    for row, raw in iter_rows(cfg):
         if cfg.limit is not None and len(prepared.pairs) >= cfg.limit:
             break
         prepared.stats["rows_read"] += 1
@@ -55,7 +55,7 @@ def prepare_data(cfg: DataConfig, tokenizer, keep_text: bool = False) -> Prepare
             pair, truncation, texts = _prepare_row(cfg, tokenizer, row, raw)
         except BadRow as bad:
             if cfg.on_bad_row == "error":
-                raise
+                raise their_field(bad, cfg.columns) from None
             bad_rows[bad.reason] += 1
             continue
         _count_truncation(prepared.stats, truncation)

@@ -28,12 +28,34 @@ def file_kind(path: str) -> str | None:
     return next((kind for kind in FILE_KINDS if name.endswith(kind)), None)
 
 
-def iter_rows(path: str, split: str) -> RawRows:
-    """Raw rows of `path`: a data file, or else a `datasets` name or directory (with `split`)."""
+def iter_rows(cfg) -> RawRows:
+    """Raw rows of `cfg.path` (a `DataConfig`): a data file, or else a `datasets` name or directory (with its split,
+    config name and data_dir; streamed when `cfg.limit` is set, so no more is read than is used), each row with
+    `cfg.columns` renamed to rayalign's names."""
+    path = cfg.path
     if _local(path).is_file():
-        return _iter_file(path)
-    check_exists(path)
-    return _iter_dataset(path, split)
+        rows = _iter_file(path)
+    else:
+        check_exists(path)
+        rows = _iter_dataset(path, cfg.split, cfg.name, cfg.data_dir, streaming=cfg.limit is not None)
+    return _renamed(rows, cfg.columns) if cfg.columns else rows
+
+
+def _renamed(rows: RawRows, columns: dict[str, str]) -> RawRows:
+    """Rows with the user's column names (`columns`: rayalign's name -> theirs) replaced by rayalign's."""
+    theirs = {column: ours for ours, column in columns.items()}
+    for number, raw in rows:
+        if isinstance(raw, dict):
+            raw = {theirs.get(key, key): value for key, value in raw.items() if key not in columns or key in theirs}
+        yield number, raw
+
+
+def their_field(error: DataError, columns: dict[str, str]) -> DataError:
+    """`error` naming the user's column (`data.columns`) where it names one of rayalign's fields mapped from it."""
+    ours = (error.field or "").split("[")[0].split(".")[0]
+    if ours in columns:
+        DataError.__init__(error, error.source, error.row, f"{columns[ours]} (data.columns: {ours})", error.problem)
+    return error
 
 
 def check_exists(path: str) -> None:
@@ -161,17 +183,27 @@ def _iter_parquet(path: str) -> RawRows:
             yield number, row
 
 
-def _iter_dataset(path: str, split: str) -> RawRows:
-    """A local dataset directory or a hub name, through `datasets.load_dataset`."""
+def _iter_dataset(path: str, split: str, name: str | None = None, data_dir: str | None = None,
+                  streaming: bool = False) -> RawRows:
+    """A local dataset directory or a hub name, through `datasets.load_dataset` (`streaming`: rows read as they
+    are taken)."""
     try:
         import datasets
 
         target = str(_local(path)) if _local(path).is_dir() else path
-        dataset = datasets.load_dataset(target, split=split)
+        dataset = datasets.load_dataset(target, name, data_dir=data_dir, split=split, streaming=streaming)
     except Exception as error:  # datasets raises many types; the user needs one line, not a traceback
         raise DataError(path, None, None, f"could not load dataset '{path}' (split '{split}'): "
-                        f"{_first_line(error)}; check data.path and data.split") from None
-    return ((number, dict(row)) for number, row in enumerate(dataset, start=1))
+                        f"{_first_line(error)}; check data.path, data.split, data.name and data.data_dir") from None
+    return _dataset_rows(path, dataset)
+
+
+def _dataset_rows(path: str, dataset) -> RawRows:
+    try:
+        for number, row in enumerate(dataset, start=1):
+            yield number, dict(row)
+    except Exception as error:  # noqa: BLE001 - a streamed file that breaks mid-way: one line, not a traceback
+        raise DataError(path, None, None, f"could not read the dataset: {_first_line(error)}") from None
 
 
 def _first_line(error: BaseException) -> str:

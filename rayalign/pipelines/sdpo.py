@@ -120,7 +120,7 @@ def _sources(cfg: config_lib.Config, prepared) -> list[str]:
     if prepared.stats.get("bad_rows"):
         raise ConfigError("sdpo.split=by_source needs data without bad rows (their sources cannot be matched)")
     column, sources = cfg.sdpo.source_column, []
-    for row, raw in iter_rows(cfg.data.path, cfg.data.split):
+    for row, raw in iter_rows(cfg.data):
         if len(sources) == len(prepared.pairs):
             break
         if not isinstance(raw, dict) or column not in raw:
