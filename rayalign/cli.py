@@ -270,7 +270,7 @@ def build_parser(keys_of: str | None = None) -> argparse.ArgumentParser:
     bench.add_argument("--params", type=float, default=5e8, help="memory: parameters of the Llama built from a config")
     bench.add_argument("overrides", nargs="*", help="memory, online: config overrides of its runs, e.g. "
                        "train.fused_adamw=true")
-    bench.add_argument("--out", help="memory, online: directory for the runs (default: a new temporary one)")
+    bench.add_argument("--out", help="memory, online: directory for the runs, kept (default: a temporary one, removed)")
     bench.add_argument("--rounds", type=int, default=4, help="online: D2PO rounds to run (round 1 is left out of "
                        "the medians)")
     bench.add_argument("--requests", type=int, default=1000, help="serve: requests per endpoint")

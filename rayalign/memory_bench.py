@@ -65,7 +65,15 @@ def make_pairs(path: Path, count: int, vocab: int, tokens: int = 16) -> None:
 
 def run_memory_bench(params: float, workers: int, out: str | None = None, extra: list[str] | None = None) -> dict:
     """Build, train 2 steps, checkpoint, resume for a 3rd on `workers` Ray Train workers (`extra`: config overrides
-    of the runs); the JSON line's dict."""
+    of the runs); the JSON line's dict. Its files (the model, checkpoints: about 14 GB at 5e8 parameters) stay in
+    `out`; without it they go in a temporary directory removed at the end."""
+    if out is not None:
+        return _measure(params, workers, Path(out), extra)
+    with tempfile.TemporaryDirectory(prefix="rayalign-bench-memory-") as tmp:
+        return {**_measure(params, workers, Path(tmp), extra), "run_dir": None}
+
+
+def _measure(params: float, workers: int, root: Path, extra: list[str] | None) -> dict:
     import os
 
     from rayalign import config as config_lib
@@ -73,7 +81,6 @@ def run_memory_bench(params: float, workers: int, out: str | None = None, extra:
     from rayalign.ray_setup import init_ray
     from rayalign.train.driver import run_training
 
-    root = Path(out or tempfile.mkdtemp(prefix="rayalign-bench-memory-"))
     model_dir, probes = root / "model", root / "probes"
     print(f"bench memory: building a {params:.2g}-parameter Llama in {model_dir}", file=sys.stderr, flush=True)
     size = make_model(model_dir, params)

@@ -22,16 +22,25 @@ PHASES = ("sample_s", "score_s", "gold_s", "disc_update_s", "train_s", "train_st
 
 
 def run_online_bench(rounds: int, out: str | None = None, overrides: list[str] | None = None) -> dict:
-    from rayalign import config as config_lib
+    """The round clock of the first `rounds` rounds; the run stays in `out`, else in a temporary directory removed
+    at the end."""
     from rayalign.errors import RayAlignError
-    from rayalign.pipelines import run_pipeline
-    from rayalign.tracking import read_metrics
 
     if rounds < 2:
         raise RayAlignError(f"bench online needs --rounds >= 2 (round 1 is left out of the medians); got {rounds}")
     if not JOB.is_file():
         raise RayAlignError(f"bench online runs {JOB}: run it from the project's root directory")
-    root = Path(out) if out else Path(tempfile.mkdtemp(prefix="rayalign-online-"))
+    if out is not None:
+        return _measure(rounds, Path(out), overrides)
+    with tempfile.TemporaryDirectory(prefix="rayalign-online-") as tmp:
+        return _measure(rounds, Path(tmp), overrides)
+
+
+def _measure(rounds: int, root: Path, overrides: list[str] | None) -> dict:
+    from rayalign import config as config_lib
+    from rayalign.pipelines import run_pipeline
+    from rayalign.tracking import read_metrics
+
     cfg = config_lib.load(JOB, [f"d2po.stop_after_round={rounds}", f"output_dir={root}", "name=online",
                                 "tracking.wandb=disabled", *(overrides or [])])
     summary = run_pipeline(cfg)
