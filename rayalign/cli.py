@@ -214,8 +214,8 @@ def cmd_serve(args) -> int:
 
 
 def build_parser(keys_of: str | None = None) -> argparse.ArgumentParser:
-    """The CLI; `keys_of`: the pipeline whose config keys `train --help` / `run --help` list (None: none for train,
-    every key for run)."""
+    """The CLI; `keys_of`: the pipeline whose config keys `train --help` / `run --help` list (None: training's for
+    train, a pointer to `run --help pipeline=NAME` for run)."""
     parser = argparse.ArgumentParser(prog="rayalign", description="Preference optimisation of LLMs on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
 
