@@ -141,6 +141,13 @@ def make_optimizer(model, cfg: config_lib.Config):
                              fused=True if cfg.train.fused_adamw else None)
 
 
+def make_scheduler(optimizer, cfg: config_lib.Config, total: int):
+    """The run's LR schedule over `total` steps: warm-up for `train.warmup_ratio` of them, then cosine or constant."""
+    warmup = int(cfg.train.warmup_ratio * total)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                             lambda s: warmup_cosine(s, total, warmup, cfg.train.lr_schedule))
+
+
 def train_step(model, ref_model, ref_values, pairs, indices, cfg, pad_id, device, progress, shared_prompt) -> dict:
     """Forward/backward over this rank's micro-batches of one optimizer step; returns metric sums."""
     world, rank = dist.get_world_size(), dist.get_rank()
@@ -357,14 +364,12 @@ def train_fn_per_worker(loop_config: dict) -> None:
     torch.set_num_threads(cfg.train.torch_threads)
     tokenizer = load_tokenizer(cfg.model.name)
     total = total_steps(cfg, len(pairs))
-    warmup = int(cfg.train.warmup_ratio * total)
 
     probe = RiseProbe()  # before anything of the model exists: `rayalign bench memory` reads the rise
     with _resume_directory(local_run_dir) as resume_dir:
         lm, model = build_model(cfg.model.name, cfg, device, trainable=True, fill=resume_dir is None)
         optimizer = make_optimizer(model, cfg)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: warmup_cosine(s, total, warmup, cfg.train.lr_schedule))
+        scheduler = make_scheduler(optimizer, cfg, total)
         start = load_checkpoint(Path(resume_dir), model, lm, optimizer, scheduler) if resume_dir else 0
     clock.lap("model_load_s")
     probe.mark("load")

@@ -37,10 +37,10 @@ from rayalign.train.checkpoint import save_checkpoint
 from rayalign.train.loop import (
     build_model,
     make_optimizer,
+    make_scheduler,
     take_step,
     total_steps,
     used_pairs,
-    warmup_cosine,
     write_checkpoint,
 )
 
@@ -117,9 +117,7 @@ class OnlineTrainer:
         torch.manual_seed(cfg.train.seed)  # what a new trainer's worker does first: dropout draws the same
         self.optimizer.state.clear()  # a fresh AdamW per round, as the paper's rounds (and a new trainer) have
         total = total_steps(cfg, len(pairs))
-        warmup = int(cfg.train.warmup_ratio * total)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: warmup_cosine(s, total, warmup, cfg.train.lr_schedule))
+        self.scheduler = make_scheduler(self.optimizer, cfg, total)
         began = time.perf_counter()
         pad = self.tokenizer.pad_token_id
         shared = cfg.train.shared_prompt and takes_block_masks(self.lm)
