@@ -72,6 +72,7 @@ class OnlineTrainer:
 
         os.environ.update(env)
         self.cfg = cfg = config_lib.build(config)
+        self._owns_group = address is None and not dist.is_initialized()  # local mode: closed with the trainer
         if address is None:
             self.device = _local_device_and_group(cfg.train.use_gpu)
         else:
@@ -214,9 +215,12 @@ class OnlineTrainer:
         return os.getpid()
 
     def close(self) -> None:
-        """Local mode: give the driver back its memory and its thread count."""
+        """Local mode: give the driver back its memory, its thread count and, if this trainer made it, its process
+        group (a later training in the process starts its own)."""
         self.lm = self.model = self.reference = self.optimizer = None
         torch.set_num_threads(self.threads)
+        if self._owns_group and self._pending is None:
+            dist.destroy_process_group()
 
 
 class TrainerGroup:
