@@ -233,7 +233,7 @@ def run_round(live: Round, r: int, state: State) -> tuple[State, dict]:
     cfg, d = live.cfg, live.cfg.d2po
     round_dir = live.run_dir / "rounds" / f"round_{r:03d}"
     shutil.rmtree(round_dir, ignore_errors=True)  # a round interrupted half-way is redone whole
-    live.storage.remove(f"rounds/{round_dir.name}")  # with its checkpoints in the run's URI
+    live.storage.remove(f"rounds/{round_dir.name}")  # and its copy in the run's URI
     round_dir.mkdir(parents=True)
     clock = PhaseClock()
     span = slice((r - 1) * d.prompts_per_round, r * d.prompts_per_round)
