@@ -1,4 +1,4 @@
-"""`rayalign` command line: train | run | sweep | eval | compare | serve | submit | jobs | models | bench.
+"""`rayalign` command line: train | run | sweep | eval | compare | watch | serve | submit | jobs | models | bench.
 
 User mistakes (bad config, bad data, missing package) print one line, `error: ...`, and exit 2;
 anything else is a bug and keeps its traceback.
@@ -54,6 +54,21 @@ def cmd_train(args) -> int:
     cfg = config.load(*_job(args))
     _print_train(run_training(cfg), cfg.run_dir)
     print(f"summary: {cfg.run_dir / 'summary.json'}")
+    return 0
+
+
+def cmd_watch(args) -> int:
+    from rayalign import watch
+
+    try:
+        if args.prometheus:
+            if not args.run:
+                raise RayAlignError("watch --prometheus needs the run's name (its `name`, the metrics' run tag)")
+            watch.watch_prometheus(args.prometheus, args.run, args.follow, args.interval)
+        else:
+            watch.watch_directory(watch.find_run(args.run, args.output_dir), args.follow, args.interval)
+    except KeyboardInterrupt:  # the way to stop following: the run goes on
+        return 0
     return 0
 
 
@@ -322,6 +337,17 @@ def build_parser(keys_of: str | None = None) -> argparse.ArgumentParser:
     export.add_argument("--merge-lora", action="store_true", help="LoRA runs: the base model with the adapters "
                         "merged in, instead of the adapter directory")
     export.set_defaults(func=cmd_export)
+
+    watch = sub.add_parser("watch", help="a run's live figures in the terminal: the last of its metrics logs, then "
+                           "each new row (--follow); or its Ray metrics through Prometheus (--prometheus)")
+    watch.add_argument("run", nargs="?", help="a run directory or a run name in --output-dir (default: the newest run)")
+    watch.add_argument("--output-dir", default="runs", help="where run names are looked for")
+    watch.add_argument("-f", "--follow", action="store_true", help="keep printing until the run writes its summary "
+                       "(with --prometheus: until Ctrl-C)")
+    watch.add_argument("--prometheus", metavar="URL", help="read the run's metrics from this Prometheus (a job on a "
+                       "cluster), e.g. http://127.0.0.1:9090; RUN is then the run's name")
+    watch.add_argument("--interval", type=float, default=2.0, help="seconds between looks")
+    watch.set_defaults(func=cmd_watch)
 
     serve = sub.add_parser("serve", help="serve a model on Ray Serve until Ctrl-C")
     serve.add_argument("what", choices=["discriminator", "sampler"])

@@ -35,6 +35,7 @@ METRICS = {
     "train_tokens_per_s": ("gauge", "Training throughput at the last step (tokens/s)"),
     "d2po_rounds": ("counter", "D2PO rounds finished"),
     "d2po_gold_used": ("gauge", "Gold labels used so far (D2PO)"),
+    "d2po_gold_budget": ("gauge", "Gold labels the run may use in all (d2po.gold_budget)"),
     "d2po_discriminator_accuracy": ("gauge", "Discriminator accuracy on the round's new gold pairs, before training"),
     "d2po_silver_gold_agreement": ("gauge", "Share of gold-labelled pairs the discriminator had labelled the same"),
     "d2po_policy_gold_reward": ("gauge", "Mean gold reward of the round's policy samples"),
@@ -126,6 +127,7 @@ def record_d2po_round(metrics: dict, run: str | None = None) -> None:
     _record({
         "d2po_rounds": 1,
         "d2po_gold_used": metrics.get("gold/used"),
+        "d2po_gold_budget": metrics.get("gold/budget"),
         "d2po_discriminator_accuracy": metrics.get("disc/accuracy_new_gold"),
         "d2po_silver_gold_agreement": metrics.get("silver_gold_agreement"),
         "d2po_policy_gold_reward": metrics.get("policy/gold_reward"),

@@ -55,7 +55,8 @@ EXPECTED = ("rayalign_samples_generated", "rayalign_sampler_tokens", "rayalign_s
             "rayalign_scoring_requests", "rayalign_scoring_latency_s_bucket", "rayalign_pairs_written",
             "rayalign_train_steps", "rayalign_train_loss", "rayalign_train_reward_accuracy",
             "rayalign_train_reward_margin", "rayalign_train_tokens_per_s", "rayalign_d2po_rounds",
-            "rayalign_d2po_gold_used", "rayalign_d2po_discriminator_accuracy", "rayalign_d2po_round_seconds",
+            "rayalign_d2po_gold_used", "rayalign_d2po_gold_budget", "rayalign_d2po_discriminator_accuracy",
+            "rayalign_d2po_round_seconds",
             "rayalign_d2po_round_overhead_seconds", "rayalign_d2po_phase_seconds")
 
 
@@ -85,7 +86,8 @@ def test_metrics_reach_the_nodes_prometheus_endpoint(ray_local):
             m.record_pairs(3, run="mon-test")
             m.record_train_step({"loss": 0.69, "rewards/accuracies": 0.5, "rewards/margins": 0.01,
                                  "tokens_per_s": 900.0}, run="mon-test")
-            m.record_d2po_round({"gold/used": 4, "disc/accuracy_new_gold": 0.75, "silver_gold_agreement": 0.5,
+            m.record_d2po_round({"gold/used": 4, "gold/budget": 32, "disc/accuracy_new_gold": 0.75,
+                                 "silver_gold_agreement": 0.5,
                                  "policy/gold_reward": 1.2, "sampler/tokens_per_s": 300.0, "round_s": 40.0,
                                  "time/overhead_s": 14.0, "time/weight_sync_s": 1.5}, run="mon-test")
             return sorted(m._objects)

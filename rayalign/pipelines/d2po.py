@@ -276,7 +276,7 @@ def run_round(live: Round, r: int, state: State) -> tuple[State, dict]:
     busy = clock.seconds["sample_s"] + clock.seconds["score_s"] + metrics.get("time/train_steps_s", 0.0)
     metrics.update({f"time/{phase}": seconds for phase, seconds in clock.seconds.items()})
     metrics.update({"time/overhead_s": round_s - busy, "gold/used": live.labeller.used,
-                    "pairs": len(rows) - len(carry), "round_s": round_s})
+                    "gold/budget": live.labeller.budget, "pairs": len(rows) - len(carry), "round_s": round_s})
     return State(r, policy, discriminator, live.labeller.used, carry), metrics
 
 
