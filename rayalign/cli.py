@@ -141,6 +141,13 @@ def cmd_bench(args) -> int:
         print(json.dumps(result, indent=2))
         print("\n".join(summary_lines(result)))
         return 0
+    if args.what == "data":
+        from rayalign.data_bench import run_data_bench, summary_lines
+
+        result = run_data_bench(args.model, args.rows, args.repeats, args.data)
+        print(json.dumps(result, indent=2))
+        print("\n".join(summary_lines(result)))
+        return 0
     if args.what == "serve":
         from rayalign.serve_bench import bench_serve, summary_lines
 
@@ -262,12 +269,14 @@ def build_parser(keys_of: str | None = None) -> argparse.ArgumentParser:
     models.add_argument("--provision", nargs="+", metavar="NAME", help="build and cache these models now")
     models.set_defaults(func=cmd_models)
 
-    bench = sub.add_parser("bench", help="train: tokens/s and peak memory of the trainer's step vs the naive "
-                           "one, or with --peer trl whole DPO runs against TRL; and of the sampler (batched vs one prompt at a time); serve: the discriminator's "
-                           "and the sampler's HTTP endpoints under load (errors, p50/p99, req/s) and bad requests; memory: each rank's "
-                           "peak RSS rise while a model built from a config loads, trains, saves and resumes; online: "
-                           "where the seconds of jobs/d2po.yaml's rounds go, and each round's fixed overhead")
-    bench.add_argument("what", nargs="?", default="train", choices=["train", "serve", "memory", "online"])
+    bench = sub.add_parser("bench", help=(
+        "train: tokens/s and peak memory of the trainer's step vs the naive one, or with --peer trl whole DPO runs "
+        "against TRL; and of the sampler (batched vs one prompt at a time); serve: the discriminator's and the "
+        "sampler's HTTP endpoints under load (errors, p50/p99, req/s) and bad requests; memory: each rank's peak RSS "
+        "rise while a model built from a config loads, trains, saves and resumes; online: where the seconds of "
+        "jobs/d2po.yaml's rounds go, and each round's fixed overhead; data: pairs/s of reading and tokenising "
+        "preference data, against row by row, cold and cached"))
+    bench.add_argument("what", nargs="?", default="train", choices=["train", "serve", "memory", "online", "data"])
     bench.add_argument("--model", default="smollm2-135m-instruct")
     bench.add_argument("--steps", type=int, default=5)
     bench.add_argument("--batch", type=int, default=4, help="preference pairs per step")
@@ -276,7 +285,10 @@ def build_parser(keys_of: str | None = None) -> argparse.ArgumentParser:
                        "`rayalign train`, whole processes (needs `pip install 'rayalign[bench]'`)")
     bench.add_argument("--pairs", type=int, default=64, help="--peer: preference pairs in the data")
     bench.add_argument("--peer-steps", type=int, default=8, help="--peer: optimizer steps")
-    bench.add_argument("--repeats", type=int, default=3, help="--peer: runs of each tool (medians)")
+    bench.add_argument("--repeats", type=int, default=3, help="--peer, data: runs of each (medians)")
+    bench.add_argument("--rows", type=int, default=10000, help="data: rows of the file tokenised")
+    bench.add_argument("--data", help="data: the preference file its rows are cycled from (default: the HH-RLHF "
+                       "sample of ../shared/data when present, else the quickstart's pairs)")
     bench.add_argument("--gpu", action="store_true", help="--peer: train on the GPU (bf16) instead of the CPU")
     bench.add_argument("--workers", help="--peer: rayalign's train.num_workers (default auto, as the shipped jobs: "
                        "local mode on one machine; 0: local mode, the loop in the rayalign process; 1: one Ray Train "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from rayalign.bench import run_bench
 from rayalign.errors import RayAlignError
 from rayalign.memory import memory_mib
+from tests.conftest import REPO
 
 # tiny-llama has SmolLM2's 49k vocabulary, so the logits dominate its memory. At 2 pairs x 64
 # tokens they are 50 MB, lost in the ~200 MB the allocator and autograd add to any first step;
@@ -144,7 +146,6 @@ def test_peer_bench_runs_the_same_job_through_both():
 @pytest.mark.slow  # two rounds of the D2PO job on SmolLM2: about 3 minutes on 2 cores
 def test_bench_online_splits_each_round_of_the_d2po_job(tmp_path, monkeypatch):
     from rayalign.online_bench import run_online_bench, summary_lines
-    from tests.conftest import REPO
 
     monkeypatch.chdir(REPO)
     result = run_online_bench(2, str(tmp_path), ["d2po.prompts_per_round=8", "d2po.window=8"])
@@ -155,3 +156,17 @@ def test_bench_online_splits_each_round_of_the_d2po_job(tmp_path, monkeypatch):
                                                  + second["checkpoint_wait_s"], rel=1e-6)
     assert result["medians_after_round_1"] == {k: v for k, v in second.items() if k != "round"}
     assert "fixed overhead" in summary_lines(result)[1]
+
+
+def test_bench_data_times_the_same_pairs_three_ways(monkeypatch):
+    from rayalign.data_bench import run_data_bench, summary_lines
+    from rayalign.files import cache_root
+
+    monkeypatch.chdir(REPO)
+    before = os.environ.get("RAYALIGN_CACHE")
+    result = run_data_bench("tiny-llama", 300, 1, "jobs/data/word_collector_prefs.jsonl")
+    assert result["rows"] == 300 and 0 < result["pairs"] <= 300  # the same count three ways, else it raises
+    assert set(result["median_s"]) == {"row_by_row", "prepare_cold", "prepare_cached"}
+    assert all(len(times) == 1 and times[0] > 0 for times in result["seconds"].values())
+    assert os.environ.get("RAYALIGN_CACHE") == before and cache_root().is_dir()  # the user's cache put back
+    assert summary_lines(result)[0].startswith(f"data: {result['pairs']} pairs from 300 rows of jobs/data/")

@@ -398,3 +398,80 @@ def test_a_limit_streams_the_dataset_and_reads_no_further(tmp_path, tokenizer):
     assert len(limited.pairs) == 2 and limited.stats["rows_read"] == 2
     with pytest.raises(DataError, match="could not"):
         prepare_data(DataConfig(path=str(folder)), tokenizer)
+
+
+# ---------------------------------------------------------------- batched tokenisation, the cache of a file's pairs
+
+def _one_by_one(example, tokenizer, chat_template: bool) -> tuple[list[int], list[int], list[int]]:
+    """transformers' own per-text calls: what the batched path must equal."""
+    if chat_template:
+        prompt = tokenizer.apply_chat_template(example.prompt, add_generation_prompt=True, tokenize=True)
+        prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+    else:
+        prompt = tokenizer.encode("\n\n".join(m["content"] for m in example.prompt), add_special_tokens=True)
+    return prompt, *[tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
+                     for text in (example.chosen, example.rejected)]
+
+
+@pytest.mark.parametrize("chat_template", [True, False])
+def test_batched_tokenisation_gives_the_ids_of_one_text_at_a_time(tmp_path, tokenizer, chat_template):
+    rows = [*STANDARD_ROWS, {"prompt": [user("Hi"), assistant("Hello"), user("Long é ü 漢字 ?")],
+                             "chosen": [assistant("  spaced  ")], "rejected": [assistant("x" * 50)]}]
+    if HH_SAMPLE.is_file():
+        with gzip.open(HH_SAMPLE, "rt") as handle:
+            rows += [json.loads(line) for _, line in zip(range(200), handle)]
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    cfg = DataConfig(path=str(path), chat_template=chat_template, max_length=4096, max_prompt_length=None,
+                     on_bad_row="skip")
+    prepared = prepare_data(cfg, tokenizer)
+    examples = [normalise(raw, row, str(path), "auto") for row, raw in iter_rows(cfg)
+                if not _is_bad(raw, row, str(path))]
+    assert len(prepared.pairs) == len(examples) >= 4
+    for pair, example in zip(prepared.pairs, examples):
+        assert (pair.prompt_ids, pair.chosen_ids, pair.rejected_ids) == _one_by_one(example, tokenizer, chat_template)
+
+
+def _is_bad(raw, row, path) -> bool:
+    from rayalign.data import BadRow
+
+    try:
+        normalise(raw, row, path, "auto")
+    except BadRow:
+        return True
+    return False
+
+
+def test_a_files_pairs_come_from_the_cache_the_second_time(tmp_path, tokenizer, monkeypatch):
+    from rayalign.data import prepare
+
+    monkeypatch.setenv("RAYALIGN_CACHE", str(tmp_path / "cache"))
+    path = write_jsonl(tmp_path / "p.jsonl", [*STANDARD_ROWS, {"prompt": "q"}])
+    cfg = DataConfig(path=str(path), on_bad_row="skip")
+    first = prepare_data(cfg, tokenizer)
+
+    def no_tokenising(*args):
+        raise AssertionError("tokenised again")
+
+    monkeypatch.setattr(prepare, "tokenize_examples", no_tokenising)
+    again = prepare_data(cfg, tokenizer)
+    assert [vars(p) for p in again.pairs] == [vars(p) for p in first.pairs] and again.stats == first.stats
+    assert again.stats["bad_rows"] == {"missing_field": 1} and len(again.pairs) == 3
+    monkeypatch.undo()
+    monkeypatch.setenv("RAYALIGN_CACHE", str(tmp_path / "cache"))
+    shorter = prepare_data(DataConfig(path=str(path), on_bad_row="skip", max_length=3), tokenizer)  # a setting
+    assert all(len(p.prompt_ids) + len(p.chosen_ids) <= 3 for p in shorter.pairs)
+    write_jsonl(path, STANDARD_ROWS[:2])  # the file's bytes
+    assert len(prepare_data(cfg, tokenizer).pairs) == 2
+    assert len(list((tmp_path / "cache" / "data").glob("*.parquet"))) == 3
+
+
+def test_a_limit_reads_on_past_rows_that_fail_tokenising(tmp_path, tokenizer):
+    """Rows are checked, then tokenised in chunks: a row that has no room for its response after tokenising is
+    replaced by the next one, and the reading stops there."""
+    too_long = {"prompt": " ".join(["word"] * 300), "chosen": "a", "rejected": "b"}
+    path = write_jsonl(tmp_path / "p.jsonl", [STANDARD_ROWS[0], too_long, *STANDARD_ROWS[1:]])
+    cfg = DataConfig(path=str(path), limit=2, on_bad_row="skip", max_length=64, max_prompt_length=None)
+    prepared = prepare_data(cfg, tokenizer)
+    assert prepared.stats["rows_read"] == 3 and prepared.stats["bad_rows"] == {"no_room_for_response": 1}
+    assert [p.chosen_ids for p in prepared.pairs] == [encode_response(r["chosen"], tokenizer)
+                                                      for r in STANDARD_ROWS[:2]]

@@ -9,10 +9,10 @@ from rayalign.data.collate import collate_pairs
 from rayalign.data.formats import FORMS, PreferenceExample, normalise
 from rayalign.data.prepare import PreparedData, attach_marks, fingerprint, prepare_data
 from rayalign.data.readers import iter_rows
-from rayalign.data.tokenize import TokenizedPair, encode_prompt, encode_response, tokenize_example
+from rayalign.data.tokenize import TokenizedPair, encode_prompt, encode_response, tokenize_examples
 
 __all__ = [
     "FORMS", "BadRow", "PreferenceExample", "PreparedData", "TokenizedPair", "attach_marks", "collate_pairs",
     "encode_prompt", "encode_response", "fingerprint", "iter_rows", "normalise", "prepare_data",
-    "tokenize_example",
+    "tokenize_examples",
 ]

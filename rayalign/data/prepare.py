@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 from rayalign.config import DataConfig
 from rayalign.data.bad_rows import BadRow
-from rayalign.data.formats import normalise
+from rayalign.data.formats import PreferenceExample, normalise
 from rayalign.data.readers import iter_rows, their_field
-from rayalign.data.tokenize import TokenizedPair, Truncation, pair_from_ids, tokenize_example
+from rayalign.data.tokenize import TokenizedPair, Truncation, pair_from_ids, tokenize_examples
 from rayalign.errors import DataError
 
 MarkFn = Callable[[list[int], list[int]], tuple[list[bool], list[bool]]]
@@ -37,38 +37,72 @@ def new_stats() -> dict:
     return {"rows_read": 0, "rows_used": 0, "bad_rows": {}, "truncated_prompts": 0, "truncated_responses": 0}
 
 
+CHUNK = 4096
+"""Rows validated, then tokenised together (one encode call per field): large enough for the tokenizer's threads,
+small enough that `data.limit` reads no more rows than it uses."""
+
+
 def prepare_data(cfg: DataConfig, tokenizer, keep_text: bool = False) -> PreparedData:
     """Read `cfg.path` and return tokenised pairs; stops reading once `cfg.limit` good rows are in.
 
-    `keep_text` also keeps each pair's texts: a conversation's messages joined by blank lines, and for rows
-    of token ids their text columns (pipelines write them), else the decoded ids.
+    Rows are checked one by one as they are read (a bad row is named as it comes), then tokenised a chunk at a
+    time. A data file's pairs are cached (`data_cache`): the same file, settings and tokenizer read again take
+    no tokenising. `keep_text` also keeps each pair's texts: a conversation's messages joined by blank lines, and
+    for rows of token ids their text columns (pipelines write them), else the decoded ids.
     """
     if not cfg.path:
         raise DataError("data.path", None, None, "no data given; set data.path to a file or a datasets name")
+    from rayalign.data import data_cache
+
+    key = None if keep_text else data_cache.key(cfg, tokenizer)
+    cached = data_cache.read(key)
+    if cached is not None:
+        return PreparedData(*cached)
     prepared = PreparedData(pairs=[])
     bad_rows: Counter = Counter()
-    for row, raw in iter_rows(cfg):
-        if cfg.limit is not None and len(prepared.pairs) >= cfg.limit:
+    rows = iter_rows(cfg)
+    while cfg.limit is None or len(prepared.pairs) < cfg.limit:
+        wanted = CHUNK if cfg.limit is None else min(CHUNK, cfg.limit - len(prepared.pairs))
+        chunk = _checked_rows(cfg, tokenizer, rows, wanted, prepared.stats, bad_rows)
+        if not chunk:
             break
-        prepared.stats["rows_read"] += 1
-        try:
-            pair, truncation, texts = _prepare_row(cfg, tokenizer, row, raw)
-        except BadRow as bad:
-            if cfg.on_bad_row == "error":
-                raise their_field(bad, cfg.columns) from None
-            bad_rows[bad.reason] += 1
-            continue
-        _count_truncation(prepared.stats, truncation)
-        prepared.pairs.append(pair)
-        if keep_text:
-            prepared.texts.append(texts())
+        for done in _tokenized(chunk, tokenizer, cfg):
+            if isinstance(done, BadRow):
+                _bad(cfg, done, bad_rows)
+                continue
+            pair, truncation, texts = done
+            _count_truncation(prepared.stats, truncation)
+            prepared.pairs.append(pair)
+            if keep_text:
+                prepared.texts.append(texts())
     prepared.stats["rows_used"] = len(prepared.pairs)
     prepared.stats["bad_rows"] = dict(sorted(bad_rows.items()))
+    data_cache.write(key, prepared.pairs, prepared.stats)
     return prepared
 
 
-def _prepare_row(cfg: DataConfig, tokenizer, row: int, raw):
-    """(pair, truncation, a function giving the row's texts: only called when they are wanted)."""
+def _bad(cfg: DataConfig, bad: BadRow, bad_rows: Counter) -> None:
+    if cfg.on_bad_row == "error":
+        raise their_field(bad, cfg.columns) from None
+    bad_rows[bad.reason] += 1
+
+
+def _checked_rows(cfg: DataConfig, tokenizer, rows, wanted: int, stats: dict, bad_rows: Counter) -> list:
+    """Up to `wanted` usable rows from `rows`, each a `PreferenceExample` to tokenise or, for a row of token ids,
+    its (pair, truncation, texts) already; bad ones raised or counted."""
+    chunk = []
+    for row, raw in rows:
+        stats["rows_read"] += 1
+        try:
+            chunk.append(_checked_row(cfg, tokenizer, row, raw))
+        except BadRow as bad:
+            _bad(cfg, bad, bad_rows)
+        if len(chunk) == wanted:
+            break
+    return chunk
+
+
+def _checked_row(cfg: DataConfig, tokenizer, row: int, raw):
     if isinstance(raw, DataError):
         raise raw
     if cfg.format == "token_ids" or (cfg.format == "auto" and "chosen_ids" in raw):
@@ -79,10 +113,25 @@ def _prepare_row(cfg: DataConfig, tokenizer, row: int, raw):
                          tokenizer.decode(getattr(pair, f"{key}_ids"), skip_special_tokens=True)
                          for key in ("prompt", "chosen", "rejected"))
         return pair, truncation, texts
-    example = normalise(raw, row, cfg.path, cfg.format)
-    pair, truncation = tokenize_example(example, tokenizer, cfg)
-    prompt = "\n\n".join(message["content"] for message in example.prompt)
-    return pair, truncation, lambda: (prompt, example.chosen, example.rejected)
+    return normalise(raw, row, cfg.path, cfg.format)
+
+
+def _tokenized(chunk: list, tokenizer, cfg: DataConfig) -> list:
+    """The chunk in order, each example replaced by (pair, truncation, texts) or its BadRow."""
+    examples = [item for item in chunk if isinstance(item, PreferenceExample)]
+    encoded = iter(tokenize_examples(examples, tokenizer, cfg))
+    done = []
+    for item in chunk:
+        if not isinstance(item, PreferenceExample):
+            done.append(item)
+            continue
+        result = next(encoded)
+        if isinstance(result, BadRow):
+            done.append(result)
+            continue
+        prompt = "\n\n".join(message["content"] for message in item.prompt)
+        done.append((*result, lambda p=prompt, e=item: (p, e.chosen, e.rejected)))
+    return done
 
 
 def _count_truncation(stats: dict, truncation: Truncation) -> None:

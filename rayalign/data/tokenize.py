@@ -46,39 +46,59 @@ def uses_chat_template(tokenizer, wanted: bool) -> bool:
 
 
 def encode_prompt(messages: Messages, tokenizer, chat_template: bool = True) -> list[int]:
-    """The prompt as the model sees it before answering: templated with the generation prompt,
-    or, without a template, the message texts joined by blank lines with the usual special tokens."""
+    """The prompt as the model sees it before answering (one conversation of `encode_prompts`)."""
+    return encode_prompts([messages], tokenizer, chat_template)[0]
+
+
+def encode_prompts(conversations: list[Messages], tokenizer, chat_template: bool = True) -> list[list[int]]:
+    """Each prompt templated with the generation prompt, or, without a template, its message texts joined by blank
+    lines with the usual special tokens. One render and one encode call for all: a fast tokenizer spreads the batch
+    over its threads (the same ids as encoding them one by one, tests/test_data.py)."""
+    if not conversations:
+        return []
     if uses_chat_template(tokenizer, chat_template):
-        encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return _flat_ids(encoded)
-    text = "\n\n".join(message["content"] for message in messages)
-    return list(tokenizer.encode(text, add_special_tokens=True))
+        texts = tokenizer.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
+        return encode_texts(texts, tokenizer, special_tokens=False)  # the template wrote the special tokens
+    texts = ["\n\n".join(message["content"] for message in messages) for messages in conversations]
+    return encode_texts(texts, tokenizer, special_tokens=True)
 
 
-def _flat_ids(encoded) -> list[int]:
-    """apply_chat_template returns a BatchEncoding in transformers 5 and a list in 4; take the ids."""
-    if isinstance(encoded, Mapping) or hasattr(encoded, "keys"):
-        encoded = encoded["input_ids"]
-    if hasattr(encoded, "tolist"):
-        encoded = encoded.tolist()
-    if encoded and isinstance(encoded[0], list):  # a batch of one conversation
-        encoded = encoded[0]
-    return [int(token) for token in encoded]
+def encode_texts(texts: list[str], tokenizer, special_tokens: bool) -> list[list[int]]:
+    """Token ids of each text: a fast tokenizer's Rust encoder on the whole batch (its threads, no per-text
+    conversion into transformers' encodings), else the tokenizer's own call."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return tokenizer(texts, add_special_tokens=special_tokens)["input_ids"]
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # _fast: no offsets (tokenizers >= 0.21)
+    return [encoding.ids for encoding in encode(texts, add_special_tokens=special_tokens)]
 
 
 def encode_response(text: str, tokenizer) -> list[int]:
     """Response ids end with EOS so the policy learns to stop (and the loss sees the stop)."""
-    ids = list(tokenizer.encode(text, add_special_tokens=False))
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    return ids
+    return encode_responses([text], tokenizer)[0]
 
 
-def tokenize_example(example: PreferenceExample, tokenizer, cfg: DataConfig) -> tuple[TokenizedPair, Truncation]:
-    """Encode and truncate one example; raises BadRow when no usable response fits."""
-    prompt = encode_prompt(example.prompt, tokenizer, cfg.chat_template)
-    responses = [encode_response(text, tokenizer) for text in (example.chosen, example.rejected)]
-    return truncate_pair(prompt, responses, cfg, example.source, example.row)
+def encode_responses(texts: list[str], tokenizer) -> list[list[int]]:
+    """`encode_response` of each text, in one encode call."""
+    if not texts:
+        return []
+    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    return [ids + eos for ids in encode_texts(texts, tokenizer, special_tokens=False)]
+
+
+def tokenize_examples(examples: list[PreferenceExample], tokenizer,
+                      cfg: DataConfig) -> list[tuple[TokenizedPair, Truncation] | BadRow]:
+    """Encode and truncate each example, all prompts and all responses in one call each; an example with no usable
+    response gets its BadRow in its place."""
+    prompts = encode_prompts([example.prompt for example in examples], tokenizer, cfg.chat_template)
+    responses = encode_responses([text for ex in examples for text in (ex.chosen, ex.rejected)], tokenizer)
+    done = []
+    for i, example in enumerate(examples):
+        try:
+            done.append(truncate_pair(prompts[i], responses[2 * i:2 * i + 2], cfg, example.source, example.row))
+        except BadRow as bad:
+            done.append(bad)
+    return done
 
 
 def truncate_pair(prompt: list[int], responses: list[list[int]], cfg: DataConfig, source: str,
