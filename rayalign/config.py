@@ -45,6 +45,30 @@ class ModelConfig:
 
 
 @dataclass(config=_STRICT)
+class DataSource:
+    """One source of a `data.mix`: where its rows are and how to read them; tokenising follows `data.*`."""
+
+    path: str
+    """A data file or a `datasets` name or directory, as `data.path`."""
+    weight: float = 1.0
+    """Its share of the mix: each row is drawn from a source with probability weight / sum of weights."""
+    split: str = "train"
+    """As `data.split`."""
+    name: Optional[str] = None
+    """As `data.name`."""
+    data_dir: Optional[str] = None
+    """As `data.data_dir`."""
+    columns: dict[str, str] = dataclasses.field(default_factory=dict)
+    """As `data.columns`, for this source's column names."""
+    format: Literal["auto", "standard", "conversational", "hh_rlhf", "ultrafeedback", "token_ids"] = "auto"
+    """As `data.format`."""
+
+    def __post_init__(self):
+        if not self.weight > 0:
+            raise ValueError(f"data.mix: the weight of {self.path} must be above 0 (got {self.weight})")
+
+
+@dataclass(config=_STRICT)
 class DataConfig:
     path: str = ""
     """Preference data: a .jsonl/.json/.parquet file (optionally .gz), or a `datasets` name."""
@@ -73,8 +97,16 @@ class DataConfig:
     read than that."""
     chat_template: bool = True
     """Wrap prompts with the tokenizer's chat template (when it has one)."""
+    mix: list[DataSource] = dataclasses.field(default_factory=list)
+    """Several sources in place of `data.path`, e.g. [{path: a.jsonl, weight: 3}, {path: b.parquet, weight: 1}]: each
+    row is drawn from a source at random by weight (seeded by `mix_seed`) until one source runs out or `limit` rows
+    are in; the summary counts the pairs of each source."""
+    mix_seed: int = 0
+    """Seed of the draws of `mix`."""
 
     def __post_init__(self):
+        if self.path and self.mix:
+            raise ValueError("give data.path or data.mix, not both")
         unknown = sorted(set(self.columns) - {"prompt", "chosen", "rejected"})
         if unknown:
             raise ValueError(f"data.columns maps rayalign's prompt, chosen and rejected to your column names; "

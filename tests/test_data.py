@@ -475,3 +475,85 @@ def test_a_limit_reads_on_past_rows_that_fail_tokenising(tmp_path, tokenizer):
     assert prepared.stats["rows_read"] == 3 and prepared.stats["bad_rows"] == {"no_room_for_response": 1}
     assert [p.chosen_ids for p in prepared.pairs] == [encode_response(r["chosen"], tokenizer)
                                                       for r in STANDARD_ROWS[:2]]
+
+
+# ---------------------------------------------------------------- data.mix
+
+def _tagged_rows(tag: str, n: int) -> list[dict]:
+    return [{"prompt": f"{tag} question {i}", "chosen": f"{tag} good {i}", "rejected": f"{tag} bad {i}"}
+            for i in range(n)]
+
+
+def _sources_of(prepared, tokenizer) -> list[str]:
+    return [tokenizer.decode(pair.chosen_ids, skip_special_tokens=True).split()[0] for pair in prepared.pairs]
+
+
+def test_a_mix_draws_rows_by_weight_seeded_and_counts_them(tmp_path, tokenizer):
+    a = write_jsonl(tmp_path / "a.jsonl", _tagged_rows("alpha", 2000))
+    b = write_jsonl(tmp_path / "b.jsonl", _tagged_rows("beta", 2000))
+    mix = [{"path": str(a), "weight": 3.0}, {"path": str(b), "weight": 1.0}]
+    first = prepare_data(DataConfig(mix=mix, limit=1000), tokenizer)
+    counts = first.stats["pairs_by_source"]
+    assert counts[str(a)] + counts[str(b)] == 1000 == first.stats["rows_read"]
+    assert abs(counts[str(a)] - 750) < 4 * (1000 * 0.75 * 0.25) ** 0.5  # binomial, 4 standard deviations
+    order = _sources_of(first, tokenizer)
+    assert order.count("alpha") == counts[str(a)]
+    alphas = [pair.chosen_ids for pair, tag in zip(first.pairs, order) if tag == "alpha"]
+    assert alphas[:3] == [encode_response(f"alpha good {i}", tokenizer) for i in range(3)]  # each file in its order
+    assert _sources_of(prepare_data(DataConfig(mix=mix, limit=1000), tokenizer), tokenizer) == order  # seeded
+    assert _sources_of(prepare_data(DataConfig(mix=mix, limit=1000, mix_seed=1), tokenizer), tokenizer) != order
+
+
+def test_a_mix_stops_when_a_source_runs_out(tmp_path, tokenizer):
+    a = write_jsonl(tmp_path / "a.jsonl", _tagged_rows("alpha", 50))
+    b = write_jsonl(tmp_path / "b.jsonl", _tagged_rows("beta", 5000))
+    prepared = prepare_data(DataConfig(mix=[{"path": str(a)}, {"path": str(b)}]), tokenizer)
+    counts = prepared.stats["pairs_by_source"]
+    assert counts[str(a)] == 50 and 20 < counts[str(b)] < 100  # the shares hold: no tail of b alone
+
+
+def test_a_bad_row_of_a_mixed_source_names_its_file_row_and_column(tmp_path, tokenizer):
+    a = write_jsonl(tmp_path / "a.jsonl", _tagged_rows("alpha", 20))
+    theirs = [_theirs(row) for row in _tagged_rows("beta", 20)]
+    theirs[6]["response_k"] = theirs[6]["response_j"]
+    b = write_jsonl(tmp_path / "b.jsonl", theirs)
+    mix = [{"path": str(a)}, {"path": str(b), "columns": THEIR_COLUMNS}]
+    with pytest.raises(DataError) as error:
+        prepare_data(DataConfig(mix=mix), tokenizer)
+    assert str(error.value).startswith(f"{b}, row 7, field 'response_k (data.columns: rejected)': identical")
+
+
+def test_ultrafeedback_saved_to_disk_and_hh_rlhf_by_data_dir_mixed_in_a_run(tmp_path):
+    """The issue's case: a `save_to_disk` UltraFeedback-format dataset and a hub-layout HH-RLHF folder read with
+    data.data_dir, mixed by weight in `rayalign train`; the summary counts each source's pairs."""
+    import subprocess
+    import sys
+
+    import datasets
+
+    from tests.conftest import REPO
+
+    def uf_row(i):
+        return {"prompt": f"uf {i}?", "chosen": [user(f"uf {i}?"), assistant(f"yes {i}")],
+                "rejected": [user(f"uf {i}?"), assistant(f"no {i}")], "score_chosen": 8.0, "score_rejected": 2.0}
+
+    uf = tmp_path / "uf"
+    datasets.DatasetDict({"train_prefs": datasets.Dataset.from_list([uf_row(i) for i in range(40)])}).save_to_disk(uf)
+    hh = tmp_path / "hh"
+    (hh / "harmless-base").mkdir(parents=True)
+    write_jsonl(hh / "harmless-base" / "train.jsonl",
+                [{"chosen": f"\n\nHuman: hh {i}?\n\nAssistant: fine {i}",
+                  "rejected": f"\n\nHuman: hh {i}?\n\nAssistant: bad {i}"} for i in range(40)])
+    (hh / "other").mkdir()
+    (hh / "other" / "train.jsonl").write_text("not json\n")  # data_dir keeps this out
+    mix = (f"data.mix=[{{path: {uf}, split: train_prefs, weight: 1}}, "
+           f"{{path: {hh}, data_dir: harmless-base, weight: 1}}]")
+    done = subprocess.run([str(Path(sys.executable).parent / "rayalign"), "train", "jobs/dpo_quickstart.yaml",
+                           "data.path=", mix, "data.limit=24", "model.name=tiny-llama", "train.max_steps=2",
+                           "tracking.wandb=disabled", "name=mixed", f"output_dir={tmp_path}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads((tmp_path / "mixed" / "summary.json").read_text())["data"]
+    counts = data["pairs_by_source"]
+    assert set(counts) == {str(uf), str(hh)} and sum(counts.values()) == 24 == data["rows_used"]
+    assert min(counts.values()) >= 4

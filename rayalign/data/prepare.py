@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from rayalign.config import DataConfig
 from rayalign.data.bad_rows import BadRow
 from rayalign.data.formats import PreferenceExample, normalise
-from rayalign.data.readers import iter_rows, their_field
+from rayalign.data.readers import iter_sources, their_field
 from rayalign.data.tokenize import TokenizedPair, Truncation, pair_from_ids, tokenize_examples
 from rayalign.errors import DataError
 
@@ -43,15 +43,16 @@ small enough that `data.limit` reads no more rows than it uses."""
 
 
 def prepare_data(cfg: DataConfig, tokenizer, keep_text: bool = False) -> PreparedData:
-    """Read `cfg.path` and return tokenised pairs; stops reading once `cfg.limit` good rows are in.
+    """Read `cfg.path` (or `cfg.mix`) and return tokenised pairs; stops reading once `cfg.limit` good rows are in.
 
     Rows are checked one by one as they are read (a bad row is named as it comes), then tokenised a chunk at a
     time. A data file's pairs are cached (`data_cache`): the same file, settings and tokenizer read again take
     no tokenising. `keep_text` also keeps each pair's texts: a conversation's messages joined by blank lines, and
     for rows of token ids their text columns (pipelines write them), else the decoded ids.
     """
-    if not cfg.path:
-        raise DataError("data.path", None, None, "no data given; set data.path to a file or a datasets name")
+    if not cfg.path and not cfg.mix:
+        raise DataError("data.path", None, None, "no data given; set data.path to a file or a datasets name, or "
+                        "data.mix to several")
     from rayalign.data import data_cache
 
     key = None if keep_text else data_cache.key(cfg, tokenizer)
@@ -60,23 +61,26 @@ def prepare_data(cfg: DataConfig, tokenizer, keep_text: bool = False) -> Prepare
         return PreparedData(*cached)
     prepared = PreparedData(pairs=[])
     bad_rows: Counter = Counter()
-    rows = iter_rows(cfg)
+    rows, by_source = iter_sources(cfg), Counter()
     while cfg.limit is None or len(prepared.pairs) < cfg.limit:
         wanted = CHUNK if cfg.limit is None else min(CHUNK, cfg.limit - len(prepared.pairs))
-        chunk = _checked_rows(cfg, tokenizer, rows, wanted, prepared.stats, bad_rows)
+        chunk = _checked_rows(tokenizer, rows, wanted, prepared.stats, bad_rows)
         if not chunk:
             break
-        for done in _tokenized(chunk, tokenizer, cfg):
+        for source, done in _tokenized(chunk, tokenizer, cfg):
             if isinstance(done, BadRow):
-                _bad(cfg, done, bad_rows)
+                _bad(source, done, bad_rows)
                 continue
             pair, truncation, texts = done
+            by_source[source.path] += 1
             _count_truncation(prepared.stats, truncation)
             prepared.pairs.append(pair)
             if keep_text:
                 prepared.texts.append(texts())
     prepared.stats["rows_used"] = len(prepared.pairs)
     prepared.stats["bad_rows"] = dict(sorted(bad_rows.items()))
+    if cfg.mix:
+        prepared.stats["pairs_by_source"] = {s.path: by_source[s.path] for s in cfg.mix}
     data_cache.write(key, prepared.pairs, prepared.stats)
     return prepared
 
@@ -87,16 +91,16 @@ def _bad(cfg: DataConfig, bad: BadRow, bad_rows: Counter) -> None:
     bad_rows[bad.reason] += 1
 
 
-def _checked_rows(cfg: DataConfig, tokenizer, rows, wanted: int, stats: dict, bad_rows: Counter) -> list:
-    """Up to `wanted` usable rows from `rows`, each a `PreferenceExample` to tokenise or, for a row of token ids,
-    its (pair, truncation, texts) already; bad ones raised or counted."""
+def _checked_rows(tokenizer, rows, wanted: int, stats: dict, bad_rows: Counter) -> list:
+    """Up to `wanted` usable rows from `rows` (`iter_sources`), each (source, a `PreferenceExample` to tokenise or,
+    for a row of token ids, its (pair, truncation, texts) already); bad ones raised or counted."""
     chunk = []
-    for row, raw in rows:
+    for source, row, raw in rows:
         stats["rows_read"] += 1
         try:
-            chunk.append(_checked_row(cfg, tokenizer, row, raw))
+            chunk.append((source, _checked_row(source, tokenizer, row, raw)))
         except BadRow as bad:
-            _bad(cfg, bad, bad_rows)
+            _bad(source, bad, bad_rows)
         if len(chunk) == wanted:
             break
     return chunk
@@ -118,19 +122,19 @@ def _checked_row(cfg: DataConfig, tokenizer, row: int, raw):
 
 def _tokenized(chunk: list, tokenizer, cfg: DataConfig) -> list:
     """The chunk in order, each example replaced by (pair, truncation, texts) or its BadRow."""
-    examples = [item for item in chunk if isinstance(item, PreferenceExample)]
+    examples = [item for _, item in chunk if isinstance(item, PreferenceExample)]
     encoded = iter(tokenize_examples(examples, tokenizer, cfg))
     done = []
-    for item in chunk:
+    for source, item in chunk:
         if not isinstance(item, PreferenceExample):
-            done.append(item)
+            done.append((source, item))
             continue
         result = next(encoded)
         if isinstance(result, BadRow):
-            done.append(result)
+            done.append((source, result))
             continue
         prompt = "\n\n".join(message["content"] for message in item.prompt)
-        done.append((*result, lambda p=prompt, e=item: (p, e.chosen, e.rejected)))
+        done.append((source, (*result, lambda p=prompt, e=item: (p, e.chosen, e.rejected))))
     return done
 
 

@@ -41,6 +41,28 @@ def iter_rows(cfg) -> RawRows:
     return _renamed(rows, cfg.columns) if cfg.columns else rows
 
 
+def iter_sources(cfg) -> Iterator[tuple[object, int, dict | DataError]]:
+    """(source, row number, raw row) of `cfg.path`, or of `cfg.mix` drawn at random by weight (seeded by
+    `cfg.mix_seed`) until a source runs out, so the shares hold however far the caller reads. The source is a
+    DataConfig reading one source with `cfg`'s other settings: its path, format and columns name its rows."""
+    if not cfg.mix:
+        yield from ((cfg, row, raw) for row, raw in iter_rows(cfg))
+        return
+    import dataclasses
+    import random
+
+    sources = [dataclasses.replace(cfg, path=s.path, split=s.split, name=s.name, data_dir=s.data_dir,
+                                   columns=dict(s.columns), format=s.format, mix=[]) for s in cfg.mix]
+    readers = [iter_rows(source) for source in sources]
+    draw, weights = random.Random(cfg.mix_seed), [s.weight for s in cfg.mix]
+    while True:
+        i = draw.choices(range(len(sources)), weights)[0]
+        item = next(readers[i], None)
+        if item is None:
+            return
+        yield sources[i], *item
+
+
 def _renamed(rows: RawRows, columns: dict[str, str]) -> RawRows:
     """Rows with the user's column names (`columns`: rayalign's name -> theirs) replaced by rayalign's."""
     theirs = {column: ours for ours, column in columns.items()}
@@ -186,12 +208,17 @@ def _iter_parquet(path: str) -> RawRows:
 def _iter_dataset(path: str, split: str, name: str | None = None, data_dir: str | None = None,
                   streaming: bool = False) -> RawRows:
     """A local dataset directory or a hub name, through `datasets.load_dataset` (`streaming`: rows read as they
-    are taken)."""
+    are taken), or a directory `save_to_disk` wrote, through `datasets.load_from_disk` (memory-mapped: rows are read
+    as they are taken too)."""
     try:
         import datasets
 
         target = str(_local(path)) if _local(path).is_dir() else path
-        dataset = datasets.load_dataset(target, name, data_dir=data_dir, split=split, streaming=streaming)
+        if any((_local(path) / marker).is_file() for marker in ("dataset_dict.json", "state.json")):
+            dataset = datasets.load_from_disk(target)
+            dataset = dataset[split] if isinstance(dataset, datasets.DatasetDict) else dataset
+        else:
+            dataset = datasets.load_dataset(target, name, data_dir=data_dir, split=split, streaming=streaming)
     except Exception as error:  # datasets raises many types; the user needs one line, not a traceback
         raise DataError(path, None, None, f"could not load dataset '{path}' (split '{split}'): "
                         f"{_first_line(error)}; check data.path, data.split, data.name and data.data_dir") from None
