@@ -77,8 +77,11 @@ def _print_train(summary: dict, run_dir) -> None:
     mode = f" ({summary['mode']})" if summary.get("mode") else ""
     print(f"\ntrained: {summary['steps']} steps in {summary['wall_time_s']} s{mode}, "
           f"median {summary['tokens_per_s_median'] or 0:.0f} tokens/s")
-    print("final: " + ", ".join(f"{k} {final[k]:.4g}" for k in ("loss", "rewards/accuracies", "rewards/margins")
-                                if k in final))
+    for label, prefix in (("final", ""), ("held out", "eval_")):
+        shown = [f"{prefix}{k} {final[prefix + k]:.4g}" for k in ("loss", "rewards/accuracies", "rewards/margins")
+                 if prefix + k in final]
+        if shown:
+            print(f"{label}: " + ", ".join(shown))
     print(f"checkpoint: {summary['checkpoint']}")
     if summary.get("phases_s"):
         print("seconds: " + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:g}"

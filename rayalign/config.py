@@ -103,10 +103,22 @@ class DataConfig:
     are in; the summary counts the pairs of each source."""
     mix_seed: int = 0
     """Seed of the draws of `mix`."""
+    eval_path: Optional[str] = None
+    """Held-out pairs to evaluate on (`train.eval_every`): a file or `datasets` name, read as `data.path` is."""
+    eval_split: Optional[str] = None
+    """Held-out pairs from this split of `data.path` (a `datasets` name or directory), e.g. test_prefs."""
+    eval_fraction: float = 0.0
+    """Held-out pairs as this share of `data.path`'s pairs, drawn by `train.seed` and never trained on."""
 
     def __post_init__(self):
         if self.path and self.mix:
             raise ValueError("give data.path or data.mix, not both")
+        if sum(bool(x) for x in (self.eval_path, self.eval_split, self.eval_fraction)) > 1:
+            raise ValueError("give one of data.eval_path, data.eval_split and data.eval_fraction")
+        if self.eval_split and not self.path:
+            raise ValueError("data.eval_split is a split of data.path; with data.mix give data.eval_path")
+        if not 0 <= self.eval_fraction < 1:
+            raise ValueError(f"data.eval_fraction is a share of the pairs in [0, 1) (got {self.eval_fraction})")
         unknown = sorted(set(self.columns) - {"prompt", "chosen", "rejected"})
         if unknown:
             raise ValueError(f"data.columns maps rayalign's prompt, chosen and rejected to your column names; "
@@ -199,6 +211,9 @@ class TrainConfig:
     seconds."""
     save_every: int = 0
     """Checkpoint every N steps (0: only at the end)."""
+    eval_every: int = 0
+    """With held-out pairs (data.eval_path / eval_split / eval_fraction): TRL's eval_* metrics over all of them
+    every N steps and after the last step (0: after the last step only)."""
     report_every: int = 10
     """Report metrics to Ray Train every N steps (each report can wait ~2 s for Ray's controller);
     metrics.jsonl and wandb get every step."""

@@ -557,3 +557,44 @@ def test_ultrafeedback_saved_to_disk_and_hh_rlhf_by_data_dir_mixed_in_a_run(tmp_
     counts = data["pairs_by_source"]
     assert set(counts) == {str(uf), str(hh)} and sum(counts.values()) == 24 == data["rows_used"]
     assert min(counts.values()) >= 4
+
+
+# ---------------------------------------------------------------- held-out pairs for evaluation during training
+
+def _ids(pairs) -> list[tuple]:
+    return [tuple(p.chosen_ids) for p in pairs]
+
+
+def test_an_eval_fraction_is_held_out_of_training_seeded(tmp_path, tokenizer):
+    from rayalign.data.prepare import hold_out
+
+    path = write_jsonl(tmp_path / "p.jsonl", _tagged_rows("alpha", 40))
+    cfg = DataConfig(path=str(path), eval_fraction=0.25)
+    everything = _ids(prepare_data(DataConfig(path=str(path)), tokenizer).pairs)
+    prepared = prepare_data(cfg, tokenizer)
+    hold_out(cfg, tokenizer, prepared, seed=3)
+    held, trained = _ids(prepared.eval_pairs), _ids(prepared.pairs)
+    assert len(held) == 10 and len(trained) == 30 and prepared.stats["eval_pairs"] == 10
+    assert sorted(held + trained) == sorted(everything) and not set(held) & set(trained)
+    assert held == [pair for pair in everything if pair in set(held)]  # in file order
+    again = prepare_data(cfg, tokenizer)
+    hold_out(cfg, tokenizer, again, seed=3)
+    other = prepare_data(cfg, tokenizer)
+    hold_out(cfg, tokenizer, other, seed=4)
+    assert _ids(again.eval_pairs) == held and _ids(other.eval_pairs) != held
+
+
+def test_an_eval_split_reads_that_split_with_the_same_settings(tmp_path, tokenizer):
+    from rayalign.data.prepare import hold_out
+
+    folder = tmp_path / "ds"
+    (folder / "data").mkdir(parents=True)
+    write_jsonl(folder / "data" / "train.jsonl", _tagged_rows("alpha", 6))
+    write_jsonl(folder / "data" / "test.jsonl", _tagged_rows("beta", 3))
+    cfg = DataConfig(path=str(folder), eval_split="test", limit=4)
+    prepared = prepare_data(cfg, tokenizer)
+    hold_out(cfg, tokenizer, prepared, seed=0)
+    assert len(prepared.pairs) == 4  # the limit is the training's
+    assert _ids(prepared.eval_pairs) == [tuple(encode_response(f"beta good {i}", tokenizer)) for i in range(3)]
+    with pytest.raises(ValueError, match="one of data.eval_path, data.eval_split and data.eval_fraction"):
+        DataConfig(path=str(folder), eval_split="test", eval_fraction=0.1)

@@ -45,10 +45,20 @@ def _weights(summary):
     return load_file(f"{summary['checkpoint']}/model.safetensors")
 
 
+EVAL_ROWS = [json.loads(line) for line in QUICKSTART_DATA.read_text().splitlines()[30:33]]  # never trained on
+
+
+def _evaluated(root) -> list[str]:
+    """Three held-out pairs (uneven over two workers), evaluated every 3 steps."""
+    path = root / "eval.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in EVAL_ROWS))
+    return [f"data.eval_path={path}", "train.eval_every=3"]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, ray_local):
     root = tmp_path_factory.mktemp("runs")
-    return root, {"base": _train(root, "base", "train.save_every=3")}
+    return root, {"base": _train(root, "base", "train.save_every=3", *_evaluated(root))}
 
 
 def test_run_directory_is_complete_and_loadable(runs):
@@ -101,9 +111,56 @@ def test_every_trainable_parameter_changes(runs):
 def test_two_sharded_workers_accumulating_with_one_sync_a_step_give_the_same_loss_curve(runs):
     """Two Ray Train workers load the model sharded (meta device, each its rows of the files) and reduce-scatter
     once per optimizer step over two micro-batches each: the one unsharded worker's losses and weights."""
-    summary = _assert_same_curve_as_base(runs, "two_workers", "train.num_workers=2", "train.micro_batch_size=1")
+    summary = _assert_same_curve_as_base(runs, "two_workers", "train.num_workers=2", "train.micro_batch_size=1",
+                                         *_evaluated(runs[0]))
     for name, value in _weights(runs[1]["base"][0]).items():
         torch.testing.assert_close(_weights(summary)[name], value, atol=1e-5, rtol=1e-4)
+    two = [r for r in read_metrics(runs[0] / "two_workers") if "eval_loss" in r]
+    one = [r for r in runs[1]["base"][1] if "eval_loss" in r]
+    assert [r["step"] for r in two] == [3, 6]  # each worker scored its share of 3 pairs, one a stand-in
+    for a, b in zip(one, two):
+        assert {k: v for k, v in b.items() if k.startswith("eval_")} == pytest.approx(
+            {k: v for k, v in a.items() if k.startswith("eval_")}, rel=1e-4, abs=1e-5)
+
+
+def _response_logp(model, prompt: list[int], response: list[int]) -> float:
+    logits = model(torch.tensor([prompt + response])).logits[0, len(prompt) - 1:-1]
+    return torch.log_softmax(logits.double(), -1).gather(1, torch.tensor(response)[:, None]).sum().item()
+
+
+def test_eval_metrics_at_the_configured_steps_equal_a_hand_computation(runs):
+    """eval_* at steps 3 and 6 of 6; at step 6, DPO on the held-out pairs by hand from the exported policy and the
+    starting model, with transformers' own forward and tokenizer."""
+    from transformers import AutoTokenizer
+
+    from rayalign.models import resolve_model
+
+    summary, rows = runs[1]["base"]
+    assert [r["step"] for r in rows if "eval_loss" in r] == [3, 6]
+    last = rows[-1]
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("tiny-llama"))
+    policy = AutoModelForCausalLM.from_pretrained(summary["checkpoint"], dtype=torch.float32).eval()
+    reference = AutoModelForCausalLM.from_pretrained(resolve_model("tiny-llama"), dtype=torch.float32).eval()
+    beta, losses, margins, chosen_logps = 0.1, [], [], []
+    with torch.no_grad():
+        for row in EVAL_ROWS:
+            prompt = tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}],
+                                                   add_generation_prompt=True, tokenize=False)
+            prompt = tokenizer.encode(prompt, add_special_tokens=False)
+            chosen, rejected = (tokenizer.encode(row[k], add_special_tokens=False) + [tokenizer.eos_token_id]
+                                for k in ("chosen", "rejected"))
+            assert len(prompt) + max(len(chosen), len(rejected)) <= 128  # nothing truncated
+            pc, pr = _response_logp(policy, prompt, chosen), _response_logp(policy, prompt, rejected)
+            rc, rr = _response_logp(reference, prompt, chosen), _response_logp(reference, prompt, rejected)
+            margin = beta * ((pc - rc) - (pr - rr))
+            losses.append(math.log1p(math.exp(-margin)))
+            margins.append(margin)
+            chosen_logps.append(pc)
+    assert last["eval_loss"] == pytest.approx(sum(losses) / 3, abs=2e-5)
+    assert last["eval_rewards/margins"] == pytest.approx(sum(margins) / 3, abs=2e-5)
+    assert last["eval_rewards/accuracies"] == pytest.approx(sum(m > 0 for m in margins) / 3)
+    assert last["eval_logps/chosen"] == pytest.approx(sum(chosen_logps) / 3, rel=1e-5)
+    assert summary["final_metrics"]["eval_loss"] == last["eval_loss"] and summary["data"]["eval_pairs"] == 3
 
 
 def test_dcp_checkpoint_saved_at_two_workers_resumes_at_one_and_at_two(runs):

@@ -31,6 +31,8 @@ class PreparedData:
     stats: dict = field(default_factory=lambda: new_stats())
     texts: list[tuple[str, str, str]] = field(default_factory=list)
     """(prompt, chosen, rejected) as text, parallel to `pairs`, when asked for (BMC's editors read text)."""
+    eval_pairs: list[TokenizedPair] = field(default_factory=list)
+    """Held-out pairs the training evaluates on (`hold_out`), never trained on."""
 
 
 def new_stats() -> dict:
@@ -83,6 +85,26 @@ def prepare_data(cfg: DataConfig, tokenizer, keep_text: bool = False) -> Prepare
         prepared.stats["pairs_by_source"] = {s.path: by_source[s.path] for s in cfg.mix}
     data_cache.write(key, prepared.pairs, prepared.stats)
     return prepared
+
+
+def hold_out(cfg: DataConfig, tokenizer, prepared: PreparedData, seed: int) -> None:
+    """Set `prepared.eval_pairs`: `data.eval_fraction` of its pairs (drawn by `seed`, then taken out of the
+    training pairs), or the pairs of `data.eval_path` / `data.eval_split`, read with the other `data.*` settings."""
+    import dataclasses
+    import random
+
+    if cfg.eval_fraction:
+        count = max(1, round(len(prepared.pairs) * cfg.eval_fraction))
+        held = set(random.Random(seed).sample(range(len(prepared.pairs)), count))
+        prepared.eval_pairs = [pair for i, pair in enumerate(prepared.pairs) if i in held]
+        prepared.pairs = [pair for i, pair in enumerate(prepared.pairs) if i not in held]
+        prepared.texts = [text for i, text in enumerate(prepared.texts) if i not in held]
+    elif cfg.eval_path or cfg.eval_split:
+        eval_cfg = dataclasses.replace(cfg, path=cfg.eval_path or cfg.path, split=cfg.eval_split or cfg.split,
+                                       mix=[], limit=None, eval_path=None, eval_split=None)
+        prepared.eval_pairs = prepare_data(eval_cfg, tokenizer).pairs
+    if prepared.eval_pairs:
+        prepared.stats["eval_pairs"] = len(prepared.eval_pairs)
 
 
 def _bad(cfg: DataConfig, bad: BadRow, bad_rows: Counter) -> None:

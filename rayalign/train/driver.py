@@ -13,6 +13,7 @@ from rayalign import config as config_lib
 from rayalign import monitoring
 from rayalign.cluster_fit import check_local, resolve_workers, trainer_demand, watch_waiting
 from rayalign.data import PreparedData, attach_marks, prepare_data
+from rayalign.data.prepare import hold_out
 from rayalign.errors import ConfigError, TrainingError
 from rayalign.losses import get_loss
 from rayalign.models import cache_root, load_tokenizer, resolve_model
@@ -43,7 +44,7 @@ def mark_varied_tokens(cfg: config_lib.Config, tokenizer, prepared: PreparedData
         return
     from rayalign.losses.bmc import varied_marker
 
-    attach_marks(prepared.pairs, varied_marker(tokenizer))
+    attach_marks(prepared.pairs + prepared.eval_pairs, varied_marker(tokenizer))
 
 
 def phase_seconds(driver: PhaseClock, fit_ended: float, state: dict, local: bool) -> dict[str, float]:
@@ -80,6 +81,7 @@ def prepare_pairs(cfg: config_lib.Config, prepared: PreparedData | None = None, 
     resolve_model(cfg.model.reference or cfg.model.name)  # provision once, before workers race
     if prepared is None:
         prepared = prepare_data(cfg.data, tokenizer)
+        hold_out(cfg.data, tokenizer, prepared, cfg.train.seed)
     mark_varied_tokens(cfg, tokenizer, prepared)
     if len(prepared.pairs) < cfg.train.batch_size:
         raise ConfigError(f"{cfg.data.path}: {len(prepared.pairs)} usable pairs, fewer than "
@@ -123,11 +125,13 @@ def run_training(cfg: config_lib.Config, prepared: PreparedData | None = None) -
         clock.lap("ray_start_s")
         demand = trainer_demand(cfg.train)
         check_local(demand)
-    pairs = prepared.pairs if local else ray.put(prepared.pairs)
+    pairs, eval_pairs = (prepared.pairs, prepared.eval_pairs) if local else (ray.put(prepared.pairs),
+                                                                            ray.put(prepared.eval_pairs))
     storage_path, storage_filesystem = storage.checkpoint_root()
     trainer = TorchTrainer(
         train_fn_per_worker,
-        train_loop_config={"config": config_lib.to_dict(cfg), "pairs": pairs, "run_dir": str(run_dir),
+        train_loop_config={"config": config_lib.to_dict(cfg), "pairs": pairs, "eval_pairs": eval_pairs,
+                           "run_dir": str(run_dir),
                            "storage": storage, "env": worker_env()},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),

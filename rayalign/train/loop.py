@@ -21,11 +21,11 @@ import torch.distributed as dist
 from rayalign import config as config_lib
 from rayalign.files import atomic_write_text
 from rayalign.logprobs import ResponseLogps, takes_block_masks
-from rayalign.losses import metric_sums, needs_reference
+from rayalign.losses import compute_loss, metric_sums, needs_reference
 from rayalign.models import load_causal_lm, load_tokenizer, resolve_model, with_lora
 from rayalign.train import reference as ref_lib
 from rayalign.train.checkpoint import existing_checkpoints, export_model, load_checkpoint, save_checkpoint
-from rayalign.train.step import clip_gradients, micro_step, optimizer_step, pair_batch
+from rayalign.train.step import clip_gradients, loss_inputs, micro_step, optimizer_step, pair_batch
 
 METRIC_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                "logps/chosen", "logps/rejected")
@@ -174,6 +174,45 @@ def train_step(model, ref_model, ref_values, pairs, indices, cfg, pad_id, device
             sums[key] = sums.get(key, 0.0) + value.float()
     sums["tokens"] = torch.tensor(float(tokens))
     return sums
+
+
+@torch.no_grad()
+def evaluate(model, ref_model, ref_values, pairs, cfg, pad_id, device, progress, shared_prompt) -> dict[str, float]:
+    """TRL's eval_* metrics (eval_loss, eval_rewards/accuracies, ...) over all held-out `pairs`, each rank scoring
+    every world-th pair. Every rank runs as many forwards as the others (FSDP gathers in each): a rank short of
+    pairs scores pair 0 and drops it. Dropout is off while it runs."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    mine = list(range(rank, len(pairs), world))
+    mine += [None] * (-(-len(pairs) // world) - len(mine))
+    sums: dict[str, torch.Tensor] = {}
+    model.eval()
+    for start in range(0, len(mine), cfg.train.micro_batch_size):
+        chunk = [i for i in mine[start:start + cfg.train.micro_batch_size] if i is not None]
+        batch = pair_batch([pairs[i] for i in chunk or [0]], pad_id, device, shared_prompt)
+        if ref_values is not None:
+            reference = ref_lib.batch_reference(ref_values, chunk or [0], batch["response_mask"])
+        else:
+            reference = None if ref_model is None else ref_model(batch)
+        inputs = loss_inputs(model(batch), reference, batch, progress)
+        weight = 1.0 if chunk else 0.0  # a stand-in counts for nothing
+        for key, value in metric_sums(inputs, compute_loss(inputs, cfg.loss)).items():
+            sums[key] = sums.get(key, 0.0) + weight * value.float()
+    model.train()
+    _reshard(model)
+    sums["tokens"] = torch.tensor(0.0)
+    metrics = _reduce(sums, len(pairs), device)
+    metrics.pop("num_tokens")
+    return {f"eval_{key}": value for key, value in metrics.items()}
+
+
+def _reshard(model) -> None:
+    """Free what forwards without a backward left gathered (the head keeps its weights after forward, for the
+    backward that here does not come): a checkpoint's optimizer state needs every parameter sharded."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def take_step(model, optimizer, scheduler, ref_model, ref_values, pairs, step: int, total: int, cfg, pad_id: int,
@@ -353,7 +392,8 @@ def train_fn_per_worker(loop_config: dict) -> None:
     os.environ.update(loop_config["env"])
     cfg = config_lib.build(loop_config["config"])
     run_dir, local = Path(loop_config["run_dir"]), cfg.train.local_mode
-    pairs = loop_config["pairs"] if local else ray.get(loop_config["pairs"])
+    pairs, eval_pairs = (loop_config["pairs"], loop_config.get("eval_pairs") or []) if local else \
+        ray.get([loop_config["pairs"], loop_config["eval_pairs"]])
     device = _local_device_and_group(cfg.train.use_gpu) if local else ray.train.torch.get_device()
     rank, local_run_dir = dist.get_rank(), run_dir if local else None
     if device.type == "cuda":
@@ -379,6 +419,11 @@ def train_fn_per_worker(loop_config: dict) -> None:
                                               tokenizer.pad_token_id, device,
                                               Path(loop_config["env"]["RAYALIGN_CACHE"]) / "reference", shared_prompt,
                                               policy=None if start else model)
+    eval_ref_model, eval_ref_values = ref_model, None  # a live reference serves both
+    if eval_pairs and ref_model is None:
+        eval_ref_model, eval_ref_values = prepare_reference(
+            cfg, eval_pairs, None, tokenizer.pad_token_id, device, Path(loop_config["env"]["RAYALIGN_CACHE"]) /
+            "reference", shared_prompt, policy=None if start else model)
     clock.lap("reference_s")
     probe.mark("reference")
 
@@ -405,6 +450,9 @@ def train_fn_per_worker(loop_config: dict) -> None:
             status = metrics["status"]
             ray.train.report(metrics)
             break
+        if eval_pairs and (done == stop or (cfg.train.eval_every and done % cfg.train.eval_every == 0)):
+            metrics.update(evaluate(model, eval_ref_model, eval_ref_values, eval_pairs, cfg, tokenizer.pad_token_id,
+                                    device, done / total, shared_prompt))
         save = done == stop or bool(cfg.train.save_every and done % cfg.train.save_every == 0)
         if save or done % cfg.train.report_every == 0:
             clock.lap("steps_s")
