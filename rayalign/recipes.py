@@ -89,12 +89,10 @@ def get_recipe(name: str) -> Recipe:
 
 def import_recipes(modules: list[str]) -> None:
     """Import the modules a config names in `recipes` (each registers its recipes); one line for a missing one."""
+    from rayalign.plugins import import_module
+
     for module in modules:
-        try:
-            importlib.import_module(module)
-        except ImportError as error:
-            raise ConfigError(f"config key 'recipes': cannot import '{module}' ({error}); name a module on the "
-                              "Python path, e.g. my_methods.toy") from None
+        import_module(module, "config key 'recipes'")
 
 
 def _d2po_services(cfg) -> list:

@@ -133,3 +133,35 @@ def test_one_pool_samples_a_second_model_exactly_as_its_own_pool_would(tmp_path,
     for label in ("trained", "other"):
         assert together[label] == alone[label] and together[label][1] is False
     assert together["trained"][0] != together["start"][0]  # the new weights did change what was sampled
+
+
+PLUGIN = '''
+from rayalign.tasks.registry import make_task
+
+def reward(prompt, response):
+    return float(len(response.split()))
+
+polite = make_task("polite", [f"Ask politely for item {i}." for i in range(40)], reward)
+'''
+
+
+def test_a_users_task_module_named_on_the_command_line_is_used_by_eval(tmp_path, capsys, monkeypatch, ray_local):
+    """`rayalign eval --task my_polite_tasks:polite` with my_polite_tasks.py in the current directory: its prompts,
+    its reward."""
+    (tmp_path / "my_polite_tasks.py").write_text(PLUGIN)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))  # the plugin's directory is added for this test
+    out = tmp_path / "eval"
+    code = cli.main(["eval", "--policy", "tiny-llama", "--reference", "tiny-llama", "--task", "my_polite_tasks:polite",
+                     "--num-prompts", "3", "--samples", "1", "--max-new-tokens", "5", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((out / "report.json").read_text())["task"] == "polite"
+    rows = _rows(out)
+    assert len(rows) == 6
+    for row in rows:
+        assert row["prompt"].startswith("Ask politely for item ")
+        assert row["reward"] == float(len(row["response"].split()))
+    code = cli.main(["eval", "--policy", "tiny-llama", "--reference", "tiny-llama", "--task", "my_polite_tasks:rude",
+                     "--out", str(out)])
+    assert code == 2 and capsys.readouterr().err.strip() == (
+        "error: task 'my_polite_tasks:rude': module 'my_polite_tasks' has no 'rude'")

@@ -16,9 +16,11 @@ Adding a task takes a prompt list and a reward function::
     def reward(prompt: str, response: str) -> float:
         return float("please" in response.lower())
 
-    register_task(make_task("polite", ["Ask for the salt.", "Ask for a pen.", ...], reward))
+    polite = make_task("polite", ["Ask for the salt.", "Ask for a pen.", ...], reward)
 
-after which ``rayalign eval --task polite`` and the pipelines can use it. For an unbounded prompt
+in ``my_tasks.py``; ``rayalign eval --task my_tasks:polite`` (or ``eval.task: my_tasks:polite``, ``inco.task``, ...)
+imports it from the current directory and registers it (`rayalign.plugins`). A module that calls
+``register_task(polite)`` itself and is named in the config's ``recipes`` list makes ``polite`` known by name. For an unbounded prompt
 space, build a :class:`Task` with a ``generate(rng) -> str`` function instead of a list.
 """
 
@@ -41,9 +43,19 @@ def register_task(task: Task, replace: bool = False) -> Task:
 
 
 def get_task(name: str) -> Task:
-    """The registered task `name`, or an error listing the known ones."""
+    """The registered task `name`, or a user's task given as "module:attribute" (imported, then registered under
+    its own name); an error listing the known ones."""
+    if ":" in name and name not in TASKS:
+        from rayalign.plugins import load_attribute
+
+        task = load_attribute(name, f"task '{name}'")
+        if not isinstance(task, Task):
+            raise RayAlignError(f"task '{name}' is a {type(task).__name__}, not a Task: make it with "
+                                "rayalign.tasks.registry.make_task(name, prompts, reward)")
+        TASKS[name] = register_task(task, replace=True)
     if name not in TASKS:
-        raise RayAlignError(f"unknown task '{name}'; known tasks: {', '.join(sorted(TASKS))}")
+        raise RayAlignError(f"unknown task '{name}'; known tasks: {', '.join(sorted(TASKS))} (or yours as "
+                            "module:attribute, e.g. my_tasks:polite)")
     return TASKS[name]
 
 
