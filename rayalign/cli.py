@@ -178,17 +178,26 @@ def cmd_bench(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from rayalign import config
     from rayalign.config import EvalConfig, SamplingConfig
     from rayalign.evaluation import evaluate
 
     e = EvalConfig(task=args.task, num_prompts=args.num_prompts, samples=args.samples, temperature=args.temperature,
                    top_p=args.top_p, max_new_tokens=args.max_new_tokens, scorer=args.scorer, seed=args.seed)
-    report = evaluate(args.policy, args.reference, e, args.out, SamplingConfig(engine=args.engine))
+    stray = [o for o in args.overrides if not o.startswith("judge.")]
+    if stray:
+        raise RayAlignError(f"eval takes judge.* settings after its options; '{stray[0]}' is not one")
+    judge = config.load(None, args.overrides).judge
+    report = evaluate(args.policy, args.reference, e, args.out, SamplingConfig(engine=args.engine), judge=judge)
     for role in ("policy", "reference"):
         stats = report[f"{role}_stats"]
         print(f"{role:9s} mean reward {stats['mean_reward']:.3f} ± {stats['reward_stderr']:.3f} (s.e.), "
               f"mean length {stats['mean_length_tokens']:.1f} tokens, truncated {stats['truncated_share']:.0%}")
     print(report["summary"])
+    if "judge" in report:
+        counts = report["judge"]
+        print(f"judge {counts['model']}: {counts['requests']} requests, {counts['cached']} answers from the cache, "
+              f"{counts['invalid']} invalid answers (scored as ties), {counts['ties']} ties")
     print(f"report: {args.out}/report.json, {args.out}/report.png")
     return 0
 
@@ -320,7 +329,11 @@ def build_parser(keys_of: str | None = None) -> argparse.ArgumentParser:
     evaluate.add_argument("--top-p", type=float, default=1.0)
     evaluate.add_argument("--max-new-tokens", type=int, default=48)
     evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--scorer", default="gold", help="'gold' (the task's reward) or a discriminator directory")
+    evaluate.add_argument("--scorer", default="gold", help="'gold' (the task's reward), 'llm' (an LLM judge, "
+                          "pairwise: judge.* settings) or a reward model directory (a discriminator checkpoint or an "
+                          "HF sequence classifier, served on Ray Serve)")
+    evaluate.add_argument("overrides", nargs="*", help="judge.* settings, e.g. judge.base_url=http://127.0.0.1:8000/v1 "
+                          "judge.max_calls=500 (`rayalign run --help` lists them)")
     evaluate.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="sampling engine of the SamplerPool")
     evaluate.add_argument("--out", default="runs/eval", help="output directory")
     evaluate.set_defaults(func=cmd_eval)

@@ -75,11 +75,11 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path, labels: list[str] |
     """Sample (or read from the cache) every run and the starting model, compare all pairs, write the outputs."""
     from rayalign.evaluation import (
         held_out,
-        make_scorer,
         model_stats,
         role_params,
         sample_models,
         score_samples,
+        served_scorer,
         write_samples,
     )
     from rayalign.models import load_tokenizer
@@ -96,17 +96,20 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path, labels: list[str] |
     e = eval_config(cfg)
     task = get_task(e.task)
     prompts = held_out(e, task, load_tokenizer(cfg.model.name), cfg.data.chat_template)
-    score = make_scorer(e.scorer, task)
+    if e.scorer == "llm":
+        raise RayAlignError("compare scores each response on its own (a gold reward or a reward model: eval.scorer); "
+                            "an LLM judge compares two models at a time: use `rayalign eval --scorer llm` per pair")
     models = [(START, START, cfg.model.name, "reference")]
     models += [(d.name, label, run_checkpoint(d), "policy") for d, label in zip(run_dirs, labels)]
     sampled = sample_models([(name, model, role_params(e, role)) for name, _, model, role in models],
                             prompts.prompt_ids, cfg.sampling)
     samples, rewards, entries = {}, {}, []
-    for name, label, model, _ in models:
-        samples[name], cached = sampled[name]
-        rewards[name] = score_samples(score, prompts.prompts, samples[name])
-        entries.append({"name": name, "label": label, "model": model, "from_cache": cached,
-                        **model_stats(rewards[name], samples[name])})
+    with served_scorer(e.scorer, task, cfg.judge) as score:
+        for name, label, model, _ in models:
+            samples[name], cached = sampled[name]
+            rewards[name] = score_samples(score, prompts.prompts, samples[name])
+            entries.append({"name": name, "label": label, "model": model, "from_cache": cached,
+                            **model_stats(rewards[name], samples[name])})
     groups = _group_runs(entries)
     table = {label: _pool(rewards, names) for label, names in groups.items()} if groups else rewards
     result = {"task": e.task, "settings": {**dataclasses.asdict(e), "engine": cfg.sampling.engine},

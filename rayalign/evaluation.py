@@ -18,6 +18,7 @@ intervals against ½).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -25,8 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rayalign.config import EvalConfig, SamplingConfig
-from rayalign.stats import compare_models, describe, mean_stderr
+from rayalign.config import EvalConfig, JudgeConfig, SamplingConfig
+from rayalign.stats import compare_models, compare_scores, describe, mean_stderr
 
 if TYPE_CHECKING:
     from rayalign.sampling.pool import PhasePool
@@ -37,12 +38,71 @@ ROLE_SEED_OFFSET = {"policy": 0, "reference": 1_000_003}  # independent samples 
 
 
 def make_scorer(scorer: str, task) -> Callable[[list[str], list[str]], list[float]]:
-    """'gold' → the task's gold reward; anything else is a saved discriminator directory."""
+    """'gold' → the task's gold reward; anything else is a reward model directory (a discriminator checkpoint or
+    an HF sequence classifier), loaded in this process."""
     if scorer == "gold":
         return lambda prompts, responses: [task.gold_reward(p, r) for p, r in zip(prompts, responses)]
-    from rayalign.scoring.discriminator import Discriminator
+    from rayalign.scoring.reward_model import load_reward_model
 
-    return Discriminator.load(scorer).score
+    return load_reward_model(scorer).score
+
+
+@contextlib.contextmanager
+def served_scorer(scorer: str, task, judge: JudgeConfig):
+    """The scorer of an evaluation: the task's gold reward, or a reward model directory on a Ray Serve replica of
+    its own (`judge.cpus`, `judge.gpus`), removed after."""
+    if scorer == "gold":
+        yield make_scorer(scorer, task)
+        return
+    import socket
+
+    from rayalign.scoring.serve import DiscriminatorService
+
+    check_reward_model(scorer)
+    with socket.socket() as sock:  # Serve's proxy, where none runs yet: a free port, not 8000
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    service = DiscriminatorService(scorer, name="judge", route_prefix="/judge", num_cpus=judge.cpus,
+                                   num_gpus=judge.gpus, port=port)
+    try:
+        yield service.score
+    finally:
+        service.shutdown()
+
+
+def check_reward_model(path: str) -> None:
+    """One line, before any replica starts, for a directory that is no reward model."""
+    from pathlib import Path
+
+    from rayalign.errors import RayAlignError
+    from rayalign.scoring.discriminator import _CONFIG_FILE
+
+    directory = Path(path)
+    config = directory / "config.json"
+    if (directory / _CONFIG_FILE).is_file() or (config.is_file() and any(
+            a.endswith("ForSequenceClassification") for a in json.loads(config.read_text()).get("architectures") or [])):
+        return
+    raise RayAlignError(f"eval.scorer: {path} is neither gold, llm nor a reward model directory (a discriminator "
+                        "checkpoint or an AutoModelForSequenceClassification directory)")
+
+
+def judge_pairwise(judge, prompts: list[str], policy: list[list[dict]], reference: list[list[dict]]) -> tuple:
+    """Every policy sample against every reference sample of its prompt, by an LLM judge (both orders). Returns
+    (each prompt's win score of the policy, each sample's win share: policy's, reference's)."""
+    asks = [(i, j, k) for i, (ours, theirs) in enumerate(zip(policy, reference))
+            for j in range(len(ours)) for k in range(len(theirs))]
+    outcomes = judge.compare([prompts[i] for i, _, _ in asks], [policy[i][j]["text"] for i, j, _ in asks],
+                             [reference[i][k]["text"] for i, _, k in asks])
+    won = {ask: outcome for ask, outcome in zip(asks, outcomes)}
+    scores, shares = [], {"policy": [], "reference": []}
+    for i, (ours, theirs) in enumerate(zip(policy, reference)):
+        scores.append(sum(won[i, j, k] for j in range(len(ours)) for k in range(len(theirs))) /
+                      (len(ours) * len(theirs)))
+        shares["policy"].append([sum(won[i, j, k] for k in range(len(theirs))) / len(theirs)
+                                 for j in range(len(ours))])
+        shares["reference"].append([1 - sum(won[i, j, k] for j in range(len(ours))) / len(ours)
+                                    for k in range(len(theirs))])
+    return scores, shares
 
 
 @dataclasses.dataclass
@@ -133,7 +193,7 @@ def report_settings(e: EvalConfig, sampling: SamplingConfig) -> dict:
 
 def evaluate(policy: str, reference: str, e: EvalConfig, out_dir: str | Path, sampling: SamplingConfig | None = None,
              chat_template: bool = True, pools: PhasePool | None = None, task: Task | None = None,
-             tokenizer=None) -> dict:
+             tokenizer=None, judge: JudgeConfig | None = None) -> dict:
     """Sample both models on held-out prompts (on `pools`, a pipeline's running pool, when given), score, compare;
     write report.json/.png + samples.jsonl. `task` and `tokenizer`: a run's own (else e.task's and the
     reference's)."""
@@ -147,19 +207,28 @@ def evaluate(policy: str, reference: str, e: EvalConfig, out_dir: str | Path, sa
 
         tokenizer = load_tokenizer(reference)
     prompts = held_out(e, task, tokenizer, chat_template)
-    score = make_scorer(e.scorer, task)
+    judge = judge or JudgeConfig()
     sampled = sample_models([(role, model, role_params(e, role)) for role, model in
                              (("reference", reference), ("policy", policy))], prompts.prompt_ids, sampling, pools)
-    samples, rewards, stats, cached = {}, {}, {}, {}
-    for role in ("reference", "policy"):
-        samples[role], cached[role] = sampled[role]
-        rewards[role] = score_samples(score, prompts.prompts, samples[role])
-        stats[role] = model_stats(rewards[role], samples[role])
+    samples = {role: sampled[role][0] for role in ("reference", "policy")}
+    extra = {}
+    if e.scorer == "llm":  # pairwise: a "reward" is a sample's win share against the other model's samples
+        from rayalign.judges import LLMJudge
+
+        llm = LLMJudge(judge)
+        scores, rewards = judge_pairwise(llm, prompts.prompts, samples["policy"], samples["reference"])
+        win_rate = compare_scores(scores, [score - 0.5 for score in scores])
+        extra = {"judge": {**llm.counts, "model": llm.client.model, "base_url": llm.client.base_url}}
+    else:
+        with served_scorer(e.scorer, task, judge) as score:
+            rewards = {role: score_samples(score, prompts.prompts, samples[role]) for role in samples}
+        win_rate = compare_models(rewards["policy"], rewards["reference"])
+    stats = {role: model_stats(rewards[role], samples[role]) for role in samples}
     report = {"task": task.name, "policy": policy, "reference": reference, "scorer": e.scorer,
               "settings": report_settings(e, sampling),
-              "policy_stats": stats["policy"], "reference_stats": stats["reference"],
-              "win_rate": compare_models(rewards["policy"], rewards["reference"]),
-              "samples_from_cache": cached, "wall_time_s": round(time.time() - began, 1)}
+              "policy_stats": stats["policy"], "reference_stats": stats["reference"], "win_rate": win_rate,
+              "samples_from_cache": {role: sampled[role][1] for role in samples}, **extra,
+              "wall_time_s": round(time.time() - began, 1)}
     report["summary"] = describe(report["win_rate"])
     write_outputs(Path(out_dir), report, prompts.prompts, samples, rewards)
     return report

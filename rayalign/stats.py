@@ -99,7 +99,12 @@ def prompts_needed(values: Sequence[float], null: float, z: float = Z95) -> int 
 def compare_models(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> dict:
     """A against B on the same prompts: win rate (bootstrap and Wilson intervals), reward difference,
     prompts needed to resolve each, and the prompt tally."""
-    scores, diffs = prompt_win_scores(a, b), prompt_differences(a, b)
+    return compare_scores(prompt_win_scores(a, b), prompt_differences(a, b))
+
+
+def compare_scores(scores: Sequence[float], diffs: Sequence[float]) -> dict:
+    """`compare_models` from each prompt's win score of A (in [0, 1], ties half) and its difference: what a pairwise
+    judge gives directly."""
     n = len(scores)
     rate, diff = sum(scores) / n, sum(diffs) / n
     low, high = bootstrap_interval(scores)

@@ -70,9 +70,9 @@ class DiscriminatorServer:
         latest = Path(self.latest) if self.latest else None
         checkpoint = latest.read_text() if latest is not None and latest.is_file() else config["checkpoint"]
         if checkpoint != self.checkpoint:
-            from rayalign.scoring.discriminator import Discriminator
+            from rayalign.scoring.reward_model import load_reward_model
 
-            model = Discriminator.load(checkpoint).to(self.device)
+            model = load_reward_model(checkpoint).to(self.device)
             self.model, self.checkpoint = model, checkpoint
 
     async def update(self, pairs: list[dict], known: list[dict], directory: str, storage=None,
