@@ -346,9 +346,8 @@ class InCoConfig:
     num_prompts: int = 48
     """Training prompts to synthesise pairs for."""
     scorer: str = "gold"
-    """gold: the task's reward; llm: an LLM judge comparing the two models' responses pairwise, in both orders
-    (`judge.*`); otherwise a reward model directory (a discriminator checkpoint or an HF sequence classifier),
-    served on Ray Serve (`judge.cpus`, `judge.gpus`)."""
+    """gold: the task's reward; otherwise a reward model directory (a discriminator checkpoint or an HF sequence
+    classifier), loaded in the driver."""
     include_off_policy: bool = False
     """Let y_off itself join the candidates (inco mode)."""
     shard_size: int = 16
@@ -505,7 +504,9 @@ class EvalConfig:
     top_p: float = 1.0
     """Nucleus sampling threshold."""
     scorer: str = "gold"
-    """gold: the task's reward; otherwise a saved discriminator directory."""
+    """gold: the task's reward; llm: an LLM judge comparing the two models' responses pairwise, in both orders
+    (`judge.*`); otherwise a reward model directory (a discriminator checkpoint or an HF sequence classifier),
+    served on Ray Serve (`judge.cpus`, `judge.gpus`)."""
     seed: int = 0
     """Seed of the held-out prompts and sampling."""
 
