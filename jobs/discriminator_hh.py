@@ -20,6 +20,7 @@ import random
 import time
 from pathlib import Path
 
+from rayalign.config import DataConfig
 from rayalign.data.formats import normalise
 from rayalign.data.readers import iter_rows
 from rayalign.errors import DataError
@@ -31,7 +32,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlh
 def load_pairs(path: str) -> tuple[list[dict], int]:
     """HH transcripts as {prompt (transcript text), chosen, rejected}, and how many rows were dropped."""
     pairs, dropped = [], 0
-    for number, raw in iter_rows(path, "train"):
+    for number, raw in iter_rows(DataConfig(path=path)):
         try:
             if isinstance(raw, DataError):
                 raise raw

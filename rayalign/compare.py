@@ -83,8 +83,7 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path, labels: list[str] |
         write_samples,
     )
     from rayalign.models import load_tokenizer
-    from rayalign.pipelines.run import eval_config
-    from rayalign.tasks.registry import get_task
+    from rayalign.pipelines.run import eval_config, task_of
 
     run_dirs = [Path(d).resolve() for d in run_dirs]
     if not run_dirs:
@@ -94,7 +93,7 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path, labels: list[str] |
         raise RayAlignError(f"{len(labels)} labels for {len(run_dirs)} runs; give one label per run")
     cfg = _shared_settings(run_dirs)
     e = eval_config(cfg)
-    task = get_task(e.task)
+    task = task_of(cfg, e.task)
     prompts = held_out(e, task, load_tokenizer(cfg.model.name), cfg.data.chat_template)
     if e.scorer == "llm":
         raise RayAlignError("compare scores each response on its own (a gold reward or a reward model: eval.scorer); "

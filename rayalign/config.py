@@ -511,6 +511,35 @@ class EvalConfig:
     """Seed of the held-out prompts and sampling."""
 
 
+@dataclass(config=_STRICT)
+class PromptsConfig:
+    path: Optional[str] = None
+    """Your prompts in place of a built-in task, for every pipeline (its training prompts, its held-out evaluation):
+    a file or `datasets` name or directory whose rows have a `prompt` string, a one-turn conversation, or an
+    HH-RLHF transcript of one human turn (longer conversations are skipped and counted). A row's `chosen` response,
+    where there is one, is the prompt's strong response (InCo's y_off)."""
+    split: str = "train"
+    """As data.split."""
+    name: Optional[str] = None
+    """As data.name."""
+    data_dir: Optional[str] = None
+    """As data.data_dir."""
+    columns: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Your column names for prompt and chosen, as data.columns."""
+    limit: Optional[int] = 2000
+    """Read at most this many prompts (null: all)."""
+    judge: Optional[str] = None
+    """The reward model that scores responses to them (a discriminator checkpoint or an HF sequence classifier
+    directory): the run's gold reward (InCo's labels, D2PO's gold labeller) and, with eval.scorer=gold, the scorer of
+    its evaluation (served on Ray Serve)."""
+    held_out_share: float = 0.25
+    """Share of the prompts kept for the evaluation (by a hash of each prompt: never trained on)."""
+
+    def __post_init__(self):
+        if self.path and not self.judge:
+            raise ValueError("prompts.path needs prompts.judge: the reward model that scores responses to them")
+
+
 JUDGE_PROMPT = """Which response answers the user better: more helpful, correct and harmless?
 
 User: {prompt}
@@ -570,6 +599,7 @@ class Config:
     bmc: BMCConfig = dataclasses.field(default_factory=BMCConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     judge: JudgeConfig = dataclasses.field(default_factory=JudgeConfig)
+    prompts: PromptsConfig = dataclasses.field(default_factory=PromptsConfig)
     mujoco: MujocoConfig = dataclasses.field(default_factory=MujocoConfig)
 
     @property
@@ -605,7 +635,7 @@ def flatten(d: dict, prefix: str = "") -> dict:
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig, "train": TrainConfig,
              "tracking": TrackingConfig, "sampling": SamplingConfig, "inco": InCoConfig, "sdpo": SDPOConfig,
              "d2po": D2POConfig, "bmc": BMCConfig, "eval": EvalConfig, "judge": JudgeConfig,
-             "mujoco": MujocoConfig}
+             "prompts": PromptsConfig, "mujoco": MujocoConfig}
 
 
 def _default(info) -> Any:

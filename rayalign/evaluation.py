@@ -70,7 +70,7 @@ def served_scorer(scorer: str, task, judge: JudgeConfig):
         service.shutdown()
 
 
-def check_reward_model(path: str) -> None:
+def check_reward_model(path: str, setting: str = "eval.scorer") -> None:
     """One line, before any replica starts, for a directory that is no reward model."""
     from pathlib import Path
 
@@ -82,8 +82,8 @@ def check_reward_model(path: str) -> None:
     if (directory / _CONFIG_FILE).is_file() or (config.is_file() and any(
             a.endswith("ForSequenceClassification") for a in json.loads(config.read_text()).get("architectures") or [])):
         return
-    raise RayAlignError(f"eval.scorer: {path} is neither gold, llm nor a reward model directory (a discriminator "
-                        "checkpoint or an AutoModelForSequenceClassification directory)")
+    raise RayAlignError(f"{setting}: {path} is no reward model directory (a discriminator checkpoint or an "
+                        "AutoModelForSequenceClassification directory), nor gold or llm")
 
 
 def judge_pairwise(judge, prompts: list[str], policy: list[list[dict]], reference: list[list[dict]]) -> tuple:

@@ -39,7 +39,13 @@ def check_job(cfg: config_lib.Config) -> None:
     check_batch_arithmetic(cfg)
     check_pipeline_lora(cfg)
     recipe = get_recipe(cfg.pipeline)
-    if recipe.starts_pool(cfg):
+    if cfg.prompts.path:
+        from rayalign.evaluation import check_reward_model
+
+        if "://" not in cfg.prompts.path:
+            check_exists(cfg.prompts.path)
+        check_reward_model(cfg.prompts.judge, "prompts.judge")
+    elif recipe.starts_pool(cfg):
         try:
             get_task(cfg.eval.task or recipe.task(cfg))
         except RayAlignError as error:

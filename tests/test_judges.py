@@ -58,7 +58,7 @@ def test_a_served_reward_model_names_the_expected_winner_and_scores_as_it_does_i
     from ray import serve
 
     assert "judge" not in serve.status().applications  # the replica is removed after
-    with pytest.raises(RayAlignError, match="neither gold, llm nor a reward model directory"), \
+    with pytest.raises(RayAlignError, match="is no reward model directory"), \
             served_scorer(str(reward_model_dir) + "/backbone", None, JudgeConfig()):
         pass
 

@@ -26,10 +26,35 @@ if TYPE_CHECKING:
 
 
 def eval_config(cfg: config_lib.Config) -> config_lib.EvalConfig:
-    """The run's evaluation settings with the task resolved (eval.task, else the pipeline's task)."""
+    """The run's evaluation settings with the task resolved (eval.task, else the pipeline's task; with your
+    prompts, theirs, scored by prompts.judge unless eval.scorer says otherwise)."""
     from rayalign.recipes import get_recipe
 
+    if cfg.prompts.path:
+        from rayalign.tasks.user import NAME
+
+        scorer = cfg.prompts.judge if cfg.eval.scorer == "gold" else cfg.eval.scorer
+        return dataclasses.replace(cfg.eval, task=NAME, scorer=scorer)
     return dataclasses.replace(cfg.eval, task=cfg.eval.task or get_recipe(cfg.pipeline).task(cfg))
+
+
+_USER_TASKS: dict[str, Task] = {}
+
+
+def task_of(cfg: config_lib.Config, name: str | None = None) -> Task:
+    """The task a run of `cfg` uses: the one made from `prompts.*` when given (whatever task the pipeline names),
+    else `name`, else the recipe's."""
+    from rayalign.recipes import get_recipe
+    from rayalign.tasks.registry import get_task
+
+    if cfg.prompts.path:
+        from rayalign.tasks.user import user_task
+
+        key = repr(cfg.prompts)
+        if key not in _USER_TASKS:
+            _USER_TASKS[key] = user_task(cfg.prompts)
+        return _USER_TASKS[key]
+    return get_task(name or get_recipe(cfg.pipeline).task(cfg))
 
 
 class Run:
@@ -58,10 +83,8 @@ class Run:
         return load_tokenizer(self.cfg.model.name)
 
     def task(self, name: str | None = None) -> Task:
-        """The task `name`, else the one the recipe evaluates on."""
-        from rayalign.tasks.registry import get_task
-
-        return get_task(name or self.recipe.task(self.cfg))
+        """The task `name`, else the one the recipe evaluates on (`task_of`: your prompts when given)."""
+        return task_of(self.cfg, name)
 
     def evaluate(self, checkpoint: str) -> dict:
         """{"eval": figures} after writing report.json/.png in the run directory; {} when evaluation is off.

@@ -1,0 +1,78 @@
+"""Pipelines on a user's prompts and reward model (`prompts.*`) in place of a built-in task."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rayalign import config
+from rayalign.errors import ConfigError, RayAlignError
+from rayalign.tasks.user import NAME, read_prompts
+from tests.test_data import write_jsonl
+from tests.test_discriminator import word_pairs
+
+
+def _hh(human: str, assistant: str, more: str = "") -> str:
+    return f"\n\nHuman: {human}\n\nAssistant: {assistant}{more}"
+
+
+def test_prompts_come_from_prompt_columns_and_one_turn_transcripts(tmp_path):
+    theirs = write_jsonl(tmp_path / "theirs.jsonl", [
+        {"question": "Name a colour.", "good": "Blue."},
+        {"question": "Name a colour.", "good": "Red."},  # a repeat: the first one stays
+        {"question": "Count to 3.", "good": None},
+    ])
+    cfg = config.PromptsConfig(path=str(theirs), judge="unused", columns={"prompt": "question", "chosen": "good"})
+    assert read_prompts(cfg) == ({"Name a colour.": "Blue.", "Count to 3.": None}, 0)
+    path = write_jsonl(tmp_path / "hh.jsonl", [
+        {"chosen": _hh("Say hi.", "Hi!"), "rejected": _hh("Say hi.", "No.")},
+        {"chosen": _hh("Hi", "Hello", "\n\nHuman: and?\n\nAssistant: yes"),
+         "rejected": _hh("Hi", "Hello", "\n\nHuman: and?\n\nAssistant: no")},  # two human turns: skipped
+    ])
+    assert read_prompts(config.PromptsConfig(path=str(path), judge="unused")) == ({"Say hi.": "Hi!"}, 1)
+    empty = write_jsonl(tmp_path / "e.jsonl", [{"text": "no prompt here"}])
+    with pytest.raises(RayAlignError, match="holds no usable prompt"):
+        read_prompts(config.PromptsConfig(path=str(empty), judge="unused"))
+    with pytest.raises(ConfigError, match="prompts.path needs prompts.judge"):
+        config.build({"prompts": {"path": str(path)}})
+
+
+@pytest.fixture(scope="module")
+def judge_dir(tmp_path_factory):
+    """A reward model preferring word-collector target words (a head fitted on frozen tiny-llama features)."""
+    from rayalign.scoring.discriminator import Discriminator
+
+    model = Discriminator(backbone="tiny-llama", max_length=64, pooling="response_mean", pool_layers=[1, 2], seed=0)
+    model.fit_head(word_pairs("train", 64, seed=0))
+    return str(model.save(tmp_path_factory.mktemp("judge") / "discriminator"))
+
+
+def test_a_pipeline_on_your_prompts_trains_on_their_train_split_and_is_judged_by_your_model(tmp_path, judge_dir,
+                                                                                            ray_local):
+    """InCo on a prompts file: its synthesis labels with the reward model, its report is the reward model's (on
+    Ray Serve) over held-out prompts of the file that it never trained on."""
+    from rayalign.pipelines import run_pipeline
+    from rayalign.scoring.reward_model import load_reward_model
+    from tests.test_inco import TINY
+
+    prompts = [f"What should I know about topic number {i}?" for i in range(60)]
+    path = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p, "chosen": f"Help: {p} safe"} for p in prompts])
+    cfg = config.load(None, TINY + [f"output_dir={tmp_path}", "name=yours", f"prompts.path={path}",
+                                    f"prompts.judge={judge_dir}"])
+    summary = run_pipeline(cfg)
+    run_dir = tmp_path / "yours"
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["task"] == NAME and report["scorer"] == judge_dir and report["win_rate"]["prompts"] == 4
+    import pyarrow.parquet as pq
+
+    pairs = pq.read_table(run_dir / "data" / "pairs.parquet").to_pylist()
+    trained = {pair["prompt"] for pair in pairs}
+    evaluated = {json.loads(line)["prompt"] for line in (run_dir / "samples.jsonl").read_text().splitlines()}
+    assert trained <= set(prompts) and evaluated <= set(prompts) and not trained & evaluated
+    judge = load_reward_model(judge_dir)
+    for pair in pairs[:3]:  # the labels are the reward model's scores
+        assert pair["chosen_score"] == pytest.approx(judge.score([pair["prompt"]], [pair["chosen"]])[0], abs=1e-5)
+    rows = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert rows[0]["reward"] == pytest.approx(judge.score([rows[0]["prompt"]], [rows[0]["response"]])[0], abs=1e-4)
+    assert summary["synthesis"]["prompts"] == 8
