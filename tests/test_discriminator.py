@@ -528,3 +528,24 @@ def test_serve_cli_prints_the_url_and_stops_on_ctrl_c(trained, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_hh_discriminator_job_writes_a_reward_model_that_judges(tmp_path):
+    """jobs/discriminator_hh.py end to end on a slice of the HH-RLHF sample (tiny-llama backbone): its checkpoint
+    loads as a reward model (what prompts.judge and eval.scorer take)."""
+    import subprocess
+    import sys
+
+    from rayalign.scoring.reward_model import load_reward_model
+    from tests.conftest import REPO, hh_sample
+
+    data = hh_sample()
+    done = subprocess.run([sys.executable, "jobs/discriminator_hh.py", "--data", str(data), "--train", "48",
+                           "--held-out", "16", "--backbone", "tiny-llama", "--pool-layers", "1", "2",
+                           "--out", str(tmp_path / "hh")], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((tmp_path / "hh" / "summary.json").read_text())
+    assert summary["train_pairs"] == 48 and summary["held_out_pairs"] == 16 and 0 <= summary["held_out_accuracy"] <= 1
+    judge = load_reward_model(str(tmp_path / "hh" / "checkpoint"))
+    assert len(judge.score(["Hi"], ["Hello!"])) == 1
