@@ -656,7 +656,7 @@ def describe_fields(pipeline: str | None = None) -> list[tuple[str, Any, str]]:
     if pipeline is not None:
         skip = {section for section in _OWN_SECTIONS if section != pipeline}
         if not get_recipe(pipeline).starts_pool(build({"pipeline": pipeline})):  # neither samples nor evaluates
-            skip |= {"sampling", "eval", "judge"}
+            skip |= {"sampling", "eval", "judge", "prompts"}
     rows = []
     for name, info in Config.__pydantic_fields__.items():
         if name in skip:
