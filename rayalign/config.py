@@ -566,8 +566,9 @@ class JudgeConfig:
     needs more stops before its first request."""
     max_tokens: int = 8
     """eval.scorer=llm: the longest answer asked for."""
-    cpus: float = 1.0
-    """eval.scorer=DIR: CPUs of the reward model's Ray Serve replica."""
+    cpus: float = 0.0
+    """eval.scorer=DIR: CPUs the reward model's Ray Serve replica reserves. 0: none, as it scores after the samplers
+    have finished (a pipeline's pool may still hold its CPUs then)."""
     gpus: float = 0.0
     """eval.scorer=DIR: GPUs of the reward model's Ray Serve replica (it scores there)."""
 

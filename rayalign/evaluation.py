@@ -56,9 +56,10 @@ def served_scorer(scorer: str, task, judge: JudgeConfig):
         return
     import socket
 
+    from rayalign.scoring.reward_model import check_reward_model
     from rayalign.scoring.serve import DiscriminatorService
 
-    check_reward_model(scorer)
+    check_reward_model(scorer, "eval.scorer (gold, llm or a reward model directory)")
     with socket.socket() as sock:  # Serve's proxy, where none runs yet: a free port, not 8000
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -68,22 +69,6 @@ def served_scorer(scorer: str, task, judge: JudgeConfig):
         yield service.score
     finally:
         service.shutdown()
-
-
-def check_reward_model(path: str, setting: str = "eval.scorer") -> None:
-    """One line, before any replica starts, for a directory that is no reward model."""
-    from pathlib import Path
-
-    from rayalign.errors import RayAlignError
-    from rayalign.scoring.discriminator import _CONFIG_FILE
-
-    directory = Path(path)
-    config = directory / "config.json"
-    if (directory / _CONFIG_FILE).is_file() or (config.is_file() and any(
-            a.endswith("ForSequenceClassification") for a in json.loads(config.read_text()).get("architectures") or [])):
-        return
-    raise RayAlignError(f"{setting}: {path} is no reward model directory (a discriminator checkpoint or an "
-                        "AutoModelForSequenceClassification directory), nor gold or llm")
 
 
 def judge_pairwise(judge, prompts: list[str], policy: list[list[dict]], reference: list[list[dict]]) -> tuple:

@@ -40,7 +40,7 @@ def check_job(cfg: config_lib.Config) -> None:
     check_pipeline_lora(cfg)
     recipe = get_recipe(cfg.pipeline)
     if cfg.prompts.path:
-        from rayalign.evaluation import check_reward_model
+        from rayalign.scoring.reward_model import check_reward_model
 
         if "://" not in cfg.prompts.path:
             check_exists(cfg.prompts.path)

@@ -88,7 +88,7 @@ def test_an_hf_sequence_classifier_scores_padded_batches_as_each_text_alone(tmp_
     assert batched == pytest.approx(alone, abs=1e-5)
     (tmp_path / "lm").mkdir()
     (tmp_path / "lm" / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
-    with pytest.raises(RayAlignError, match="is not a reward model"):
+    with pytest.raises(RayAlignError, match="is no reward model directory"):
         load_reward_model(str(tmp_path / "lm"))
 
 

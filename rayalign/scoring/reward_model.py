@@ -58,16 +58,31 @@ class SequenceClassifier:
         return scores
 
 
-def load_reward_model(path: str):
-    """A discriminator checkpoint (`Discriminator.save`) or an HF sequence classifier directory, else one line."""
-    from rayalign.scoring.discriminator import _CONFIG_FILE, Discriminator
+def reward_model_kind(path: str) -> str | None:
+    """"discriminator" (a `Discriminator.save` directory), "classifier" (an HF sequence classifier) or None."""
+    from rayalign.scoring.discriminator import _CONFIG_FILE
 
     directory = Path(path)
     if (directory / _CONFIG_FILE).is_file():
-        return Discriminator.load(directory)
+        return "discriminator"
     config = directory / "config.json"
-    architectures = json.loads(config.read_text()).get("architectures") or [] if config.is_file() else []
-    if any(name.endswith("ForSequenceClassification") for name in architectures):
-        return SequenceClassifier(str(directory))
-    raise RayAlignError(f"{path} is not a reward model: give a discriminator checkpoint (Discriminator.save, "
-                        "jobs/discriminator_hh.py) or an AutoModelForSequenceClassification directory")
+    architectures = (json.loads(config.read_text()).get("architectures") or []) if config.is_file() else []
+    return "classifier" if any(name.endswith("ForSequenceClassification") for name in architectures) else None
+
+
+def check_reward_model(path: str, setting: str) -> None:
+    """One line naming `setting` where `path` is no reward model directory."""
+    if reward_model_kind(path) is None:
+        raise RayAlignError(f"{setting}: {path} is no reward model directory: give a discriminator checkpoint "
+                            "(Discriminator.save, jobs/discriminator_hh.py) or an AutoModelForSequenceClassification "
+                            "directory")
+
+
+def load_reward_model(path: str):
+    """A discriminator checkpoint (`Discriminator.save`) or an HF sequence classifier directory, else one line."""
+    from rayalign.scoring.discriminator import Discriminator
+
+    check_reward_model(path, "reward model")
+    if reward_model_kind(path) == "discriminator":
+        return Discriminator.load(path)
+    return SequenceClassifier(path)
