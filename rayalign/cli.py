@@ -178,17 +178,25 @@ def cmd_bench(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    import dataclasses
+
     from rayalign import config
     from rayalign.config import EvalConfig, SamplingConfig
     from rayalign.evaluation import evaluate
 
     e = EvalConfig(task=args.task, num_prompts=args.num_prompts, samples=args.samples, temperature=args.temperature,
                    top_p=args.top_p, max_new_tokens=args.max_new_tokens, scorer=args.scorer, seed=args.seed)
-    stray = [o for o in args.overrides if not o.startswith("judge.")]
+    stray = [o for o in args.overrides if not o.startswith(("judge.", "prompts."))]
     if stray:
-        raise RayAlignError(f"eval takes judge.* settings after its options; '{stray[0]}' is not one")
-    judge = config.load(None, args.overrides).judge
-    report = evaluate(args.policy, args.reference, e, args.out, SamplingConfig(engine=args.engine), judge=judge)
+        raise RayAlignError(f"eval takes judge.* and prompts.* settings after its options; '{stray[0]}' is not one")
+    cfg = config.load(None, args.overrides)
+    task = None
+    if cfg.prompts.path:  # your prompts and reward model in place of --task
+        from rayalign.pipelines.run import eval_config, task_of
+
+        task, e = task_of(cfg), eval_config(dataclasses.replace(cfg, eval=e))
+    report = evaluate(args.policy, args.reference, e, args.out, SamplingConfig(engine=args.engine), task=task,
+                      judge=cfg.judge)
     for role in ("policy", "reference"):
         stats = report[f"{role}_stats"]
         print(f"{role:9s} mean reward {stats['mean_reward']:.3f} ± {stats['reward_stderr']:.3f} (s.e.), "
@@ -332,8 +340,10 @@ def build_parser(keys_of: str | None = None) -> argparse.ArgumentParser:
     evaluate.add_argument("--scorer", default="gold", help="'gold' (the task's reward), 'llm' (an LLM judge, "
                           "pairwise: judge.* settings) or a reward model directory (a discriminator checkpoint or an "
                           "HF sequence classifier, served on Ray Serve)")
-    evaluate.add_argument("overrides", nargs="*", help="judge.* settings, e.g. judge.base_url=http://127.0.0.1:8000/v1 "
-                          "judge.max_calls=500 (`rayalign run --help` lists them)")
+    evaluate.add_argument("overrides", nargs="*", help="judge.* and prompts.* settings, e.g. "
+                          "prompts.path=my_prompts.jsonl prompts.judge=RM_DIR (your prompts in place of --task, scored "
+                          "by your reward model), judge.base_url=http://127.0.0.1:8000/v1 (`rayalign run --help` lists "
+                          "them)")
     evaluate.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="sampling engine of the SamplerPool")
     evaluate.add_argument("--out", default="runs/eval", help="output directory")
     evaluate.set_defaults(func=cmd_eval)

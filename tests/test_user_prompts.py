@@ -76,3 +76,22 @@ def test_a_pipeline_on_your_prompts_trains_on_their_train_split_and_is_judged_by
     rows = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert rows[0]["reward"] == pytest.approx(judge.score([rows[0]["prompt"]], [rows[0]["response"]])[0], abs=1e-4)
     assert summary["synthesis"]["prompts"] == 8
+
+
+def test_rayalign_eval_on_your_prompts_is_scored_by_your_reward_model(tmp_path, judge_dir, capsys, ray_local):
+    from rayalign import cli
+    from rayalign.scoring.reward_model import load_reward_model
+
+    prompts = [f"Tell me about item {i}." for i in range(40)]
+    path = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in prompts])
+    out = tmp_path / "eval"
+    code = cli.main(["eval", "--policy", "tiny-llama", "--reference", "tiny-llama", "--num-prompts", "3",
+                     "--samples", "1", "--max-new-tokens", "4", "--out", str(out), f"prompts.path={path}",
+                     f"prompts.judge={judge_dir}"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == NAME and report["scorer"] == judge_dir
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert {row["prompt"] for row in rows} <= set(prompts) and len(rows) == 6
+    judge = load_reward_model(judge_dir)
+    assert rows[0]["reward"] == pytest.approx(judge.score([rows[0]["prompt"]], [rows[0]["response"]])[0], abs=1e-4)
