@@ -338,8 +338,8 @@ def build_parser(keys_of: str | None = None) -> argparse.ArgumentParser:
     evaluate.add_argument("--max-new-tokens", type=int, default=48)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--scorer", default="gold", help="'gold' (the task's reward), 'llm' (an LLM judge, "
-                          "pairwise: judge.* settings) or a reward model directory (a discriminator checkpoint or an "
-                          "HF sequence classifier, served on Ray Serve)")
+                          "pairwise: judge.* settings), module:attribute (your scoring function) or a reward model "
+                          "directory (a discriminator checkpoint or an HF sequence classifier, served on Ray Serve)")
     evaluate.add_argument("overrides", nargs="*", help="judge.* and prompts.* settings, e.g. "
                           "prompts.path=my_prompts.jsonl prompts.judge=RM_DIR (your prompts in place of --task, scored "
                           "by your reward model), judge.base_url=http://127.0.0.1:8000/v1 (`rayalign run --help` lists "

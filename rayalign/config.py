@@ -505,7 +505,8 @@ class EvalConfig:
     """Nucleus sampling threshold."""
     scorer: str = "gold"
     """gold: the task's reward; llm: an LLM judge comparing the two models' responses pairwise, in both orders
-    (`judge.*`); otherwise a reward model directory (a discriminator checkpoint or an HF sequence classifier),
+    (`judge.*`); module:attribute: your judge, a function of (prompts, responses) -> scores (or an object with such a
+    `score` method); otherwise a reward model directory (a discriminator checkpoint or an HF sequence classifier),
     served on Ray Serve (`judge.cpus`, `judge.gpus`)."""
     seed: int = 0
     """Seed of the held-out prompts and sampling."""

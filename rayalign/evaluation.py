@@ -38,10 +38,16 @@ ROLE_SEED_OFFSET = {"policy": 0, "reference": 1_000_003}  # independent samples 
 
 
 def make_scorer(scorer: str, task) -> Callable[[list[str], list[str]], list[float]]:
-    """'gold' → the task's gold reward; anything else is a reward model directory (a discriminator checkpoint or
-    an HF sequence classifier), loaded in this process."""
+    """'gold' → the task's gold reward; "module:attribute" → your judge, a function (or an object with a `score`
+    method) of (prompts, responses) -> scores; anything else is a reward model directory (a discriminator checkpoint
+    or an HF sequence classifier), loaded in this process."""
     if scorer == "gold":
         return lambda prompts, responses: [task.gold_reward(p, r) for p, r in zip(prompts, responses)]
+    if is_plugin(scorer):
+        from rayalign.plugins import load_attribute
+
+        judge = load_attribute(scorer, "eval.scorer")
+        return getattr(judge, "score", judge)
     from rayalign.scoring.reward_model import load_reward_model
 
     return load_reward_model(scorer).score
@@ -51,7 +57,7 @@ def make_scorer(scorer: str, task) -> Callable[[list[str], list[str]], list[floa
 def served_scorer(scorer: str, task, judge: JudgeConfig):
     """The scorer of an evaluation: the task's gold reward, or a reward model directory on a Ray Serve replica of
     its own (`judge.cpus`, `judge.gpus`), removed after."""
-    if scorer == "gold":
+    if scorer == "gold" or is_plugin(scorer):
         yield make_scorer(scorer, task)
         return
     import socket
@@ -69,6 +75,11 @@ def served_scorer(scorer: str, task, judge: JudgeConfig):
         yield service.score
     finally:
         service.shutdown()
+
+
+def is_plugin(scorer: str) -> bool:
+    """Whether `scorer` names your judge as module:attribute (not a directory with a colon in its path)."""
+    return ":" in scorer and not Path(scorer).exists()
 
 
 def judge_pairwise(judge, prompts: list[str], policy: list[list[dict]], reference: list[list[dict]]) -> tuple:

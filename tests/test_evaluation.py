@@ -142,12 +142,15 @@ def reward(prompt, response):
     return float(len(response.split()))
 
 polite = make_task("polite", [f"Ask politely for item {i}." for i in range(40)], reward)
+
+def judge(prompts, responses):
+    return [float(len(r)) + 0.5 for r in responses]
 '''
 
 
 def test_a_users_task_module_named_on_the_command_line_is_used_by_eval(tmp_path, capsys, monkeypatch, ray_local):
     """`rayalign eval --task my_polite_tasks:polite` with my_polite_tasks.py in the current directory: its prompts,
-    its reward."""
+    its reward; `--scorer my_polite_tasks:judge`: its judge."""
     (tmp_path / "my_polite_tasks.py").write_text(PLUGIN)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.path", list(__import__("sys").path))  # the plugin's directory is added for this test
@@ -161,6 +164,12 @@ def test_a_users_task_module_named_on_the_command_line_is_used_by_eval(tmp_path,
     for row in rows:
         assert row["prompt"].startswith("Ask politely for item ")
         assert row["reward"] == float(len(row["response"].split()))
+    judged = tmp_path / "judged"
+    code = cli.main(["eval", "--policy", "tiny-llama", "--reference", "tiny-llama", "--task", "my_polite_tasks:polite",
+                     "--scorer", "my_polite_tasks:judge", "--num-prompts", "3", "--samples", "1",
+                     "--max-new-tokens", "5", "--out", str(judged)])
+    assert code == 0, capsys.readouterr().err
+    assert all(row["reward"] == len(row["response"]) + 0.5 for row in _rows(judged))  # your judge scored them
     code = cli.main(["eval", "--policy", "tiny-llama", "--reference", "tiny-llama", "--task", "my_polite_tasks:rude",
                      "--out", str(out)])
     assert code == 2 and capsys.readouterr().err.strip() == (
