@@ -71,7 +71,8 @@ class DataSource:
 @dataclass(config=_STRICT)
 class DataConfig:
     path: str = ""
-    """Preference data: a .jsonl/.json/.parquet file (optionally .gz), or a `datasets` name."""
+    """Preference data: a .jsonl/.json/.parquet file (optionally .gz), a pattern of them (data/part-*.jsonl), or a
+    `datasets` name or directory."""
     split: str = "train"
     """Split to read when `path` is a `datasets` name."""
     name: Optional[str] = None

@@ -598,3 +598,19 @@ def test_an_eval_split_reads_that_split_with_the_same_settings(tmp_path, tokeniz
     assert _ids(prepared.eval_pairs) == [tuple(encode_response(f"beta good {i}", tokenizer)) for i in range(3)]
     with pytest.raises(ValueError, match="one of data.eval_path, data.eval_split and data.eval_fraction"):
         DataConfig(path=str(folder), eval_split="test", eval_fraction=0.1)
+
+
+def test_a_path_pattern_reads_each_matching_file_in_name_order_and_names_the_file_of_a_bad_row(tmp_path, tokenizer):
+    write_jsonl(tmp_path / "part-2.jsonl", _tagged_rows("beta", 2))
+    write_jsonl(tmp_path / "part-1.jsonl", _tagged_rows("alpha", 3))
+    write_jsonl(tmp_path / "other.jsonl", _tagged_rows("gamma", 4))  # not matched
+    prepared = prepare_data(DataConfig(path=str(tmp_path / "part-*.jsonl")), tokenizer)
+    assert _sources_of(prepared, tokenizer) == ["alpha"] * 3 + ["beta"] * 2 and prepared.stats["rows_read"] == 5
+    bad = _tagged_rows("beta", 2)
+    bad[1]["rejected"] = bad[1]["chosen"]
+    write_jsonl(tmp_path / "part-2.jsonl", bad)
+    with pytest.raises(DataError) as error:
+        prepare_data(DataConfig(path=str(tmp_path / "part-*.jsonl")), tokenizer)
+    assert str(error.value).startswith(f"{tmp_path / 'part-2.jsonl'}, row 2, field 'rejected': identical")
+    with pytest.raises(DataError, match="no file matches this pattern"):
+        prepare_data(DataConfig(path=str(tmp_path / "nothing-*.jsonl")), tokenizer)

@@ -42,13 +42,20 @@ def iter_rows(cfg) -> RawRows:
 
 
 def iter_sources(cfg) -> Iterator[tuple[object, int, dict | DataError]]:
-    """(source, row number, raw row) of `cfg.path`, or of `cfg.mix` drawn at random by weight (seeded by
-    `cfg.mix_seed`) until a source runs out, so the shares hold however far the caller reads. The source is a
-    DataConfig reading one source with `cfg`'s other settings: its path, format and columns name its rows."""
+    """(source, row number, raw row) of `cfg.path` (a pattern: of each file it matches, in name order), or of
+    `cfg.mix` drawn at random by weight (seeded by `cfg.mix_seed`) until a source runs out, so the shares hold however
+    far the caller reads. The source is a DataConfig reading one source with `cfg`'s other settings: its path, format
+    and columns name its rows."""
+    import dataclasses
+
+    if not cfg.mix and is_glob(cfg.path):  # each matching file in name order, its rows named by it
+        for path in matching_files(cfg.path):
+            source = dataclasses.replace(cfg, path=path)
+            yield from ((source, row, raw) for row, raw in iter_rows(source))
+        return
     if not cfg.mix:
         yield from ((cfg, row, raw) for row, raw in iter_rows(cfg))
         return
-    import dataclasses
     import random
 
     sources = [dataclasses.replace(cfg, path=s.path, split=s.split, name=s.name, data_dir=s.data_dir,
@@ -80,10 +87,28 @@ def their_field(error: DataError, columns: dict[str, str]) -> DataError:
     return error
 
 
+def is_glob(path: str) -> bool:
+    """Whether `path` is a pattern of data files (`data/*.jsonl`) rather than a file, a directory or a name."""
+    return any(c in path for c in "*?[") and not _local(path).exists()
+
+
+def matching_files(pattern: str) -> list[str]:
+    """The data files `pattern` matches, sorted; one line when there are none."""
+    import glob
+
+    files = sorted(p for p in glob.glob(str(_local(pattern))) if Path(p).is_file())
+    if not files:
+        raise DataError(pattern, None, None, "no file matches this pattern; check data.path")
+    return files
+
+
 def check_exists(path: str) -> None:
     """A DataError when `path` names a local file or directory that is not there (a data file's name, or a path
-    starting with . / ~); a hub dataset name passes."""
+    starting with . / ~) or is a pattern that matches no file; a hub dataset name passes."""
     if _local(path).is_file():
+        return
+    if is_glob(path):
+        matching_files(path)
         return
     if file_kind(path) is not None:
         raise DataError(path, None, None, "no such file; check data.path")
