@@ -44,6 +44,17 @@ class ModelConfig:
                 setattr(self, key, str(Path(value).resolve()))
 
 
+def _check_columns(columns: dict[str, str], ours: tuple[str, ...], key: str) -> None:
+    """`columns` maps some of rayalign's field names `ours` to a user's column names."""
+    unknown = sorted(set(columns) - set(ours))
+    if unknown:
+        raise ValueError(f"{key} maps rayalign's {', '.join(ours)} to your column names; {', '.join(unknown)} is not "
+                         "one of them")
+
+
+PAIR_FIELDS = ("prompt", "chosen", "rejected")
+
+
 @dataclass(config=_STRICT)
 class DataSource:
     """One source of a `data.mix`: where its rows are and how to read them; tokenising follows `data.*`."""
@@ -66,6 +77,7 @@ class DataSource:
     def __post_init__(self):
         if not self.weight > 0:
             raise ValueError(f"data.mix: the weight of {self.path} must be above 0 (got {self.weight})")
+        _check_columns(self.columns, PAIR_FIELDS, f"data.mix: the columns of {self.path}")
 
 
 @dataclass(config=_STRICT)
@@ -120,10 +132,7 @@ class DataConfig:
             raise ValueError("data.eval_split is a split of data.path; with data.mix give data.eval_path")
         if not 0 <= self.eval_fraction < 1:
             raise ValueError(f"data.eval_fraction is a share of the pairs in [0, 1) (got {self.eval_fraction})")
-        unknown = sorted(set(self.columns) - {"prompt", "chosen", "rejected"})
-        if unknown:
-            raise ValueError(f"data.columns maps rayalign's prompt, chosen and rejected to your column names; "
-                             f"{', '.join(unknown)} is not one of them")
+        _check_columns(self.columns, PAIR_FIELDS, "data.columns")
 
 
 PAPER_BETA = {"simpo": 2.0, "bmc": 0.01}
@@ -538,6 +547,7 @@ class PromptsConfig:
     """Share of the prompts kept for the evaluation (by a hash of each prompt: never trained on)."""
 
     def __post_init__(self):
+        _check_columns(self.columns, ("prompt", "chosen"), "prompts.columns")
         if self.path and not self.judge:
             raise ValueError("prompts.path needs prompts.judge: the reward model that scores responses to them")
 

@@ -614,3 +614,16 @@ def test_a_path_pattern_reads_each_matching_file_in_name_order_and_names_the_fil
     assert str(error.value).startswith(f"{tmp_path / 'part-2.jsonl'}, row 2, field 'rejected': identical")
     with pytest.raises(DataError, match="no file matches this pattern"):
         prepare_data(DataConfig(path=str(tmp_path / "nothing-*.jsonl")), tokenizer)
+
+
+def test_column_maps_name_only_rayaligns_fields_wherever_they_are_given():
+    from rayalign import config
+    from rayalign.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.mix: the columns of a.jsonl maps rayalign's prompt, chosen, "
+                                          r"rejected to your column names; foo is not one of them"):
+        config.build({"data": {"mix": [{"path": "a.jsonl", "columns": {"foo": "x"}}]}})
+    with pytest.raises(ConfigError, match="data.columns maps .* rejected"):
+        config.build({"data": {"path": "a.jsonl", "columns": {"answer": "x"}}})
+    with pytest.raises(ConfigError, match="prompts.columns maps rayalign's prompt, chosen to .*; rejected is not"):
+        config.build({"prompts": {"columns": {"rejected": "x"}}})
