@@ -60,17 +60,13 @@ def served_scorer(scorer: str, task, judge: JudgeConfig):
     if scorer == "gold" or is_plugin(scorer):
         yield make_scorer(scorer, task)
         return
-    import socket
-
     from rayalign.scoring.reward_model import check_reward_model
     from rayalign.scoring.serve import DiscriminatorService
+    from rayalign.serving import free_port
 
     check_reward_model(scorer, "eval.scorer (gold, llm or a reward model directory)")
-    with socket.socket() as sock:  # Serve's proxy, where none runs yet: a free port, not 8000
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     service = DiscriminatorService(scorer, name="judge", route_prefix="/judge", num_cpus=judge.cpus,
-                                   num_gpus=judge.gpus, port=port)
+                                   num_gpus=judge.gpus, port=free_port())  # where no Serve proxy runs yet: not 8000
     try:
         yield service.score
     finally:

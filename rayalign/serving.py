@@ -45,6 +45,15 @@ def start_serve(host: str, port: int, logging_config: dict | None = None) -> int
     return _get_global_client().http_config.port
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port on `host` that is free now (the OS picks it): for a server that must not take a fixed one."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
 MAX_BODY_BYTES = 1 << 20
 """Largest request body an endpoint reads (1 MiB: thousands of prompts); a larger one is answered 413 unread."""
 

@@ -54,14 +54,11 @@ class OnlineTrainer:
 
     def free_address(self) -> str:
         """Rank 0: a `tcp://` address on this node for the group's rendezvous."""
-        import socket
-
         import ray
 
-        with socket.socket() as probe:
-            probe.bind(("", 0))
-            port = probe.getsockname()[1]
-        return f"tcp://{ray.util.get_node_ip_address()}:{port}"
+        from rayalign.serving import free_port
+
+        return f"tcp://{ray.util.get_node_ip_address()}:{free_port('')}"
 
     def setup(self, config: dict, start: str, env: dict, rank: int, world: int, address: str | None) -> int:
         """Join the process group (`address` None: a one-process group, local mode), build the policy from `start`,
