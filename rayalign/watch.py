@@ -75,12 +75,14 @@ def status(run_dir: Path) -> str:
     return f"{state}{f' ({reason})' if reason else ''}"
 
 
-def ended(run_dir: Path) -> bool:
-    """Whether the run has written its summary after its last metrics row (a resumed run's old summary is older)."""
+def look(run_dir: Path) -> tuple[bool, list[Path]]:
+    """(whether the run has written its summary after its last metrics row, its metrics logs). The summary is looked
+    at first: when it is there, every row written before it is in the logs read after (a resumed run's old summary
+    is older than its new rows)."""
     summary = run_dir / "summary.json"
-    if not summary.is_file():
-        return False
-    return all(summary.stat().st_mtime >= p.stat().st_mtime for p in logs(run_dir))
+    written = summary.stat().st_mtime if summary.is_file() else None
+    found = logs(run_dir)
+    return written is not None and all(written >= p.stat().st_mtime for p in found), found
 
 
 def _rows(path: Path) -> list[dict]:
@@ -99,11 +101,13 @@ def watch_directory(run_dir: Path, follow: bool, interval: float, out=print) -> 
             out(f"  {path.relative_to(run_dir)}: {line(rows[-1])}")
     if not seen:
         out("  no metrics yet")
-    if not follow or ended(run_dir):
+    if not follow or look(run_dir)[0]:
         return
-    while not ended(run_dir):
+    done = False
+    while not done:  # the rows of the look that finds the summary are printed too: the last ones come with it
         time.sleep(interval)
-        for path in logs(run_dir):
+        done, found = look(run_dir)
+        for path in found:
             rows = _rows(path)
             for row in rows[seen.get(path, 0):]:
                 out(f"  {path.relative_to(run_dir)}: {line(row)}")

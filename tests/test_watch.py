@@ -64,6 +64,8 @@ def test_follow_prints_each_new_row_and_ends_with_the_summary(tmp_path):
         time.sleep(1)
         log.write('ed": 8, "gold/budget": 32}\n')
     time.sleep(1)
+    with open(run / "metrics.jsonl", "a") as log:  # the last row and the summary within one look
+        log.write(json.dumps({"step": 3, "gold/used": 12, "gold/budget": 32}) + "\n")
     (run / "summary.json").write_text(json.dumps({"status": "failed", "reason": "non_finite_loss"}))
     out, err = watcher.communicate(timeout=60)
     assert watcher.returncode == 0, err
@@ -73,6 +75,7 @@ def test_follow_prints_each_new_row_and_ends_with_the_summary(tmp_path):
         "  metrics.jsonl: step 1  gold 4/32  round_s 28.25",
         "  rounds/round_001/train_metrics.jsonl: step 1  loss 0.5  acc 0.75",
         "  metrics.jsonl: step 2  gold 8/32",
+        "  metrics.jsonl: step 3  gold 12/32",
         f"run {run}: failed (non_finite_loss)",
     ]
 
