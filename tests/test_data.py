@@ -627,3 +627,15 @@ def test_column_maps_name_only_rayaligns_fields_wherever_they_are_given():
         config.build({"data": {"path": "a.jsonl", "columns": {"answer": "x"}}})
     with pytest.raises(ConfigError, match="prompts.columns maps rayalign's prompt, chosen to .*; rejected is not"):
         config.build({"prompts": {"columns": {"rejected": "x"}}})
+
+
+def test_too_few_pairs_from_a_mix_names_the_mix(tmp_path):
+    from rayalign import config
+    from rayalign.errors import ConfigError
+    from rayalign.train.driver import prepare_pairs
+
+    a = write_jsonl(tmp_path / "a.jsonl", _tagged_rows("alpha", 2))
+    cfg = config.build({"model": {"name": "tiny-llama"}, "train": {"batch_size": 4, "micro_batch_size": 4},
+                        "data": {"mix": [{"path": str(a)}]}})
+    with pytest.raises(ConfigError, match=r"^data.mix: 2 usable pairs, fewer than train.batch_size \(4\)"):
+        prepare_pairs(cfg)

@@ -84,7 +84,7 @@ def prepare_pairs(cfg: config_lib.Config, prepared: PreparedData | None = None, 
         hold_out(cfg.data, tokenizer, prepared, cfg.train.seed)
     mark_varied_tokens(cfg, tokenizer, prepared)
     if len(prepared.pairs) < cfg.train.batch_size:
-        raise ConfigError(f"{cfg.data.path}: {len(prepared.pairs)} usable pairs, fewer than "
+        raise ConfigError(f"{cfg.data.path or 'data.mix'}: {len(prepared.pairs)} usable pairs, fewer than "
                           f"train.batch_size ({cfg.train.batch_size}); lower it or add data")
     return prepared
 

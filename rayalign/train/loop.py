@@ -396,7 +396,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
     os.environ.update(loop_config["env"])
     cfg = config_lib.build(loop_config["config"])
     run_dir, local = Path(loop_config["run_dir"]), cfg.train.local_mode
-    pairs, eval_pairs = (loop_config["pairs"], loop_config.get("eval_pairs") or []) if local else \
+    pairs, eval_pairs = (loop_config["pairs"], loop_config["eval_pairs"]) if local else \
         ray.get([loop_config["pairs"], loop_config["eval_pairs"]])
     device = _local_device_and_group(cfg.train.use_gpu) if local else ray.train.torch.get_device()
     rank, local_run_dir = dist.get_rank(), run_dir if local else None
@@ -419,15 +419,14 @@ def train_fn_per_worker(loop_config: dict) -> None:
     probe.mark("load")
     stop = min(total, cfg.train.stop_at_step or total)
     shared_prompt = cfg.train.shared_prompt and takes_block_masks(lm)
-    ref_model, ref_values = prepare_reference(cfg, pairs, used_pairs(cfg, len(pairs), total),
-                                              tokenizer.pad_token_id, device,
-                                              Path(loop_config["env"]["RAYALIGN_CACHE"]) / "reference", shared_prompt,
-                                              policy=None if start else model)
+    reference_cache = Path(loop_config["env"]["RAYALIGN_CACHE"]) / "reference"
+    ref_model, ref_values = prepare_reference(cfg, pairs, used_pairs(cfg, len(pairs), total), tokenizer.pad_token_id,
+                                              device, reference_cache, shared_prompt, policy=None if start else model)
     eval_ref_model, eval_ref_values = ref_model, None  # a live reference serves both
     if eval_pairs and ref_model is None:
-        eval_ref_model, eval_ref_values = prepare_reference(
-            cfg, eval_pairs, None, tokenizer.pad_token_id, device, Path(loop_config["env"]["RAYALIGN_CACHE"]) /
-            "reference", shared_prompt, policy=None if start else model)
+        eval_ref_model, eval_ref_values = prepare_reference(cfg, eval_pairs, None, tokenizer.pad_token_id, device,
+                                                            reference_cache, shared_prompt,
+                                                            policy=None if start else model)
     clock.lap("reference_s")
     probe.mark("reference")
 
