@@ -44,22 +44,19 @@ class LLMJudge:
         self.cfg, self.client = cfg, LLMClient(cfg.base_url, cfg.model)
         self.counts = {"requests": 0, "cached": 0, "invalid": 0, "ties": 0}
 
-    def _key(self, prompt: str, a: str, b: str) -> str:
-        from rayalign.files import cache_key
+    def _cache_path(self, prompt: str, a: str, b: str):
+        """Where the answer to (prompt, a, b) with this endpoint, model and judge prompt is kept."""
+        from rayalign.files import cache_key, cache_root
 
-        return cache_key({"version": 1, "url": self.client.base_url, "model": self.client.model,
-                          "judge_prompt": self.cfg.prompt, "prompt": prompt, "a": a, "b": b,
-                          "max_tokens": self.cfg.max_tokens})
-
-    def _path(self, key: str):
-        from rayalign.files import cache_root
-
+        key = cache_key({"version": 1, "url": self.client.base_url, "model": self.client.model,
+                         "judge_prompt": self.cfg.prompt, "prompt": prompt, "a": a, "b": b,
+                         "max_tokens": self.cfg.max_tokens})
         return cache_root() / "judge" / f"{key}.json"
 
-    def _answer(self, prompt: str, a: str, b: str) -> str:
+    def _answer(self, path, prompt: str, a: str, b: str) -> str:
+        """The judge's answer: from `path` (the cache) where it is there, else asked and written there."""
         from rayalign.files import atomic_write_text
 
-        path = self._path(self._key(prompt, a, b))
         if path.is_file():
             self.counts["cached"] += 1
             return json.loads(path.read_text())["answer"]
@@ -72,14 +69,15 @@ class LLMJudge:
 
     def compare(self, prompts: list[str], firsts: list[str], seconds: list[str]) -> list[float]:
         asks = [(p, a, b) for p, x, y in zip(prompts, firsts, seconds) for a, b in ((x, y), (y, x))]
-        needed = sum(not self._path(self._key(*ask)).is_file() for ask in asks)
+        paths = [self._cache_path(*ask) for ask in asks]
+        needed = sum(not path.is_file() for path in paths)
         if needed > self.cfg.max_calls:
             raise ConfigError(f"the LLM judge would make {needed} requests (both orders of {len(prompts)} "
                               f"comparisons, less those cached), above judge.max_calls={self.cfg.max_calls}: raise "
                               "it, or judge fewer prompts or samples (eval.num_prompts, eval.samples)")
         scores = []
         for i in range(len(prompts)):
-            first_as_a, first_as_b = (verdict(self._answer(*ask)) for ask in asks[2 * i:2 * i + 2])
+            first_as_a, first_as_b = (verdict(self._answer(paths[j], *asks[j])) for j in (2 * i, 2 * i + 1))
             self.counts["invalid"] += (first_as_a is None) + (first_as_b is None)
             score = both_orders(first_as_a, first_as_b)
             self.counts["ties"] += score == 0.5
