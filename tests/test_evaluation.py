@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from rayalign import cli
 from rayalign.config import EvalConfig
@@ -153,7 +154,7 @@ def test_a_users_task_module_named_on_the_command_line_is_used_by_eval(tmp_path,
     its reward; `--scorer my_polite_tasks:judge`: its judge."""
     (tmp_path / "my_polite_tasks.py").write_text(PLUGIN)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("sys.path", list(__import__("sys").path))  # the plugin's directory is added for this test
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the plugin's directory is added for this test only
     out = tmp_path / "eval"
     code = cli.main(["eval", "--policy", "tiny-llama", "--reference", "tiny-llama", "--task", "my_polite_tasks:polite",
                      "--num-prompts", "3", "--samples", "1", "--max-new-tokens", "5", "--out", str(out)])

@@ -3,6 +3,8 @@ LLM judge through the OpenAI-compatible client, against rayalign's own sampler e
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -133,7 +135,7 @@ def test_rayalign_eval_with_an_llm_judge_reports_its_counts(endpoint, tmp_path, 
                      "--samples", "1", "--max-new-tokens", "4", "--scorer", "llm", "--out", str(out),
                      f"judge.base_url={endpoint}", "judge.max_tokens=4", "judge.max_calls=4"])
     assert code == 0, capsys.readouterr().err
-    report = __import__("json").loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text())
     assert report["scorer"] == "llm" and report["judge"]["requests"] + report["judge"]["cached"] == 4
     assert report["win_rate"]["prompts"] == 2 and report["win_rate"]["win_rate"] == 0.5  # all invalid: ties
     assert "invalid answers (scored as ties)" in capsys.readouterr().out
