@@ -155,8 +155,10 @@ def _tokenized(chunk: list, tokenizer, cfg: DataConfig) -> list:
         if isinstance(result, BadRow):
             done.append((source, result))
             continue
-        prompt = "\n\n".join(message["content"] for message in item.prompt)
-        done.append((source, (*result, lambda p=prompt, e=item: (p, e.chosen, e.rejected))))
+        def texts(e=item) -> tuple[str, str, str]:  # joined only when texts are kept
+            return "\n\n".join(m["content"] for m in e.prompt), e.chosen, e.rejected
+
+        done.append((source, (*result, texts)))
     return done
 
 
