@@ -186,9 +186,10 @@ def cmd_eval(args) -> int:
 
     e = EvalConfig(task=args.task, num_prompts=args.num_prompts, samples=args.samples, temperature=args.temperature,
                    top_p=args.top_p, max_new_tokens=args.max_new_tokens, scorer=args.scorer, seed=args.seed)
-    stray = [o for o in args.overrides if not o.startswith(("judge.", "prompts."))]
+    stray = [o for o in args.overrides if not o.startswith(("judge.", "prompts.", "model."))]
     if stray:
-        raise RayAlignError(f"eval takes judge.* and prompts.* settings after its options; '{stray[0]}' is not one")
+        raise RayAlignError(f"eval takes judge.*, prompts.* and model.* settings after its options; '{stray[0]}' is "
+                            "not one")
     cfg = config.load(None, args.overrides)
     task = None
     if cfg.prompts.path:  # your prompts and reward model in place of --task
@@ -196,7 +197,7 @@ def cmd_eval(args) -> int:
 
         task, e = task_of(cfg), eval_config(dataclasses.replace(cfg, eval=e))
     report = evaluate(args.policy, args.reference, e, args.out, SamplingConfig(engine=args.engine), task=task,
-                      judge=cfg.judge)
+                      judge=cfg.judge, options=cfg.model.options)
     for role in ("policy", "reference"):
         stats = report[f"{role}_stats"]
         print(f"{role:9s} mean reward {stats['mean_reward']:.3f} ± {stats['reward_stderr']:.3f} (s.e.), "

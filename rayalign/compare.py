@@ -94,14 +94,14 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path, labels: list[str] |
     cfg = _shared_settings(run_dirs)
     e = eval_config(cfg)
     task = task_of(cfg, e.task)
-    prompts = held_out(e, task, load_tokenizer(cfg.model.name), cfg.data.chat_template)
+    prompts = held_out(e, task, load_tokenizer(cfg.model.name, cfg.model.options), cfg.data.chat_template)
     if e.scorer == "llm":
         raise RayAlignError("compare scores each response on its own (a gold reward or a reward model: eval.scorer); "
                             "an LLM judge compares two models at a time: use `rayalign eval --scorer llm` per pair")
     models = [(START, START, cfg.model.name, "reference")]
     models += [(d.name, label, run_checkpoint(d), "policy") for d, label in zip(run_dirs, labels)]
     sampled = sample_models([(name, model, role_params(e, role)) for name, _, model, role in models],
-                            prompts.prompt_ids, cfg.sampling)
+                            prompts.prompt_ids, cfg.sampling, options=cfg.model.options)
     samples, rewards, entries = {}, {}, []
     with served_scorer(e.scorer, task, cfg.judge) as score:
         for name, label, model, _ in models:

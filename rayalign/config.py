@@ -35,6 +35,14 @@ class ModelConfig:
     DPO learning rates hit)."""
     chunk_size: int = 512
     """Response tokens per slice of the vocabulary projection when computing log-probs."""
+    revision: Optional[str] = None
+    """A hub model's branch, tag or commit (null: main), for model.name and a model.reference hub id alike (a reference
+    at another revision: download it and name its directory); a local directory ignores it."""
+    trust_remote_code: bool = False
+    """Run the Python code a model ships (its config's auto_map) in every process that loads it."""
+    attn_implementation: Optional[str] = None
+    """transformers' attention kernel (eager, sdpa, flash_attention_2, flex_attention; null: its default) for the
+    trainer and hf samplers; vLLM picks its own (VLLM_ATTENTION_BACKEND)."""
 
     def __post_init__(self):
         # a relative directory names one under the submitter's working directory; Ray workers start elsewhere
@@ -42,6 +50,13 @@ class ModelConfig:
             value = getattr(self, key)
             if value and not Path(value).is_absolute() and Path(value).is_dir():
                 setattr(self, key, str(Path(value).resolve()))
+
+    @property
+    def options(self):
+        """How every process loads the policy and the reference (`rayalign.models.LoadOptions`)."""
+        from rayalign.models import LoadOptions
+
+        return LoadOptions(self.revision, self.trust_remote_code, self.attn_implementation)
 
 
 def _check_columns(columns: dict[str, str], ours: tuple[str, ...], key: str) -> None:

@@ -121,32 +121,34 @@ def role_params(e: EvalConfig, role: str):
                           seed=e.seed + ROLE_SEED_OFFSET[role])
 
 
-def _samples_cache_path(model: str, prompt_ids: list[list[int]], params, sampling: SamplingConfig) -> Path:
+def _samples_cache_path(model: str, prompt_ids: list[list[int]], params, sampling: SamplingConfig,
+                        revision: str | None) -> Path:
     """Keyed by the model's weights, the prompt ids and everything that decides what a seed samples."""
     from rayalign.files import cache_key
     from rayalign.models import cache_root, resolve_model
     from rayalign.train.reference import model_fingerprint
 
-    key = {"version": SAMPLES_CACHE_VERSION, "model": model_fingerprint(resolve_model(model)),
+    key = {"version": SAMPLES_CACHE_VERSION, "model": model_fingerprint(resolve_model(model), revision),
            "prompt_ids": prompt_ids, "params": dataclasses.asdict(params), "engine": sampling.engine,
            "chunk_size": sampling.chunk_size, "batch_size": sampling.batch_size}
     return cache_root() / "eval_samples" / f"{cache_key(key)}.json"
 
 
 def sample_models(entries: list[tuple[str, str, object]], prompt_ids: list[list[int]], sampling: SamplingConfig,
-                  pools: PhasePool | None = None) -> dict[str, tuple[list[list[dict]], bool]]:
+                  pools: PhasePool | None = None, options=None) -> dict[str, tuple[list[list[dict]], bool]]:
     """For each (label, model, params): per prompt, `params.n` samples {"text", "tokens", "finish"}, and whether
     they came from the cache. Models not cached are sampled on `pools` (a pipeline's pool, left running), else on
-    a pool of their own: interchangeable models share it, the next one's weights loaded into the running pool."""
+    a pool of their own (loading with `options`, a `rayalign.models.LoadOptions`): interchangeable models share it,
+    the next one's weights loaded into the running pool."""
     from tqdm import tqdm
 
     from rayalign.files import atomic_write_text
     from rayalign.sampling.pool import given_or_own
 
     results = {}
-    with given_or_own(pools, sampling) as phases:
+    with given_or_own(pools, sampling, options) as phases:
         for label, model, params in entries:
-            path = _samples_cache_path(model, prompt_ids, params, sampling)
+            path = _samples_cache_path(model, prompt_ids, params, sampling, phases.options.revision)
             if path.is_file():
                 results[label] = json.loads(path.read_text())["samples"], True
                 continue
@@ -185,23 +187,24 @@ def report_settings(e: EvalConfig, sampling: SamplingConfig) -> dict:
 
 def evaluate(policy: str, reference: str, e: EvalConfig, out_dir: str | Path, sampling: SamplingConfig | None = None,
              chat_template: bool = True, pools: PhasePool | None = None, task: Task | None = None,
-             tokenizer=None, judge: JudgeConfig | None = None) -> dict:
+             tokenizer=None, judge: JudgeConfig | None = None, options=None) -> dict:
     """Sample both models on held-out prompts (on `pools`, a pipeline's running pool, when given), score, compare;
     write report.json/.png + samples.jsonl. `task` and `tokenizer`: a run's own (else e.task's and the
-    reference's)."""
+    reference's). `options`: how a pool of this call's loads the models (`rayalign.models.LoadOptions`)."""
     began, sampling = time.time(), sampling or SamplingConfig()
     if task is None:
         from rayalign.tasks.registry import get_task
 
         task = get_task(e.task or "word_collector")
     if tokenizer is None:
-        from rayalign.models import load_tokenizer
+        from rayalign.models import PLAIN, load_tokenizer
 
-        tokenizer = load_tokenizer(reference)
+        tokenizer = load_tokenizer(reference, options or PLAIN)
     prompts = held_out(e, task, tokenizer, chat_template)
     judge = judge or JudgeConfig()
     sampled = sample_models([(role, model, role_params(e, role)) for role, model in
-                             (("reference", reference), ("policy", policy))], prompts.prompt_ids, sampling, pools)
+                             (("reference", reference), ("policy", policy))], prompts.prompt_ids, sampling, pools,
+                            options)
     samples = {role: sampled[role][0] for role in ("reference", "policy")}
     extra = {}
     if e.scorer == "llm":  # pairwise: a "reward" is a sample's win share against the other model's samples

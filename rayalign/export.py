@@ -61,9 +61,9 @@ def _load(checkpoint: Path, keys: list[str], shapes: dict) -> dict[str, torch.Te
 def export_checkpoint(source: str, out: str, dtype: str | None = None, merge_lora: bool = False) -> Path:
     """Write the HF directory (or peft adapter directory) of `source` to `out`; returns the checkpoint read."""
     from torch.distributed.checkpoint import FileSystemReader
-    from transformers import AutoConfig
 
-    from rayalign.models import load_tokenizer, resolve_model
+    from rayalign.models import LoadOptions, load_config, load_tokenizer, resolve_model
+    from rayalign.train.sharding import local_files
 
     checkpoint = find_checkpoint(source)
     meta = read_state(checkpoint)
@@ -73,8 +73,9 @@ def export_checkpoint(source: str, out: str, dtype: str | None = None, merge_lor
     shapes = FileSystemReader(str(checkpoint / "dcp")).read_metadata().state_dict_metadata \
         if (checkpoint / "dcp").is_dir() else {}
     keys = [k for k in shapes if k.startswith("model.")]
-    base = resolve_model(meta["model"])
-    config, tokenizer, lora = AutoConfig.from_pretrained(base), load_tokenizer(meta["model"]), meta.get("lora")
+    options = LoadOptions(meta.get("revision"), meta.get("trust_remote_code", False))
+    base = local_files(resolve_model(meta["model"]), options)
+    config, tokenizer, lora = load_config(base, options), load_tokenizer(meta["model"], options), meta.get("lora")
     out_dir = Path(out)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise RayAlignError(f"{out} exists and is not empty; export into a new directory")

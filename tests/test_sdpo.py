@@ -11,7 +11,7 @@ import torch
 from rayalign import cli, config
 from rayalign.data import fingerprint, prepare_data
 from rayalign.errors import ConfigError
-from rayalign.models import cache_root, load_tokenizer
+from rayalign.models import PLAIN, cache_root, load_tokenizer
 from rayalign.pipelines.sdpo import chunk_counts, pair_margins, response_logps, run_stages, split_chunks
 from rayalign.tracking import read_metrics
 from rayalign.train import reference as ref_lib
@@ -97,7 +97,7 @@ def test_stage_two_uses_stage_one_as_reference_and_resumes_inside_stage_two(tmp_
     chunk2 = [prepared.pairs[i] for i in json.loads((run_dir / "chunks.json").read_text())["chunks"][1]]
     cached = ref_lib.load_reference(ref_lib.cache_path(cache_root() / "reference", ref_lib.model_fingerprint(m1),
                                                        fingerprint(chunk2), "float32", False))
-    live = response_logps(m1, chunk2, load_tokenizer("tiny-llama").pad_token_id)
+    live = response_logps(m1, chunk2, load_tokenizer("tiny-llama").pad_token_id, PLAIN)
     assert sorted(cached) == list(range(len(chunk2)))  # stage 2's three steps of four use all twelve pairs
     torch.testing.assert_close(torch.stack([cached[i][0].sum() for i in sorted(cached)]), live[:, 0],
                                atol=1e-4, rtol=1e-5)

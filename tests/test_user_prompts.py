@@ -95,3 +95,42 @@ def test_rayalign_eval_on_your_prompts_is_scored_by_your_reward_model(tmp_path, 
     assert {row["prompt"] for row in rows} <= set(prompts) and len(rows) == 6
     judge = load_reward_model(judge_dir)
     assert rows[0]["reward"] == pytest.approx(judge.score([rows[0]["prompt"]], [rows[0]["response"]])[0], abs=1e-4)
+
+
+@pytest.mark.slow  # three small pipelines (a BMC with its editor endpoint, an sDPO, a D2PO): 90 s on 2 cores
+def test_bmc_sdpo_and_d2po_run_on_your_prompts_and_report_with_your_judge(tmp_path, judge_dir, ray_local,
+                                                                           monkeypatch):
+    """Each pipeline's report is your reward model's, on held-out prompts of your file that it never trained on."""
+    import pyarrow.parquet as pq
+    from ray import serve
+
+    from rayalign.pipelines import run_pipeline
+    from tests.conftest import QUICKSTART_DATA, free_port
+    from tests.test_bmc import TINY_INCO
+    from tests.test_d2po import TINY as TINY_D2PO
+
+    monkeypatch.delenv("RAYALIGN_LLM_BASE_URL", raising=False)
+    prompts = [f"What should I know about topic number {i}?" for i in range(60)]
+    path = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p, "chosen": f"Help: {p} safe"} for p in prompts])
+    yours = [f"prompts.path={path}", f"prompts.judge={judge_dir}", "eval.enabled=true", "eval.num_prompts=3",
+             "eval.samples=1", "eval.max_new_tokens=4", f"output_dir={tmp_path}"]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(QUICKSTART_DATA.read_text().splitlines(keepends=True)[:8]))
+    jobs = {
+        "bmc": TINY_INCO + ["pipeline=bmc", "bmc.editor=llm", f"bmc.llm_port={free_port()}", "bmc.max_new_tokens=8",
+                            "train.max_steps=1"],
+        "sdpo": ["model.name=tiny-llama", "pipeline=sdpo", f"data.path={pairs}", "sdpo.stages=2", "sdpo.split=random",
+                 "train.batch_size=2", "train.micro_batch_size=2", "train.cpus_per_worker=1"],
+        "d2po": TINY_D2PO + [f"d2po.http_port={free_port()}"],
+    }
+    for name, job in jobs.items():
+        serve.shutdown()  # each pipeline starts Serve where it needs it (the editor's port, D2PO's)
+        run_pipeline(config.load(None, job + yours + [f"name={name}"]))
+        run_dir = tmp_path / name
+        report = json.loads((run_dir / "report.json").read_text())
+        assert report["task"] == NAME and report["scorer"] == judge_dir, name
+        evaluated = {json.loads(line)["prompt"] for line in (run_dir / "samples.jsonl").read_text().splitlines()}
+        assert evaluated <= set(prompts) and len(evaluated) == 3, name
+        trained = {row["prompt"] for table in [*run_dir.glob("data/*.parquet"), *run_dir.glob("rounds/*/pairs.parquet")]
+                   for row in pq.read_table(table).to_pylist()}  # sDPO trains on the quickstart's pairs
+        assert (trained <= set(prompts) and trained and not trained & evaluated) or name == "sdpo", name

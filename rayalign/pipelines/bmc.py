@@ -72,11 +72,13 @@ def _llm_editor(cfg: config_lib.Config):
     if not url:  # rayalign's own OpenAI-compatible endpoint, on the cluster
         from ray import serve
 
+        from rayalign.models import PLAIN
         from rayalign.sampling.serve import start_server
 
         model, app = model or cfg.model.name, f"{cfg.name}-editor"
         url = start_server(model, port=b.llm_port, engine=cfg.sampling.engine, name=app,
-                           num_cpus=b.llm_cpus, num_gpus=b.llm_gpus)
+                           num_cpus=b.llm_cpus, num_gpus=b.llm_gpus,
+                           options=cfg.model.options if model == cfg.model.name else PLAIN)
         stop = lambda: serve.delete(app)
     client = LLMClient(base_url=url, model=model, max_retries=b.max_retries)
     editor = LLMEditor(client, cache_root() / "edits", b.concurrency, b.max_new_tokens, b.temperature)

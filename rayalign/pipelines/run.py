@@ -66,7 +66,7 @@ class Run:
 
         self.cfg, self.recipe = cfg, recipe or get_recipe(cfg.pipeline)
         self.dir: Path = cfg.run_dir.resolve()
-        self.pools: PhasePool = PhasePool(cfg.sampling)
+        self.pools: PhasePool = PhasePool(cfg.sampling, cfg.model.options)
 
     def __enter__(self) -> Self:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -80,7 +80,7 @@ class Run:
     def tokenizer(self):
         from rayalign.models import load_tokenizer
 
-        return load_tokenizer(self.cfg.model.name)
+        return load_tokenizer(self.cfg.model.name, self.cfg.model.options)
 
     def task(self, name: str | None = None) -> Task:
         """The task `name`, else the one the recipe evaluates on (`task_of`: your prompts when given)."""

@@ -80,13 +80,14 @@ def _accuracy(margins: list[float], indices: list[int]) -> float:
     return sum(margins[i] > 0 for i in indices) / max(1, len(indices))
 
 
-def response_logps(model_name: str, pairs, pad_id: int, micro_batch: int = 8) -> torch.Tensor:
-    """[N, 4]: chosen sum, rejected sum, chosen length, rejected length of each pair under a model."""
+def response_logps(model_name: str, pairs, pad_id: int, options, micro_batch: int = 8) -> torch.Tensor:
+    """[N, 4]: chosen sum, rejected sum, chosen length, rejected length of each pair under a model (loaded with
+    `options`, a `rayalign.models.LoadOptions`)."""
     from rayalign.logprobs import ResponseLogps, takes_block_masks
     from rayalign.models import load_causal_lm
     from rayalign.train.step import pair_sums
 
-    lm = load_causal_lm(model_name).eval()
+    lm = load_causal_lm(model_name, options=options).eval()
     return pair_sums(ResponseLogps(lm), pairs, pad_id, micro_batch, "cpu", takes_block_masks(lm))
 
 
@@ -97,11 +98,11 @@ def pair_margins(stats: torch.Tensor, difficulty: str = "normalised_margin") -> 
     return (stats[:, 0] / stats[:, 2] - stats[:, 1] / stats[:, 3]).tolist()
 
 
-def reference_margin(model_name: str, pairs, pad_id: int) -> float | None:
+def reference_margin(model_name: str, pairs, pad_id: int, options) -> float | None:
     """Mean γ_ref = logp_ref(y_w) − logp_ref(y_l) over `pairs` (None for no pairs)."""
     if not pairs:
         return None
-    stats = response_logps(model_name, pairs, pad_id)
+    stats = response_logps(model_name, pairs, pad_id, options)
     return float((stats[:, 0] - stats[:, 1]).mean())
 
 
@@ -140,7 +141,7 @@ def run_stages(cfg: config_lib.Config, prepared, tokenizer) -> TrainSummary:
 
     pairs, s, pad_id = prepared.pairs, cfg.sdpo, tokenizer.pad_token_id
     # Measured for every split, so a random split's chunks report their accuracy too (the ablation's control).
-    margins = pair_margins(response_logps(cfg.model.name, pairs, pad_id), s.difficulty)
+    margins = pair_margins(response_logps(cfg.model.name, pairs, pad_id, cfg.model.options), s.difficulty)
     sources = _sources(cfg, prepared) if s.split == "by_source" else None
     chunks, accuracies = split_chunks(margins, s.stages, s.split, s.chunk_sizes, s.seed, sources)
     run_dir = cfg.run_dir.resolve()
@@ -158,9 +159,9 @@ def run_stages(cfg: config_lib.Config, prepared, tokenizer) -> TrainSummary:
             summary = run_training(stage_cfg, prepared=subset)
             if not finished(summary):  # stopped (train.stop_at_step): resume here later
                 return _stages_summary(stages + [summary], finished_all=False)
-        following = [pairs[i] for i in chunks[t]] if t < len(chunks) else []
-        summary["gamma_ref_next_chunk"] = {"before": reference_margin(previous, following, pad_id),
-                                           "after": reference_margin(summary["checkpoint"], following, pad_id)}
+        following, options = ([pairs[i] for i in chunks[t]] if t < len(chunks) else []), cfg.model.options
+        summary["gamma_ref_next_chunk"] = {"before": reference_margin(previous, following, pad_id, options),
+                                           "after": reference_margin(summary["checkpoint"], following, pad_id, options)}
         summary["chunk_accuracy"] = accuracies[t - 1]
         stages.append(summary)
         previous = summary["checkpoint"]

@@ -37,6 +37,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rayalign.cluster_fit import check_local, live_nodes, sampler_demand, trainer_fits_beside
 from rayalign.errors import ConfigError, RayAlignError
+from rayalign.models import PLAIN
 from rayalign.ray_setup import init_ray
 from rayalign.sampling.base import Completion, SamplingParams, check_inputs, make_sampler
 
@@ -430,14 +431,14 @@ def engine_options(sampling) -> dict:
     return {**sampling.vllm_options, **({"enable_sleep_mode": True} if sampling.colocate else {})}
 
 
-def pool_from_config(model: str, sampling, placement_groups: list | None = None) -> SamplerPool:
-    """The pool a `SamplingConfig` describes, serving `model` (synthesis and evaluation both use it); in
-    `placement_groups` when it shares them with a colocated trainer."""
+def pool_from_config(model: str, sampling, placement_groups: list | None = None, options=None) -> SamplerPool:
+    """The pool a `SamplingConfig` describes, serving `model` (synthesis and evaluation both use it) loaded with
+    `options` (`rayalign.models.LoadOptions`); in `placement_groups` when it shares them with a colocated trainer."""
     return SamplerPool(engine=sampling.engine, model=model, num_actors=sampling.num_actors,
                        num_cpus=sampling.cpus_per_actor, num_gpus=sampling.gpus_per_actor,
                        chunk_size=sampling.chunk_size, num_threads=sampling.threads,
                        tensor_parallel_size=sampling.tensor_parallel_size, placement_groups=placement_groups,
-                       **engine_options(sampling))
+                       options=options, **engine_options(sampling))
 
 
 _NOT_ARCHITECTURE = {"_name_or_path", "name_or_path", "transformers_version", "torch_dtype", "dtype"}
@@ -464,8 +465,8 @@ class PhasePool:
     it serves (a vLLM engine's start is 30-60 s, a weight load a few), and kept through training where the trainer
     fits beside it (`make_room`). `starts` counts the pools it started (a pipeline's summary reports it)."""
 
-    def __init__(self, sampling):
-        self.sampling, self.pool, self.model, self.starts = sampling, None, None, 0
+    def __init__(self, sampling, options=None):
+        self.sampling, self.options, self.pool, self.model, self.starts = sampling, options or PLAIN, None, None, 0
         self.placement_groups: list | None = None  # a colocated online run's, shared with its trainer
 
     def serving(self, model: str, weights: dict | None = None) -> SamplerPool:
@@ -473,7 +474,7 @@ class PhasePool:
         if self.pool is not None and model != self.model and not interchangeable(self.model, model):
             self.close()
         if self.pool is None:
-            self.pool = pool_from_config(model, self.sampling, self.placement_groups)
+            self.pool = pool_from_config(model, self.sampling, self.placement_groups, self.options)
             self.starts += 1
         elif model != self.model or weights is not None:
             from rayalign.models import resolve_model
@@ -507,11 +508,11 @@ class PhasePool:
 
 
 @contextlib.contextmanager
-def given_or_own(pools: PhasePool | None, sampling):
-    """`pools` when a pipeline passes its own (left running for its next phase), else a `PhasePool` of this call's,
-    closed when the call is done."""
+def given_or_own(pools: PhasePool | None, sampling, options=None):
+    """`pools` when a pipeline passes its own (left running for its next phase), else a `PhasePool` of this call's
+    (loading models with `options`), closed when the call is done."""
     if pools is not None:
         yield pools
         return
-    with PhasePool(sampling) as own:
+    with PhasePool(sampling, options) as own:
         yield own

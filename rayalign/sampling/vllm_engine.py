@@ -90,7 +90,7 @@ class VLLMSampler:
     """A `Sampler` on ``vllm.LLM``. Extra keyword arguments go to ``vllm.LLM`` unchanged
     (gpu_memory_utilization, tensor_parallel_size, max_model_len, enforce_eager, ...)."""
 
-    def __init__(self, model_name: str, dtype: str = "auto", seed: int = 0, **llm_kwargs):
+    def __init__(self, model_name: str, dtype: str = "auto", seed: int = 0, options=None, **llm_kwargs):
         _require_vllm_and_cuda()
         import os
 
@@ -98,12 +98,14 @@ class VLLMSampler:
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         from vllm import LLM
 
-        from rayalign.models import load_tokenizer, resolve_model
+        from rayalign.models import PLAIN, load_tokenizer, resolve_model
 
+        options = options or PLAIN  # model.revision and model.trust_remote_code; vLLM picks its own attention kernel
         self.model_name = model_name
-        self.tokenizer = load_tokenizer(model_name)
+        self.tokenizer = load_tokenizer(model_name, options)
         path = resolve_model(model_name)
-        self.llm = LLM(model=path, tokenizer=path, dtype=dtype, seed=seed,
+        self.llm = LLM(model=path, tokenizer=path, dtype=dtype, seed=seed, revision=options.revision,
+                       tokenizer_revision=options.revision, trust_remote_code=options.trust_remote_code,
                        worker_extension_cls=_EXTENSION, **llm_kwargs)
         self.processes = llm_kwargs.get("tensor_parallel_size", 1) * llm_kwargs.get("pipeline_parallel_size", 1)
 

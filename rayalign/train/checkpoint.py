@@ -28,6 +28,7 @@ import base64
 import json
 import math
 import re
+import shutil
 import uuid
 from pathlib import Path
 
@@ -208,6 +209,9 @@ class HFWriter:
                 {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
         config.dtype = self.dtype
         config.save_pretrained(self.out)
+        if getattr(config, "auto_map", None):  # a model with code of its own (trust_remote_code): the code goes along
+            for code in Path(config.name_or_path).glob("*.py"):
+                shutil.copy2(code, self.out / code.name)
         if tokenizer is not None:
             tokenizer.save_pretrained(self.out)
         write_identity(self.out)

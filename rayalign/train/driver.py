@@ -16,7 +16,7 @@ from rayalign.data import PreparedData, attach_marks, prepare_data
 from rayalign.data.prepare import hold_out
 from rayalign.errors import ConfigError, TrainingError
 from rayalign.losses import get_loss
-from rayalign.models import cache_root, load_tokenizer, resolve_model
+from rayalign.models import cache_root, load_config, load_tokenizer
 from rayalign.preflight import check_job
 from rayalign.ray_setup import init_ray
 from rayalign.summary import TrainSummary, train_summary, write_summary
@@ -77,8 +77,9 @@ def _summary(cfg, storage, prepared, clock: PhaseClock, fit_ended: float) -> Tra
 def prepare_pairs(cfg: config_lib.Config, prepared: PreparedData | None = None, tokenizer=None) -> PreparedData:
     """Provision the models, read and tokenise the data (unless given), mark BMC's tokens, check the count.
     `tokenizer`: the model's, already loaded (an online run's rounds)."""
-    tokenizer = tokenizer or load_tokenizer(cfg.model.name)
-    resolve_model(cfg.model.reference or cfg.model.name)  # provision once, before workers race
+    tokenizer = tokenizer or load_tokenizer(cfg.model.name, cfg.model.options)
+    # Provision once, before workers race; a model that cannot load as configured fails here, in one line.
+    load_config(cfg.model.reference or cfg.model.name, cfg.model.options)
     if prepared is None:
         prepared = prepare_data(cfg.data, tokenizer)
         hold_out(cfg.data, tokenizer, prepared, cfg.train.seed)

@@ -78,7 +78,7 @@ def _plain(path: str, cfg, device, dtype: str, trainable: bool):
     """One process, full precision: the model loaded whole, no FSDP (it would only copy every parameter and
     gradient in and out of its buffers at each step: a fifth of a CPU step)."""
     t = cfg.train
-    lm = load_causal_lm(path, dtype)
+    lm = load_causal_lm(path, dtype, cfg.model.options)
     if trainable and t.lora_r > 0:
         lm = with_lora(lm, t.lora_r, t.lora_alpha, t.lora_dropout, t.lora_target_modules)
     _set_mode(lm, cfg, trainable)
@@ -114,11 +114,11 @@ def build_model(name: str, cfg: config_lib.Config, device, trainable: bool, fill
     dtype, mixed = numerics(cfg)
     if not trainable and mixed:
         dtype, mixed = "bfloat16", False
-    path = sharding.local_files(resolve_model(name))
+    path = sharding.local_files(resolve_model(name), cfg.model.options)
     if dist.get_world_size() == 1 and not mixed:
         return _plain(path, cfg, device, dtype, trainable)
     t = cfg.train
-    lm = sharding.meta_model(path, getattr(torch, dtype))
+    lm = sharding.meta_model(path, getattr(torch, dtype), cfg.model.options)
     if trainable and t.lora_r > 0:
         lm = with_lora(lm, t.lora_r, t.lora_alpha, t.lora_dropout, t.lora_target_modules)
     _set_mode(lm, cfg, trainable)
@@ -276,7 +276,7 @@ def prepare_reference(cfg, pairs, indices: list[int] | None, pad_id: int, device
     if dist.get_rank() == 0:
         from rayalign.data import fingerprint
 
-        path = ref_lib.cache_path(cache_dir, ref_lib.model_fingerprint(resolve_model(name)), fingerprint(pairs),
+        path = ref_lib.cache_path(cache_dir, ref_lib.model_fingerprint(resolve_model(name), cfg.model.revision), fingerprint(pairs),
                                   *numerics(cfg), indices)
     path = _broadcast(path)
     if not _broadcast(path.is_file() if dist.get_rank() == 0 else None):
@@ -301,7 +301,8 @@ def checkpoint_meta(cfg: config_lib.Config) -> dict:
     t = cfg.train
     lora = {"r": t.lora_r, "alpha": t.lora_alpha, "targets": "all-linear" if t.lora_target_modules == ["all-linear"]
             else list(t.lora_target_modules)} if t.lora_r > 0 else None
-    return {"model": cfg.model.name, "lora": lora, "export_dtype": cfg.train.export_dtype_resolved}
+    return {"model": cfg.model.name, "revision": cfg.model.revision, "trust_remote_code": cfg.model.trust_remote_code,
+            "lora": lora, "export_dtype": cfg.train.export_dtype_resolved}
 
 
 def write_checkpoint(path: Path, model, lm, tokenizer, optimizer, scheduler, step: int, cfg, export: bool) -> None:
@@ -406,7 +407,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
         return_freed_blocks()  # a sharded CPU rank frees gathered units each step: give them back to the OS
     torch.manual_seed(cfg.train.seed)
     torch.set_num_threads(cfg.train.torch_threads)
-    tokenizer = load_tokenizer(cfg.model.name)
+    tokenizer = load_tokenizer(cfg.model.name, cfg.model.options)
     total = total_steps(cfg, len(pairs))
 
     probe = RiseProbe()  # before anything of the model exists: `rayalign bench memory` reads the rise

@@ -80,7 +80,7 @@ class OnlineTrainer:
             torch.cuda.set_device(self.device)
         self.threads = torch.get_num_threads()
         torch.set_num_threads(cfg.train.torch_threads)
-        self.tokenizer = load_tokenizer(cfg.model.name)
+        self.tokenizer = load_tokenizer(cfg.model.name, cfg.model.options)
         torch.manual_seed(cfg.train.seed)
         self._save_group = dist.new_group(backend="gloo")  # the background checkpoint writes' own collectives
         self._pending = self._partial = None

@@ -25,16 +25,16 @@ from rayalign.train.step import pair_batch
 CACHE_VERSION = "2"  # 2: the shared-prompt layout
 
 
-def model_fingerprint(resolved: str) -> str:
+def model_fingerprint(resolved: str, revision: str | None = None) -> str:
     """The identity a model directory that rayalign wrote recorded (`rayalign.json`: no byte of the weights is
-    read), else the sha256 of its weight files, or of the hub id when it is not a directory."""
+    read), else the sha256 of its weight files, or of the hub id and `revision` when it is not a directory."""
     from rayalign.train.checkpoint import recorded_identity
 
     digest = hashlib.sha256(CACHE_VERSION.encode())
     path = Path(resolved)
     identity = recorded_identity(path) if path.is_dir() else None
     if identity or not path.is_dir():
-        digest.update((identity or resolved).encode())
+        digest.update((identity or f"{resolved}@{revision or 'main'}").encode())
         return digest.hexdigest()
     for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
         with open(weights, "rb") as handle:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from rayalign.errors import RayAlignError
+from rayalign.models import PLAIN, LoadOptions, load_config, loading
 
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
@@ -138,24 +139,26 @@ def fill_shards(lm: nn.Module, weights: WeightFiles, seed: int = 0, skip_trainab
         local.copy_(weights.rows(key, start, start + local.shape[0]) if local.dim() else weights.rows(key, 0, 0))
 
 
-def local_files(resolved: str) -> str:
-    """A directory holding the model's files: `resolved` itself, or a hub id's snapshot (downloaded once into
-    the HF cache, shared by the ranks of a node)."""
+def local_files(resolved: str, options: LoadOptions = PLAIN) -> str:
+    """A directory holding the model's files: `resolved` itself, or a hub id's snapshot at `options.revision`
+    (downloaded once into the HF cache, shared by the ranks of a node; with its code when that is trusted)."""
     if Path(resolved).is_dir():
         return resolved
     from huggingface_hub import snapshot_download
 
-    return snapshot_download(resolved, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt"] + (["*.py"] if options.trust_remote_code else [])
+    return loading(resolved, lambda: snapshot_download(resolved, revision=options.revision,
+                                                       allow_patterns=patterns))
 
 
-def meta_model(path: str, dtype: torch.dtype) -> nn.Module:
+def meta_model(path: str, dtype: torch.dtype, options: LoadOptions = PLAIN) -> nn.Module:
     """The causal LM of the HF directory `path` with its parameters on the meta device and its buffers real."""
     from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(path)
+    config = load_config(path, options)
     with init_empty_weights(include_buffers=False):
-        lm = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        lm = loading(path, lambda: AutoModelForCausalLM.from_config(config, dtype=dtype, **options.built()))
     lm.tie_weights()  # from_pretrained ties a tied head to the embeddings; from_config leaves that to the loader
     return lm
 
