@@ -61,7 +61,7 @@ def train(tmp_path: Path, *overrides: str, env: dict | None = None) -> subproces
         [sys.executable, "-m", "rayalign.cli", "train", f"data.path={data}", "train.batch_size=4",
          "train.micro_batch_size=4", "train.max_steps=1", "train.lr=0", "tracking.wandb=disabled",
          f"output_dir={tmp_path / 'runs'}", *overrides],
-        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+        check=False, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
 
 
 def trained(tmp_path: Path) -> Path:
