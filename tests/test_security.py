@@ -14,34 +14,48 @@ UNSAFE_CALLS = {("torch", "load"), ("pickle", "load"), ("pickle", "loads"), ("cl
                 ("cloudpickle", "loads"), ("joblib", "load"), ("dill", "load"), ("dill", "loads")}
 
 
+def _from_the_config(value: ast.expr) -> bool:
+    """False, or the user's own switch: an attribute named trust_remote_code (`LoadOptions`, from model.*)."""
+    return (isinstance(value, ast.Constant) and value.value is False) or (
+        isinstance(value, ast.Attribute) and value.attr == "trust_remote_code")
+
+
 def unsafe_calls(source: str, where: str) -> list[str]:
-    """Calls in `source` that unpickle (UNSAFE_CALLS) or pass trust_remote_code anything but False."""
+    """Calls in `source` that unpickle (UNSAFE_CALLS), and trust_remote_code given (as a keyword or a dict key)
+    anything but False or the config's own switch."""
     found = []
-    for call in (node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Call)):
-        func = call.func
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Dict):
+            found += [f"{where}:{node.lineno} trust_remote_code" for key, value in zip(node.keys, node.values)
+                      if isinstance(key, ast.Constant) and key.value == "trust_remote_code"
+                      and not _from_the_config(value)]
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
         named = isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
         if named and (func.value.id, func.attr) in UNSAFE_CALLS:
-            found.append(f"{where}:{call.lineno} {func.value.id}.{func.attr}")
-        for keyword in call.keywords:
-            if keyword.arg == "trust_remote_code" and not (
-                    isinstance(keyword.value, ast.Constant) and keyword.value.value is False):
-                found.append(f"{where}:{call.lineno} trust_remote_code")
+            found.append(f"{where}:{node.lineno} {func.value.id}.{func.attr}")
+        found += [f"{where}:{node.lineno} trust_remote_code" for keyword in node.keywords
+                  if keyword.arg == "trust_remote_code" and not _from_the_config(keyword.value)]
     return found
 
 
 def test_no_module_unpickles_or_trusts_remote_code():
-    """Checkpoints, caches and models are read as safetensors and JSON only, and never with trust_remote_code=True
-    (a model directory's own Python would run): a call that does either anywhere in rayalign/ fails this."""
+    """Checkpoints, caches and models are read as safetensors and JSON only, and a model directory's own Python runs
+    only when the user's model.trust_remote_code says so (off by default; tests/test_model_options.py): a call that
+    unpickles, or trusts code on any other say, anywhere in rayalign/ fails this."""
     found = [hit for path in sorted((REPO / "rayalign").rglob("*.py"))
              for hit in unsafe_calls(path.read_text(), str(path.relative_to(REPO)))]
     assert found == []
 
 
 def test_the_scan_sees_unsafe_calls_and_passes_safe_ones():
-    bad = "import torch\nstate = torch.load(path)\nm = f(x, trust_remote_code=True)\nn = g(trust_remote_code=flag)\n"
+    bad = ("import torch\nstate = torch.load(path)\nm = f(x, trust_remote_code=True)\nn = g(trust_remote_code=flag)\n"
+           "kwargs = {'trust_remote_code': True}\n")
     assert unsafe_calls(bad, "bad.py") == ["bad.py:2 torch.load", "bad.py:3 trust_remote_code",
-                                           "bad.py:4 trust_remote_code"]
-    safe = "from safetensors.torch import load_file\nstate = load_file(path)\nm = f(x, trust_remote_code=False)\n"
+                                           "bad.py:4 trust_remote_code", "bad.py:5 trust_remote_code"]
+    safe = ("from safetensors.torch import load_file\nstate = load_file(path)\nm = f(x, trust_remote_code=False)\n"
+            "n = g(trust_remote_code=options.trust_remote_code)\nkw = {'trust_remote_code': self.trust_remote_code}\n")
     assert unsafe_calls(safe, "safe.py") == []
 
 
