@@ -28,6 +28,8 @@ from rayalign.errors import RayAlignError
 from rayalign.files import atomic_write_text
 
 START = "start"
+INTERVAL_NOTE = ("t intervals adding run-to-run variance (s²/R per arm) to a bootstrap of topics, then prompts "
+                 "within topics; the seed test compares the runs' mean rewards")
 
 
 def run_checkpoint(run_dir: Path) -> str:
@@ -100,7 +102,8 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path, labels: list[str] |
                             "an LLM judge compares two models at a time: use `rayalign eval --scorer llm` per pair")
     models = [(START, START, cfg.model.name, "reference")]
     models += [(d.name, label, run_checkpoint(d), "policy") for d, label in zip(run_dirs, labels)]
-    sampled = sample_models([(name, model, role_params(e, role)) for name, _, model, role in models],
+    seeds = {d.name: _run_config(d).train.seed for d in run_dirs}  # each run's policy samples with its own seed
+    sampled = sample_models([(name, model, role_params(e, role, seeds.get(name, 0))) for name, _, model, role in models],
                             prompts.prompt_ids, cfg.sampling, options=cfg.model.options)
     samples, rewards, entries = {}, {}, []
     with served_scorer(e.scorer, task, cfg.judge) as score:
@@ -108,19 +111,21 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path, labels: list[str] |
             samples[name], cached = sampled[name]
             rewards[name] = score_samples(score, prompts.prompts, samples[name])
             entries.append({"name": name, "label": label, "model": model, "from_cache": cached,
-                            **model_stats(rewards[name], samples[name])})
+                            **model_stats(rewards[name], samples[name], prompts.topics)})
     groups = _group_runs(entries)
-    table = {label: _pool(rewards, names) for label, names in groups.items()} if groups else rewards
+    single = {name: [runs] for name, runs in rewards.items()}
+    arms = {label: [rewards[name] for name in names] for label, names in groups.items()} if groups else single
     result = {"task": e.task, "settings": {**dataclasses.asdict(e), "engine": cfg.sampling.engine},
-              "entries": entries, "groups": {label: {"runs": names, **_pooled_stats(table[label])}
-                                              for label, names in groups.items()},
-              "pairs": _pairs(table), "run_pairs": _pairs(rewards) if groups else []}
+              "topics": len(set(prompts.topics)), "entries": entries,
+              "groups": {label: {"runs": names, **_arm_stats(arms[label], prompts.topics)}
+                         for label, names in groups.items()},
+              "pairs": _pairs(arms, prompts.topics), "run_pairs": _pairs(single, prompts.topics) if groups else []}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "compare.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(out / "compare.md", markdown(result))
     write_samples(out / "samples.jsonl", prompts.prompts, samples, rewards)
-    plot_compare(out / "compare.png", table, result["pairs"], e.task)
+    plot_compare(out / "compare.png", {label: _pool(runs) for label, runs in arms.items()}, result["pairs"], e.task)
     return result
 
 
@@ -132,16 +137,22 @@ def reported_pairs(result: dict) -> list[dict]:
 
 def markdown(result: dict) -> str:
     """compare.json as Markdown: each model's (or group's) reward, then the reported pairs with intervals."""
+    from rayalign.stats import verdict
+
     models = result["groups"] or {e["label"]: e for e in result["entries"]}
-    lines = ["| model | runs | responses | gold reward (± s.e.) |", "| --- | --- | --- | --- |"]
+    lines = ["| model | runs | responses | reward (± s.e. over runs, topics, prompts) |", "| --- | --- | --- | --- |"]
     lines += [f"| {label} | {len(m.get('runs', [label]))} | {m['responses']} | "
               f"{m['mean_reward']:.3f} ± {m['reward_stderr']:.3f} |" for label, m in models.items()]
-    lines += ["", "| model | vs | win rate [95% bootstrap] | Wilson | reward difference [95%] | prompts | "
-              "prompts needed |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {p['row']} | {p['column']} | {p['win_rate']:.3f} [{p['ci_low']:.3f}, {p['ci_high']:.3f}] | "
-              f"[{p['wilson_low']:.3f}, {p['wilson_high']:.3f}] | {p['reward_diff']:+.3f} "
-              f"[{p['reward_diff_low']:+.3f}, {p['reward_diff_high']:+.3f}] | {p['prompts']} | "
-              f"{p['prompts_needed']} |" for p in reported_pairs(result)]
+    lines += ["", f"Intervals: {INTERVAL_NOTE}; {result.get('topics', '?')} topics.", "",
+              ("| model | vs | runs | win rate [95%] | Wilson (prompts) | reward difference [95%] | seed test p "
+               "(smallest possible) | verdict |"), "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for p in reported_pairs(result):
+        test = p.get("seed_test")
+        seeds = f"{test['p']:.3f} ({test['smallest_p']:.3f})" if test else "n/a (one run each)"
+        lines.append(f"| {p['row']} | {p['column']} | {p['runs'][0]} vs {p['runs'][1]} | {p['win_rate']:.3f} "
+                     f"[{p['ci_low']:.3f}, {p['ci_high']:.3f}] | [{p['wilson_low']:.3f}, {p['wilson_high']:.3f}] | "
+                     f"{p['reward_diff']:+.3f} [{p['reward_diff_low']:+.3f}, {p['reward_diff_high']:+.3f}] | {seeds} | "
+                     f"{verdict(p)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -153,23 +164,24 @@ def _group_runs(entries: list[dict]) -> dict[str, list[str]]:
     return by_label if any(len(names) > 1 for names in by_label.values()) else {}
 
 
-def _pool(rewards: dict, names: list[str]) -> list[list[float]]:
-    """Per prompt, the rewards of every sample of every run in `names`."""
-    return [[r for name in names for r in rewards[name][i]] for i in range(len(rewards[names[0]]))]
+def _pool(runs: list[list[list[float]]]) -> list[list[float]]:
+    """Per prompt, the rewards of every sample of every run."""
+    return [[r for run in runs for r in run[i]] for i in range(len(runs[0]))]
 
 
-def _pooled_stats(rewards: list[list[float]]) -> dict:
-    from rayalign.stats import mean_stderr
+def _arm_stats(runs: list[list[list[float]]], topics: list[str]) -> dict:
+    """An arm's mean reward and its standard error over runs, topics and prompts."""
+    from rayalign.stats import mean_reward
 
-    mean, err = mean_stderr([r for row in rewards for r in row])
-    return {"mean_reward": mean, "reward_stderr": err, "responses": sum(map(len, rewards))}
+    mean, err = mean_reward(runs, topics)
+    return {"mean_reward": mean, "reward_stderr": err, "responses": sum(len(row) for run in runs for row in run)}
 
 
-def _pairs(table: dict) -> list[dict]:
-    """compare_models for every ordered pair (row, column) of the table's models."""
-    from rayalign.stats import compare_models
+def _pairs(arms: dict, topics: list[str]) -> list[dict]:
+    """`compare_runs` for every ordered pair (row, column) of the arms (each a list of runs)."""
+    from rayalign.stats import compare_runs
 
-    return [{"row": a, "column": b, **compare_models(table[a], table[b])} for a in table for b in table if a != b]
+    return [{"row": a, "column": b, **compare_runs(arms[a], arms[b], topics)} for a in arms for b in arms if a != b]
 
 
 def plot_compare(path: Path, table: dict, pairs: list[dict], task: str) -> None:

@@ -4,7 +4,8 @@ Both models sample `eval.samples` responses per held-out prompt on a `SamplerPoo
 `sampling.engine`: `hf` on CPU, `vllm` on a GPU), with the same temperature and token budget and
 independent seeds (a model against itself is a fair null check); a scorer (the task's gold
 reward, or a saved discriminator) scores every response; `rayalign.stats.compare_models` gives
-the paired win rate, its intervals and the prompts a decision would need.
+the paired win rate, its interval over the prompts' topics and the prompts within them, and the prompts a
+decision would need. One report is one trained run: `rayalign compare` over a method's seeds counts the runs.
 
 A model's samples are a constant of (its weights, the prompt ids, the sampling settings), so they
 are cached under ``$RAYALIGN_CACHE/eval_samples``: the starting model is sampled once for all the
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rayalign.config import EvalConfig, JudgeConfig, SamplingConfig
-from rayalign.stats import compare_models, compare_scores, describe, mean_stderr
+from rayalign.stats import compare_models, compare_scores, describe, mean_reward, mean_stderr
 
 if TYPE_CHECKING:
     from rayalign.sampling.pool import PhasePool
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 SAMPLES_CACHE_VERSION = "2"  # bump when sampling code changes what a seed produces
 ROLE_SEED_OFFSET = {"policy": 0, "reference": 1_000_003}  # independent samples for the two sides
+RUN_SEED_STRIDE = 7_919  # a policy trained with train.seed k samples with eval.seed + k·stride: its own draws
 
 
 def make_scorer(scorer: str, task) -> Callable[[list[str], list[str]], list[float]]:
@@ -99,26 +101,31 @@ def judge_pairwise(judge, prompts: list[str], policy: list[list[dict]], referenc
 
 @dataclasses.dataclass
 class HeldOut:
-    """The held-out prompts every model of a comparison is sampled on, as text and as token ids."""
+    """The held-out prompts every model of a comparison is sampled on, as text and as token ids, with each one's
+    topic (the unit the statistics resample)."""
 
     task: str
     prompts: list[str]
     prompt_ids: list[list[int]]
+    topics: list[str]
 
 
 def held_out(e: EvalConfig, task: Task, tokenizer, chat_template: bool = True) -> HeldOut:
     from rayalign.data.tokenize import encode_prompt
 
-    prompts = task.prompts("held_out", e.num_prompts, e.seed)
-    ids = [encode_prompt([{"role": "user", "content": p}], tokenizer, chat_template) for p in prompts]
-    return HeldOut(task.name, prompts, ids)
+    drawn = task.draw("held_out", e.num_prompts, e.seed)
+    ids = [encode_prompt([{"role": "user", "content": p}], tokenizer, chat_template) for _, p in drawn]
+    return HeldOut(task.name, [p for _, p in drawn], ids, [topic for topic, _ in drawn])
 
 
-def role_params(e: EvalConfig, role: str):
+def role_params(e: EvalConfig, role: str, run_seed: int = 0):
+    """What a model in `role` samples with. The policies of a method's seeds (`run_seed`: their train.seed) each
+    draw their own samples, so that pooled runs are independent draws; the starting model draws one set for all."""
     from rayalign.sampling.base import SamplingParams
 
+    own = RUN_SEED_STRIDE * run_seed if role == "policy" else 0
     return SamplingParams(n=e.samples, temperature=e.temperature, top_p=e.top_p, max_new_tokens=e.max_new_tokens,
-                          seed=e.seed + ROLE_SEED_OFFSET[role])
+                          seed=e.seed + ROLE_SEED_OFFSET[role] + own)
 
 
 def _samples_cache_path(model: str, prompt_ids: list[list[int]], params, sampling: SamplingConfig,
@@ -172,9 +179,10 @@ def score_samples(score, prompts: list[str], samples: list[list[dict]]) -> list[
     return rewards
 
 
-def model_stats(rewards: list[list[float]], samples: list[list[dict]]) -> dict:
+def model_stats(rewards: list[list[float]], samples: list[list[dict]], topics: list[str]) -> dict:
+    """Mean reward (its standard error by topic and prompt, `rayalign.stats.mean_reward`), length, truncation."""
     flat = [s for row in samples for s in row]
-    mean, err = mean_stderr([r for row in rewards for r in row])
+    mean, err = mean_reward([rewards], topics)
     length, length_err = mean_stderr([s["tokens"] for s in flat])
     return {"mean_reward": mean, "reward_stderr": err, "mean_length_tokens": length, "length_stderr": length_err,
             "truncated_share": sum(s["finish"] == "length" for s in flat) / len(flat), "responses": len(flat)}
@@ -187,10 +195,11 @@ def report_settings(e: EvalConfig, sampling: SamplingConfig) -> dict:
 
 def evaluate(policy: str, reference: str, e: EvalConfig, out_dir: str | Path, sampling: SamplingConfig | None = None,
              chat_template: bool = True, pools: PhasePool | None = None, task: Task | None = None,
-             tokenizer=None, judge: JudgeConfig | None = None, options=None) -> dict:
+             tokenizer=None, judge: JudgeConfig | None = None, options=None, run_seed: int = 0) -> dict:
     """Sample both models on held-out prompts (on `pools`, a pipeline's running pool, when given), score, compare;
     write report.json/.png + samples.jsonl. `task` and `tokenizer`: a run's own (else e.task's and the
-    reference's). `options`: how a pool of this call's loads the models (`rayalign.models.LoadOptions`)."""
+    reference's). `options`: how a pool of this call's loads the models (`rayalign.models.LoadOptions`); `run_seed`:
+    the policy's train.seed (its own sampling seed, `role_params`)."""
     began, sampling = time.time(), sampling or SamplingConfig()
     if task is None:
         from rayalign.tasks.registry import get_task
@@ -202,7 +211,7 @@ def evaluate(policy: str, reference: str, e: EvalConfig, out_dir: str | Path, sa
         tokenizer = load_tokenizer(reference, options or PLAIN)
     prompts = held_out(e, task, tokenizer, chat_template)
     judge = judge or JudgeConfig()
-    sampled = sample_models([(role, model, role_params(e, role)) for role, model in
+    sampled = sample_models([(role, model, role_params(e, role, run_seed)) for role, model in
                              (("reference", reference), ("policy", policy))], prompts.prompt_ids, sampling, pools,
                             options)
     samples = {role: sampled[role][0] for role in ("reference", "policy")}
@@ -212,13 +221,13 @@ def evaluate(policy: str, reference: str, e: EvalConfig, out_dir: str | Path, sa
 
         llm = LLMJudge(judge)
         scores, rewards = judge_pairwise(llm, prompts.prompts, samples["policy"], samples["reference"])
-        win_rate = compare_scores(scores, [score - 0.5 for score in scores])
+        win_rate = compare_scores(scores, [score - 0.5 for score in scores], prompts.topics)
         extra = {"judge": {**llm.counts, "model": llm.client.model, "base_url": llm.client.base_url}}
     else:
         with served_scorer(e.scorer, task, judge) as score:
             rewards = {role: score_samples(score, prompts.prompts, samples[role]) for role in samples}
-        win_rate = compare_models(rewards["policy"], rewards["reference"])
-    stats = {role: model_stats(rewards[role], samples[role]) for role in samples}
+        win_rate = compare_models(rewards["policy"], rewards["reference"], prompts.topics)
+    stats = {role: model_stats(rewards[role], samples[role], prompts.topics) for role in samples}
     report = {"task": task.name, "policy": policy, "reference": reference, "scorer": e.scorer,
               "settings": report_settings(e, sampling),
               "policy_stats": stats["policy"], "reference_stats": stats["reference"], "win_rate": win_rate,
@@ -268,15 +277,15 @@ def plot_report(path: Path, report: dict, rewards: dict) -> None:
     left.set_title(f"task {report['task']}: reward per response (dashed: mean)")
     left.legend(fontsize=7)
     wr = report["win_rate"]
-    for x, (low, high, name) in enumerate(((wr["ci_low"], wr["ci_high"], "bootstrap"),
+    for x, (low, high, name) in enumerate(((wr["ci_low"], wr["ci_high"], "topics, prompts"),
                                            (wr["wilson_low"], wr["wilson_high"], "Wilson"))):
         right.errorbar([x], [wr["win_rate"]], yerr=[[wr["win_rate"] - low], [high - wr["win_rate"]]], fmt="o",
                        capsize=6, color="tab:blue" if x == 0 else "tab:grey")
     right.axhline(0.5, color="tab:grey", linestyle=":")
     right.set_xlim(-0.8, 1.8)
     right.set_ylim(0, 1)
-    right.set_xticks([0, 1], ["bootstrap", "Wilson"], fontsize=8)
-    right.set_title(f"win rate {wr['win_rate']:.2f} over {wr['prompts']} prompts\n"
+    right.set_xticks([0, 1], ["topics, prompts", "Wilson"], fontsize=8)
+    right.set_title(f"win rate {wr['win_rate']:.2f} over {wr['prompts']} prompts ({wr['topics']} topics)\n"
                     f"95% CI [{wr['ci_low']:.2f}, {wr['ci_high']:.2f}]", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

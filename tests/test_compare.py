@@ -7,7 +7,8 @@ import json
 import pytest
 
 from rayalign import cli, config
-from rayalign.stats import compare_models
+from rayalign.stats import compare_runs
+from rayalign.tasks.registry import get_task
 from rayalign.train.driver import run_training
 from tests.conftest import QUICKSTART_DATA
 
@@ -40,16 +41,20 @@ def test_compare_pools_the_runs_of_a_label_and_compares_every_pair(two_runs, cap
     result = json.loads((out / "compare.json").read_text())
     assert [e["name"] for e in result["entries"]] == ["start", "seed0", "seed1"]
     assert result["groups"]["dpo"]["runs"] == ["seed0", "seed1"]
-    # the group's figures are those of both runs' samples pooled per prompt
-    pooled = [a + b for a, b in zip(_rewards(out, "seed0"), _rewards(out, "seed1"))]
+    # the group's figures are those of both runs against the start model's, on the held-out prompts' topics
+    topics = [topic for topic, _ in get_task("word_collector").draw("held_out", 6, 0)]
     [pair] = [p for p in result["pairs"] if (p["row"], p["column"]) == ("dpo", "start")]
-    expected = compare_models(pooled, _rewards(out, "start"))
+    expected = compare_runs([_rewards(out, "seed0"), _rewards(out, "seed1")], [_rewards(out, "start")], topics)
     assert pair["win_rate"] == expected["win_rate"] and pair["ci_low"] == expected["ci_low"]
+    assert pair["runs"] == [2, 1] and pair["seed_test"]["smallest_p"] == 0.5  # 2 runs: 2 of 4 sign flips at best
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    texts = {name: [row["response"] for row in samples if row["model"] == name] for name in ("seed0", "seed1")}
+    assert texts["seed0"] != texts["seed1"]  # each seed's policy drew its own samples
     assert len(result["run_pairs"]) == 6  # 3 models, every ordered pair
     assert result["groups"]["dpo"]["responses"] == 2 * 6 * 2
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "dpo vs start: win rate" in capsys.readouterr().out
-    row = f"| dpo | start | {pair['win_rate']:.3f} [{pair['ci_low']:.3f}, {pair['ci_high']:.3f}] |"
+    row = f"| dpo | start | 2 vs 1 | {pair['win_rate']:.3f} [{pair['ci_low']:.3f}, {pair['ci_high']:.3f}] |"
     table = (out / "compare.md").read_text()
     assert row in table and "| start | dpo |" not in table  # each pair once, against the start model first
     # a second compare samples nothing: every model's samples come from the cache

@@ -33,7 +33,8 @@ def test_eval_cli_end_to_end_with_tiny_llama(tmp_path, capsys, ray_local):
     prompts = list(dict.fromkeys(row["prompt"] for row in rows))
     table = {role: [[task.gold_reward(p, r["response"]) for r in rows if r["model"] == role and r["prompt"] == p]
                     for p in prompts] for role in ("policy", "reference")}
-    recomputed = compare_models(table["policy"], table["reference"])
+    recomputed = compare_models(table["policy"], table["reference"],
+                                [topic for topic, _ in task.draw("held_out", 3, 0)])
     assert report["win_rate"]["win_rate"] == recomputed["win_rate"]
     assert report["win_rate"]["ci_low"] == recomputed["ci_low"]
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

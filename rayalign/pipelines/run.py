@@ -100,7 +100,8 @@ class Run:
         report = json.loads(report_path.read_text()) if report_path.is_file() else {}
         if report.get("policy") != checkpoint or report.get("settings") != report_settings(e, cfg.sampling):
             report = evaluate(checkpoint, cfg.model.name, e, self.dir, cfg.sampling, cfg.data.chat_template,
-                              self.pools, task=self.task(e.task), tokenizer=self.tokenizer, judge=cfg.judge)
+                              self.pools, task=self.task(e.task), tokenizer=self.tokenizer, judge=cfg.judge,
+                              run_seed=cfg.train.seed)
         return {"eval": {"win_rate": report["win_rate"], "policy": report["policy_stats"],
                          "reference": report["reference_stats"]}}
 
