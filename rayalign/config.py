@@ -423,6 +423,12 @@ class D2POConfig:
     (RAYALIGN_LLM_BASE_URL, RAYALIGN_LLM_MODEL)."""
     discriminator: str = "minilm"
     """Discriminator backbone (minilm, or a causal LM), or a saved discriminator directory to start from."""
+    steps_per_round: Optional[int] = None
+    """DPO steps every round owes (null: one train.epochs pass over the round's pairs). A round with fewer pairs than
+    a batch trains none and carries its pairs and its steps to the next, so every mode ends with rounds × this many
+    steps: the arms of a comparison train equally long."""
+    silver_min_gap: float = 0.0
+    """A silver label needs a discriminator score gap above this (0: any gap); closer pairs are not trained on."""
     disc_epochs: int = 3
     """Bradley-Terry epochs over each round's new gold pairs."""
     disc_lr: float = 1e-4

@@ -11,7 +11,7 @@ import torch
 
 from rayalign import config
 from rayalign.files import read_jsonl
-from rayalign.pipelines.d2po import select_for_gold, silver_labels
+from rayalign.pipelines.d2po import plan_round, select_for_gold, silver_accuracy, silver_labels
 from rayalign.tasks.registry import TASKS, make_task, register_task
 
 
@@ -29,6 +29,41 @@ def test_gold_labels_override_silver_and_ties_give_no_pair():
     scores = [(0.1, 0.9), (0.8, 0.2), (0.5, 0.5), (0.3, 0.4)]
     # silver: 1, 0, tie, 1; gold overrides pair 0 (sample 0 better) and pair 3 with a gold tie
     assert silver_labels(scores, {0: 0, 3: None}) == [0, 0, None, None]
+
+
+def test_a_silver_label_needs_a_gap_and_its_accuracy_is_measured_against_the_gold_reward():
+    scores = [(0.1, 0.9), (0.8, 0.2), (0.50, 0.55), (0.3, 0.4), (0.0, 1.0)]
+    labels = silver_labels(scores, {3: 1}, min_gap=0.1)
+    assert labels == [1, 0, None, 1, 1]  # pair 2's gap 0.05 is too close to call; pair 3 is gold's
+    # gold rewards: pair 0 agrees (1 > 0), pair 1 disagrees, pair 4 is a gold tie; pair 3 is gold, not silver
+    rewards = [(0.0, 1.0), (0.0, 2.0), (5.0, 5.0), (1.0, 0.0), (3.0, 3.0)]
+    assert silver_accuracy(labels, {3: 1}, rewards) == {"silver/labels": 3, "silver/accuracy": 0.5,
+                                                       "silver/gold_tie_share": 1 / 3}
+
+
+@pytest.mark.parametrize("steps_per_round", [None, 5])
+def test_every_label_is_trained_or_carried_and_the_arms_take_equal_steps(steps_per_round):
+    """Eight rounds of the job's shape (batch 4): D2PO labels 23 pairs a round, gold-only 3 (its gold labels alone).
+    Each pair is an id; a round trains on `plan_round`'s pairs and carries the rest. No id is ever lost, and with
+    d2po.steps_per_round both arms end with 8 x 5 steps (gold-only's first round has less than a batch: its steps
+    wait for the second)."""
+    extra = [f"d2po.steps_per_round={steps_per_round}"] if steps_per_round else []
+    cfg = config.load(None, ["pipeline=d2po", "train.batch_size=4", "train.epochs=1", *extra])
+    totals = {}
+    for arm, per_round in (("d2po", 23), ("gold_only", 3)):
+        carry, owed, trained, steps_taken, new = [], 0, set(), 0, iter(range(10_000))
+        for _ in range(8):
+            rows = carry + [next(new) for _ in range(per_round)]
+            steps, used, owed = plan_round(cfg, len(rows), owed)
+            trained |= {rows[i] for i in used}
+            carry = [row for i, row in enumerate(rows) if i not in set(used)]
+            steps_taken += steps
+        assert trained | set(carry) == set(range(8 * per_round)) and not trained & set(carry), arm
+        totals[arm] = steps_taken
+    if steps_per_round:
+        assert totals == {"d2po": 40, "gold_only": 40}
+    else:  # one pass over each round's pairs: the arms' steps follow their pair counts
+        assert totals["d2po"] == 184 // 4 and totals["gold_only"] == 24 // 4
 
 
 @pytest.fixture(scope="module")

@@ -74,13 +74,39 @@ def select_for_gold(gaps: list[float], window: int, relabels: int, strategy: str
     return chosen
 
 
-def silver_labels(scores: list[tuple[float, float]], gold: dict[int, int | None]) -> list[int | None]:
-    """Per pair, which sample is chosen (0 or 1): the gold label where there is one, else the higher score;
-    None for a tie (no preference)."""
-    labels = []
-    for i, (a, b) in enumerate(scores):
-        labels.append(gold[i] if i in gold else (None if a == b else int(b > a)))
-    return labels
+def silver_labels(scores: list[tuple[float, float]], gold: dict[int, int | None],
+                  min_gap: float = 0.0) -> list[int | None]:
+    """Per pair, which sample is chosen (0 or 1): the gold label where there is one, else the higher score when the
+    scores differ by more than `min_gap`; None for no preference (a gold tie, or scores too close to call)."""
+    return [gold[i] if i in gold else (None if abs(a - b) <= min_gap else int(b > a))
+            for i, (a, b) in enumerate(scores)]
+
+
+def silver_accuracy(labels: list[int | None], gold: dict[int, int | None],
+                    rewards: list[tuple[float, float]]) -> dict:
+    """How the silver labels (pairs without a gold label) agree with the task's gold reward, which a round computes
+    anyway as a metric and which never labels a pair: accuracy where the gold rewards differ, and the share of silver
+    labels on pairs the gold reward ties (they train as a preference it does not have)."""
+    silver = [i for i, label in enumerate(labels) if label is not None and i not in gold]
+    decided = [i for i in silver if rewards[i][0] != rewards[i][1]]
+    right = sum(labels[i] == int(rewards[i][1] > rewards[i][0]) for i in decided)
+    return {"silver/labels": len(silver), "silver/accuracy": right / len(decided) if decided else None,
+            "silver/gold_tie_share": (len(silver) - len(decided)) / len(silver) if silver else None}
+
+
+def plan_round(cfg: config_lib.Config, pairs: int, owed: int) -> tuple[int, list[int], int]:
+    """(DPO steps a round takes, the indices of the pairs they use, steps still owed after it) with `pairs` pairs
+    (carried ones first) and `owed` steps from earlier rounds. A round owes d2po.steps_per_round; with fewer pairs
+    than a batch it takes none and owes them on (without steps_per_round: one train.epochs pass). The pairs no step
+    uses carry to the next round, so no label is ever dropped."""
+    from rayalign.train.loop import total_steps, used_pairs
+
+    due = owed + (cfg.d2po.steps_per_round or 0)
+    if pairs < cfg.train.batch_size:
+        return 0, [], due
+    steps = due or total_steps(cfg, pairs)
+    used = used_pairs(cfg, pairs, steps)
+    return steps, list(range(pairs)) if used is None else used, 0
 
 
 class GoldLabeller:
@@ -129,6 +155,7 @@ class State:
     discriminator: str | None
     gold_used: int
     carry: list[dict]
+    owed_steps: int = 0  # d2po.steps_per_round of rounds that had less than a batch to train on
 
     def save(self, run_dir: Path) -> None:
         atomic_write_text(run_dir / STATE_FILE, json.dumps(dataclasses.asdict(self)))
@@ -243,10 +270,9 @@ def run_round(live: Round, r: int, state: State) -> tuple[State, dict]:
     outputs = live.pools.serving(state.policy).generate(prompt_ids, params)
     clock.lap("sample_s")
     texts = [(row[0].text, row[1].text) for row in outputs]
+    rewards = [tuple(live.task.gold_reward(p, t) for t in pair) for p, pair in zip(prompts, texts)]  # a metric only
     metrics = {"sampler/tokens_per_s": sum(len(c.generated_ids) for row in outputs for c in row) /
-               clock.seconds["sample_s"],
-               "policy/gold_reward": _mean([live.task.gold_reward(p, t) for p, pair in zip(prompts, texts)
-                                            for t in pair])}
+               clock.seconds["sample_s"], "policy/gold_reward": _mean([v for pair in rewards for v in pair])}
     scores = _score(live, prompts, texts)
     clock.lap("score_s")
     gold = _gold_labels(live, r, prompts, texts, scores, metrics)
@@ -256,11 +282,14 @@ def run_round(live: Round, r: int, state: State) -> tuple[State, dict]:
     if discriminator != state.discriminator:
         scores = _score(live, prompts, texts)  # label with what the discriminator learnt this round
         clock.lap("score_s")
-    labels = silver_labels(scores, gold) if d.mode != "gold_only" else [gold.get(i) for i in range(len(texts))]
+    labels = silver_labels(scores, gold, d.silver_min_gap) if d.mode != "gold_only" else \
+        [gold.get(i) for i in range(len(texts))]
+    metrics.update(silver_accuracy(labels, gold, rewards))
     rows = state.carry + _pair_rows(r, prompts, prompt_ids, outputs, scores, labels, gold)
     if live.colocated:
         live.pools.pool.sleep()  # the engines free the GPUs they share with the trainer
-    policy, carry = _train(live, r, rows, state.policy, round_dir, metrics)
+    steps, used, owed = plan_round(cfg, len(rows), state.owed_steps)
+    policy, carry = _train(live, r, rows, steps, used, state.policy, round_dir, metrics)
     if live.colocated:
         live.pools.pool.wake_up()
     clock.lap("train_s")
@@ -276,8 +305,9 @@ def run_round(live: Round, r: int, state: State) -> tuple[State, dict]:
     busy = clock.seconds["sample_s"] + clock.seconds["score_s"] + metrics.get("time/train_steps_s", 0.0)
     metrics.update({f"time/{phase}": seconds for phase, seconds in clock.seconds.items()})
     metrics.update({"time/overhead_s": round_s - busy, "gold/used": live.labeller.used,
-                    "gold/budget": live.labeller.budget, "pairs": len(rows) - len(carry), "round_s": round_s})
-    return State(r, policy, discriminator, live.labeller.used, carry), metrics
+                    "gold/budget": live.labeller.budget, "pairs": len(rows) - len(carry), "pairs_carried": len(carry),
+                    "round_s": round_s})
+    return State(r, policy, discriminator, live.labeller.used, carry, owed), metrics
 
 
 def _mean(values: list[float]) -> float | None:
@@ -345,23 +375,27 @@ def _pair_columns() -> dict:
     return {"round": pa.int64(), "label": pa.string(), "prompt_index": pa.int64()}
 
 
-def _train(live: Round, r: int, rows: list[dict], policy: str, round_dir: Path, metrics: dict):
-    """DPO on the round's pairs from the current policy, by the run's trainer; then its checkpoint (what a resumed
-    run starts from). Returns (the new policy's checkpoint, rows carried to the next round)."""
+def _train(live: Round, r: int, rows: list[dict], steps: int, used: list[int], policy: str, round_dir: Path,
+           metrics: dict):
+    """`steps` DPO steps on the round's pairs (`plan_round`) from the current policy, by the run's trainer; then its
+    checkpoint (what a resumed run starts from). Returns (the new policy's checkpoint, the rows no step used, carried
+    to the next round)."""
     from rayalign.errors import TrainingError
     from rayalign.pipelines.pairs import write_pairs
     from rayalign.train.driver import prepare_pairs
     from rayalign.train.online import TrainerLost
 
     cfg = live.cfg
-    if len(rows) < cfg.train.batch_size:
+    if not steps:
         return policy, rows
     path = write_pairs(rows, round_dir / "pairs.parquet", _pair_columns())
     round_data = dataclasses.replace(cfg.data, path=str(path), format="token_ids")
     pairs = prepare_pairs(dataclasses.replace(cfg, data=round_data), tokenizer=live.tokenizer).pairs
+    if len(pairs) != len(rows):
+        raise RuntimeError(f"d2po round {r}: {len(rows)} rows gave {len(pairs)} pairs; the carry needs one per row")
     for attempt in range(cfg.train.max_failures + 1):
         try:
-            result = live.trainer.train_round(pairs)
+            result = live.trainer.train_round(pairs, steps)
             break
         except TrainerLost as error:
             if attempt == cfg.train.max_failures:
@@ -379,7 +413,8 @@ def _train(live: Round, r: int, rows: list[dict], policy: str, round_dir: Path, 
     metrics.update({"train/loss": steps[-1]["loss"], "train/steps": len(steps),
                     "train/tokens_per_s": statistics.median(row["tokens_per_s"] for row in steps),
                     "time/train_steps_s": result["steps_s"], "time/train_reference_s": result["reference_s"]})
-    return f"{live.storage.root}/{_checkpoint(r)}", []
+    unused = set(range(len(rows))) - set(used)
+    return f"{live.storage.root}/{_checkpoint(r)}", [rows[i] for i in sorted(unused)]
 
 
 def _checkpoint(r: int) -> str:

@@ -106,15 +106,16 @@ class OnlineTrainer:
         if resume:
             self.steps = load_checkpoint(Path(local), self.model, self.lm, self.optimizer, self.scheduler)
 
-    def train_round(self, pairs: list) -> dict:
-        """Train on one round's pairs as a new trainer from the current policy would; rank 0's figures: the steps'
-        metric rows, the seconds of the reference pass and of the steps, and how it ended."""
+    def train_round(self, pairs: list, steps: int | None = None) -> dict:
+        """Train on one round's pairs as a new trainer from the current policy would (`steps` steps; None: what the
+        config gives for this many pairs); rank 0's figures: the steps' metric rows, the seconds of the reference
+        pass and of the steps, and how it ended."""
         from rayalign.logprobs import takes_block_masks
 
         cfg = self.cfg
         torch.manual_seed(cfg.train.seed)  # what a new trainer's worker does first: dropout draws the same
         self.optimizer.state.clear()  # a fresh AdamW per round, as the paper's rounds (and a new trainer) have
-        total = total_steps(cfg, len(pairs))
+        total = steps or total_steps(cfg, len(pairs))
         self.scheduler = make_scheduler(self.optimizer, cfg, total)
         began = time.perf_counter()
         pad = self.tokenizer.pad_token_id
@@ -280,10 +281,10 @@ class TrainerGroup:
             return getattr(self.local, method)(*args)
         return self._all([getattr(actor, method).remote(*args) for actor in self.actors])[0]
 
-    def train_round(self, pairs: list) -> dict:
+    def train_round(self, pairs: list, steps: int | None = None) -> dict:
         import ray
 
-        return self.call("train_round", pairs if self.local is not None else ray.put(pairs))
+        return self.call("train_round", pairs if self.local is not None else ray.put(pairs), steps)
 
     def pids(self) -> list[int]:
         return [os.getpid()] if self.local is not None else self._all([a.pid.remote() for a in self.actors])
