@@ -429,6 +429,14 @@ class D2POConfig:
     steps: the arms of a comparison train equally long."""
     silver_min_gap: float = 0.0
     """A silver label needs a discriminator score gap above this (0: any gap); closer pairs are not trained on."""
+    disc_training: Literal["finetune", "head"] = "finetune"
+    """How the discriminator learns each round. finetune: Bradley-Terry epochs (disc_epochs, disc_lr) over the
+    round's new gold pairs; head: its backbone frozen, its head refitted to convergence on the features of every gold
+    pair so far and the warm start's (a convex fit: every mode's discriminator is trained to the same point)."""
+    disc_warm_start: int = 0
+    """Gold-labelled pairs the head is fitted on before round 1, outside the gold budget (the authors start from a
+    trained reward model): the starting policy's two samples on as many training prompts beyond the rounds'; 0: the
+    discriminator starts untrained."""
     disc_epochs: int = 3
     """Bradley-Terry epochs over each round's new gold pairs."""
     disc_lr: float = 1e-4

@@ -269,3 +269,31 @@ def test_a_trainer_killed_between_rounds_is_replaced_and_the_run_ends_as_an_unin
     assert survived["rounds_done"] == 2 and survived["train"]["status"] == "ok"
     for key in ("policy/gold_reward", "train/loss"):
         assert [r.get(key) for r in survived["rounds"]] == pytest.approx([r.get(key) for r in whole["rounds"]]), key
+
+
+@pytest.mark.slow  # a D2PO run of two rounds with a warm start on Ray: about 40 s
+def test_a_warm_started_head_is_refitted_on_every_gold_pair_so_far(tmp_path, ray_local, longest_task):
+    """disc_warm_start: the head is fitted before round 1 on gold-labelled pairs of training prompts no round uses;
+    disc_training=head: each round's discriminator is the head refitted on the warm pairs and every gold pair so
+    far, which a fit in this process reproduces."""
+    from ray import serve
+
+    from rayalign.pipelines.d2po import GOLD_PAIRS, WARM_PAIRS
+    from rayalign.scoring.discriminator import Discriminator
+
+    try:
+        summary = _run(tmp_path, "warm", "d2po.disc_warm_start=12", "d2po.disc_training=head")
+    finally:
+        serve.shutdown()
+    run_dir = tmp_path / "warm"
+    warm, gold = read_jsonl(run_dir / WARM_PAIRS), read_jsonl(run_dir / GOLD_PAIRS)
+    round_prompts = set(longest_task.prompts("train", 2 * 8, 0))
+    assert warm and not {p["prompt"] for p in warm} & round_prompts  # prompts after the rounds'
+    assert all(len(p["chosen"]) > len(p["rejected"]) for p in warm)  # the gold reward: the longer response
+    assert summary["rounds_done"] == 2 and gold
+    last = max(p["round"] for p in gold)
+    served = run_dir / "rounds" / f"round_{last:03d}" / "discriminator"
+    refit = Discriminator.load(served)  # its backbone is the one every fit saw: frozen
+    refit.fit_head(warm + gold)
+    served = Discriminator.load(served)
+    torch.testing.assert_close(served.head.weight, refit.head.weight, atol=1e-5, rtol=1e-4)

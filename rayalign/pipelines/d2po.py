@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from rayalign.summary import TrainSummary
 
 STATE_FILE, GOLD_LOG, GOLD_PAIRS = "d2po_state.json", "gold_calls.jsonl", "gold_pairs.jsonl"
+WARM_PAIRS = "warm_start_pairs.jsonl"
 
 
 def select_for_gold(gaps: list[float], window: int, relabels: int, strategy: str, budget: int,
@@ -202,6 +203,7 @@ class Round:
             truncate_jsonl(run.dir / log, "round", state.rounds_done)
         self.labeller = GoldLabeller(d, self.task, state.gold_used, run.dir / GOLD_LOG)
         self.gold_pairs = self._gold_pairs_so_far()
+        self.warm_pairs = read_jsonl(run.dir / WARM_PAIRS) if (run.dir / WARM_PAIRS).is_file() else []
         self.pools = run.pools  # the run's: the evaluation samples on it after the last round
         self.colocated = None
         if cfg.sampling.colocate:  # engines and trainer on the same GPUs (`rayalign.sampling.colocate`)
@@ -348,8 +350,9 @@ def _update_discriminator(live: Round, r: int, prompts, texts, gold, state: Stat
         live.gold_pairs += pairs
         return state.discriminator
     relative = f"rounds/{round_dir.name}/discriminator"
-    metrics.update(live.service.update(pairs, live.gold_pairs, str(round_dir / "discriminator"), live.storage,
-                                       relative))  # trained in its Serve replica, which then serves it
+    metrics.update(live.service.update(pairs, live.warm_pairs + live.gold_pairs, str(round_dir / "discriminator"),
+                                       live.storage, relative, live.cfg.d2po.disc_training == "head"))
+    # trained in its Serve replica, which then serves it
     live.gold_pairs += pairs
     return str(round_dir / "discriminator")
 
@@ -439,6 +442,8 @@ def run_d2po(run: Run) -> dict:
     if state.rounds_done < last:
         live = Round(run, state)
         try:
+            if state.rounds_done == 0 and cfg.d2po.disc_warm_start and live.service is not None:
+                state.discriminator = warm_start(live) or state.discriminator
             for r in range(state.rounds_done + 1, last + 1):
                 state, metrics = run_round(live, r, state)
                 tracker.log({k: v for k, v in metrics.items() if v is not None}, step=r)
@@ -455,6 +460,42 @@ def run_d2po(run: Run) -> dict:
     rounds = _round_rows(run_dir)
     return {"mode": cfg.d2po.mode, "rounds_done": state.rounds_done, "gold_used": state.gold_used,
             "rounds": rounds, "train": _train_totals(state, rounds, cfg.d2po.rounds, trainer_mode(cfg))}
+
+
+def warm_start(live: Round) -> str | None:
+    """The discriminator's head fitted on d2po.disc_warm_start gold-labelled pairs before round 1 (outside the budget,
+    never trained on by DPO): the starting policy's two samples on as many training prompts after the rounds', gold
+    ties dropped. Its pairs are kept in the run directory, so a run stopped before round 1 ends refits on the same
+    ones. Returns the fitted discriminator's checkpoint (round 0's, in place of the untrained one), None when every
+    pair was a gold tie."""
+    from rayalign.data.tokenize import encode_prompt
+    from rayalign.sampling.base import SamplingParams
+
+    cfg, d = live.cfg, live.cfg.d2po
+    if not live.warm_pairs:
+        first = d.rounds * d.prompts_per_round
+        prompts = live.task.prompts("train", first + d.disc_warm_start, d.seed)[first:]
+        ids = [encode_prompt([{"role": "user", "content": p}], live.tokenizer, cfg.data.chat_template) for p in prompts]
+        params = SamplingParams(n=2, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
+                                max_new_tokens=cfg.sampling.max_new_tokens, seed=d.seed * 1_000_003)  # "round 0"
+        for prompt, row in zip(prompts, live.pools.serving(cfg.model.name).generate(ids, params)):
+            texts = [c.text for c in row]
+            rewards = [live.task.gold_reward(prompt, t) for t in texts]
+            if rewards[0] != rewards[1]:
+                better = int(rewards[1] > rewards[0])
+                live.warm_pairs.append({"prompt": prompt, "chosen": texts[better], "rejected": texts[1 - better],
+                                        "round": 0})
+        atomic_write_text(live.run_dir / WARM_PAIRS, "".join(json.dumps(p) + "\n" for p in live.warm_pairs))
+    if not live.warm_pairs:
+        print("rayalign: d2po warm start: every pair was a gold tie; the discriminator starts untrained", flush=True)
+        return None
+    relative = "rounds/round_000/discriminator"
+    metrics = live.service.update(live.warm_pairs, [], str(live.run_dir / relative), live.storage, relative,
+                                  refit_head=True)
+    print(f"rayalign: d2po warm start: the discriminator's head fitted on {len(live.warm_pairs)} gold-labelled pairs "
+          f"of {d.disc_warm_start} prompts (accuracy on them before: {metrics['disc/accuracy_new_gold']:.2f})",
+          flush=True)
+    return str(live.run_dir / relative)
 
 
 def _drop_old_weights(live: Round, state: State) -> None:

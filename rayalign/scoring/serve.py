@@ -76,18 +76,22 @@ class DiscriminatorServer:
             self.model, self.checkpoint = model, checkpoint
 
     async def update(self, pairs: list[dict], known: list[dict], directory: str, storage=None,
-                     relative: str | None = None) -> dict:
+                     relative: str | None = None, refit_head: bool = False) -> dict:
         """Train on new gold `pairs` where this replica runs (its CPUs, its GPU): a copy of the served model with a
-        fresh AdamW (as a load of its checkpoint would give); its accuracy on them and on all gold pairs so far
-        (`known` + them) is measured first. The trained model is saved to `directory` (and to the run's URI:
-        `storage`, `relative`), then replaces the served one: requests meanwhile are answered by the old one."""
+        fresh AdamW (as a load of its checkpoint would give), or, `refit_head`, its head refitted on frozen features
+        of all of them (`known` + `pairs`); its accuracy on them and on all gold pairs so far is measured first. The
+        trained model is saved to `directory` (and to the run's URI: `storage`, `relative`), then replaces the served
+        one: requests meanwhile are answered by the old one."""
         from rayalign.files import atomic_write_text
 
         def train() -> tuple:
             model = self.model.copy()
             metrics = {"disc/accuracy_new_gold": model.accuracy(pairs),
                        "disc/accuracy_gold_so_far": model.accuracy(known + pairs)}
-            model.update(pairs)
+            if refit_head:
+                model.fit_head(known + pairs)
+            else:
+                model.update(pairs)
             model.save(directory)
             if storage is not None:
                 storage.push(relative)
@@ -188,11 +192,11 @@ class DiscriminatorService:
         self.handle = self._deploy(checkpoint)
 
     def update(self, pairs: list[dict], known: list[dict], directory: str, storage=None,
-               relative: str | None = None) -> dict:
+               relative: str | None = None, refit_head: bool = False) -> dict:
         """Train on new gold pairs in the model's replica (`DiscriminatorServer.update`), straight to it (no gateway
         time limit on training); it then serves them. Returns its accuracies measured before training."""
         server = serve.get_deployment_handle("DiscriminatorServer", app_name=self.name)
-        return server.update.remote(pairs, known, directory, storage, relative).result()
+        return server.update.remote(pairs, known, directory, storage, relative, refit_head).result()
 
     def shutdown(self) -> None:
         serve.delete(self.name)
