@@ -24,12 +24,16 @@ budget and schedule, no discriminator); `frozen` spends the budget as early as i
 pairs, trains the discriminator on them and then never again (a static reward model).
 
 Choices the paper leaves open, and ours: the discriminator starts from an untrained scalar head on
-its backbone (or from `d2po.discriminator`, a saved one) with a fresh AdamW each round; each round's
-DPO starts a fresh AdamW too (constant LR in the job), from the previous round's policy, and ends with
-the policy's checkpoint, which makes the round the unit of resuming; a round with fewer usable pairs
-than a batch carries them into the next one. The round's samples are also scored with the task's gold
-reward as a *metric* (the policy's gold reward per round): that never labels a pair and never counts
-against the budget.
+its backbone (or from `d2po.discriminator`, a saved one), or, as the authors start from a trained reward
+model, from a head fitted on `d2po.disc_warm_start` gold-labelled pairs outside the budget (`warm_start`);
+it learns each round by Bradley-Terry epochs on the new gold pairs with a fresh AdamW (`finetune`) or by
+refitting its head on every gold pair so far (`d2po.disc_training: head`). Each round's DPO starts a
+fresh AdamW too (constant LR in the job), from the previous round's policy, and ends with the policy's
+checkpoint, which makes the round the unit of resuming; the pairs its steps do not use (beyond the last
+full batch, or all of a round with less than a batch) carry into the next one, and `d2po.steps_per_round`
+fixes the steps each round owes, so that modes train equally long (`plan_round`). The round's samples are
+also scored with the task's gold reward as a *metric* (the policy's gold reward per round, and the silver
+labels' accuracy against it on every pair): that never labels a pair and never counts against the budget.
 
 State: after every round, `d2po_state.json` (written last, atomically) records the rounds done, the
 policy and discriminator checkpoints, the gold labels used and the pairs carried over. A stopped run
