@@ -109,9 +109,16 @@ def mean_reward(runs: Sequence[Sequence[Sequence[float]]], topics: Sequence[str]
     """An arm's mean reward over its runs' samples and its standard error counting runs, topics and prompts (what
     a "± s.e." over pooled responses, as if each were independent, understates)."""
     per_prompt = [[[sum(row) / len(row) for row in run]] for run in runs]
-    topics = list(topics) if topics is not None else [str(i) for i in range(len(runs[0]))]
-    result = hierarchical_interval(per_prompt, topics, 0.0)
+    result = hierarchical_interval(per_prompt, _each_its_own(topics, len(runs[0])), 0.0)
     return result["mean"], result["stderr"]
+
+
+def _each_its_own(topics: Sequence[str] | None, prompts: int) -> list[str]:
+    """`topics`, checked against the prompts; None: each prompt its own topic."""
+    topics = list(topics) if topics is not None else [str(i) for i in range(prompts)]
+    if len(topics) != prompts:
+        raise ValueError(f"{len(topics)} topics for {prompts} prompts; give one topic per prompt")
+    return topics
 
 
 def _mean_of(run: Sequence[Sequence[float]]) -> float:
@@ -132,11 +139,10 @@ def compare_scores(scores: Sequence[float], diffs: Sequence[float], topics: Sequ
 
 
 def _figures(wins, diffs, topics, seed: int) -> dict:
-    prompts = len(wins[0][0])
-    topics = list(topics) if topics is not None else [str(i) for i in range(prompts)]
-    if len(topics) != prompts:
-        raise ValueError(f"{len(topics)} topics for {prompts} prompts; give one topic per prompt")
     import numpy as np
+
+    prompts = len(wins[0][0])
+    topics = _each_its_own(topics, prompts)
 
     weights = cluster_weights(topics, RESAMPLES, np.random.default_rng(seed))  # one draw for both figures
     win = hierarchical_interval(wins, topics, 0.5, weights=weights)
