@@ -178,14 +178,16 @@ def describe(result: dict) -> str:
 def verdict(result: dict) -> str:
     """'better' or 'worse' (the row's model or method, when the win rate's interval excludes ½), else what it would
     take: 'cannot tell at 5 runs (needs about 12 per arm)', 'not resolved: needs about 300 prompts', 'no effect to
-    resolve'."""
+    resolve'. Where runs were counted, more prompts alone cannot settle it: the verdict names the runs."""
     r = result
     if r["resolved"]:
         return "better" if r["win_rate"] > 0.5 else "worse"
     runs = r.get("runs", [1, 1])
-    if max(runs) > 1 and r.get("runs_needed"):
+    if max(runs) > 1:
         at = " vs ".join(str(n) for n in runs if n > 1) if 1 in runs else " vs ".join(map(str, runs))
-        return f"cannot tell at {at} runs (needs about {r['runs_needed']} per arm)"
+        needs = f"needs about {r['runs_needed']} per arm" if r.get("runs_needed") else \
+            "too small an effect for more runs alone to resolve"
+        return f"cannot tell at {at} runs ({needs})"
     if r["prompts_needed"] is None:
         return "no effect to resolve"
     return f"not resolved: needs about {r['prompts_needed']} prompts"

@@ -165,3 +165,7 @@ def test_compare_runs_reports_the_runs_needed_when_runs_decide():
     assert result["runs"] == [5, 1] and not result["resolved"]
     assert result["variance_shares"]["runs_a"] > 0.9 and result["runs_needed"] > 5
     assert "cannot tell at 5 runs" in describe(result)
+    # two runs that cancel out: no effect for runs to resolve, and more prompts would not settle it either
+    even = compare_runs([[[1.0]] * 40, [[-1.0]] * 40], start)
+    assert even["win_rate"] == 0.5 and even["runs_needed"] is None
+    assert describe(even).endswith("; cannot tell at 2 runs (too small an effect for more runs alone to resolve)")

@@ -354,9 +354,9 @@ def _update_discriminator(live: Round, r: int, prompts, texts, gold, state: Stat
         live.gold_pairs += pairs
         return state.discriminator
     relative = f"rounds/{round_dir.name}/discriminator"
+    # trained in its Serve replica, which then serves it
     metrics.update(live.service.update(pairs, live.warm_pairs + live.gold_pairs, str(round_dir / "discriminator"),
                                        live.storage, relative, live.cfg.d2po.disc_training == "head"))
-    # trained in its Serve replica, which then serves it
     live.gold_pairs += pairs
     return str(round_dir / "discriminator")
 
@@ -414,11 +414,11 @@ def _train(live: Round, r: int, rows: list[dict], steps: int, used: list[int], p
     if result["status"] != "ok":
         raise TrainingError(f"d2po round {r}: the loss became NaN/inf; lower train.lr or check the round's pairs "
                             f"({path})")
-    steps = result["rows"]
-    atomic_write_text(round_dir / "train_metrics.jsonl", "".join(json.dumps(row) + "\n" for row in steps))
+    done = result["rows"]  # a metrics row per step taken
+    atomic_write_text(round_dir / "train_metrics.jsonl", "".join(json.dumps(row) + "\n" for row in done))
     live.trainer.call("save", str(live.run_dir / _checkpoint(r)), r == cfg.d2po.rounds)  # finished after the sync
-    metrics.update({"train/loss": steps[-1]["loss"], "train/steps": len(steps),
-                    "train/tokens_per_s": statistics.median(row["tokens_per_s"] for row in steps),
+    metrics.update({"train/loss": done[-1]["loss"], "train/steps": len(done),
+                    "train/tokens_per_s": statistics.median(row["tokens_per_s"] for row in done),
                     "time/train_steps_s": result["steps_s"], "time/train_reference_s": result["reference_s"]})
     unused = set(range(len(rows))) - set(used)
     return f"{live.storage.root}/{_checkpoint(r)}", [rows[i] for i in sorted(unused)]
