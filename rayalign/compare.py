@@ -53,8 +53,8 @@ def _run_config(run_dir: Path) -> config_lib.Config:
     return config_lib.build(yaml.safe_load(path.read_text()))
 
 
-def _shared_settings(run_dirs: list[Path]) -> config_lib.Config:
-    """The first run's config, after checking every run was evaluated the same way from the same model."""
+def _shared_settings(run_dirs: list[Path]) -> list[config_lib.Config]:
+    """Every run's config, after checking every run was evaluated the same way from the same model."""
     from rayalign.evaluation import report_settings
     from rayalign.pipelines.run import eval_config
 
@@ -70,7 +70,7 @@ def _shared_settings(run_dirs: list[Path]) -> config_lib.Config:
         if differs:
             raise RayAlignError(f"{run_dir}: its {differs[0]} ({key(cfg)[differs[0]]}) differs from {run_dirs[0]}'s "
                                 f"({first[differs[0]]}); compare runs evaluated with the same settings")
-    return configs[0]
+    return configs
 
 
 def compare(run_dirs: list[str | Path], out_dir: str | Path, labels: list[str] | None = None) -> dict:
@@ -93,7 +93,8 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path, labels: list[str] |
     labels = labels or [d.name for d in run_dirs]
     if len(labels) != len(run_dirs):
         raise RayAlignError(f"{len(labels)} labels for {len(run_dirs)} runs; give one label per run")
-    cfg = _shared_settings(run_dirs)
+    configs = _shared_settings(run_dirs)
+    cfg = configs[0]
     e = eval_config(cfg)
     task = task_of(cfg, e.task)
     prompts = held_out(e, task, load_tokenizer(cfg.model.name, cfg.model.options), cfg.data.chat_template)
@@ -102,9 +103,10 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path, labels: list[str] |
                             "an LLM judge compares two models at a time: use `rayalign eval --scorer llm` per pair")
     models = [(START, START, cfg.model.name, "reference")]
     models += [(d.name, label, run_checkpoint(d), "policy") for d, label in zip(run_dirs, labels)]
-    seeds = {d.name: _run_config(d).train.seed for d in run_dirs}  # each run's policy samples with its own seed
-    sampled = sample_models([(name, model, role_params(e, role, seeds.get(name, 0))) for name, _, model, role in models],
-                            prompts.prompt_ids, cfg.sampling, options=cfg.model.options)
+    seeds = {d.name: run.train.seed for d, run in zip(run_dirs, configs)}  # each run's policy samples with its own
+    sampled = sample_models([(name, model, role_params(e, role, seeds.get(name, 0)))
+                             for name, _, model, role in models], prompts.prompt_ids, cfg.sampling,
+                            options=cfg.model.options)
     samples, rewards, entries = {}, {}, []
     with served_scorer(e.scorer, task, cfg.judge) as score:
         for name, label, model, _ in models:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rayalign.config import EvalConfig, JudgeConfig, SamplingConfig
+from rayalign.models import PLAIN, LoadOptions
 from rayalign.stats import compare_models, compare_scores, describe, mean_reward, mean_stderr
 
 if TYPE_CHECKING:
@@ -142,7 +143,8 @@ def _samples_cache_path(model: str, prompt_ids: list[list[int]], params, samplin
 
 
 def sample_models(entries: list[tuple[str, str, object]], prompt_ids: list[list[int]], sampling: SamplingConfig,
-                  pools: PhasePool | None = None, options=None) -> dict[str, tuple[list[list[dict]], bool]]:
+                  pools: PhasePool | None = None,
+                  options: LoadOptions = PLAIN) -> dict[str, tuple[list[list[dict]], bool]]:
     """For each (label, model, params): per prompt, `params.n` samples {"text", "tokens", "finish"}, and whether
     they came from the cache. Models not cached are sampled on `pools` (a pipeline's pool, left running), else on
     a pool of their own (loading with `options`, a `rayalign.models.LoadOptions`): interchangeable models share it,
@@ -195,7 +197,8 @@ def report_settings(e: EvalConfig, sampling: SamplingConfig) -> dict:
 
 def evaluate(policy: str, reference: str, e: EvalConfig, out_dir: str | Path, sampling: SamplingConfig | None = None,
              chat_template: bool = True, pools: PhasePool | None = None, task: Task | None = None,
-             tokenizer=None, judge: JudgeConfig | None = None, options=None, run_seed: int = 0) -> dict:
+             tokenizer=None, judge: JudgeConfig | None = None, options: LoadOptions = PLAIN,
+             run_seed: int = 0) -> dict:
     """Sample both models on held-out prompts (on `pools`, a pipeline's running pool, when given), score, compare;
     write report.json/.png + samples.jsonl. `task` and `tokenizer`: a run's own (else e.task's and the
     reference's). `options`: how a pool of this call's loads the models (`rayalign.models.LoadOptions`); `run_seed`:
@@ -206,9 +209,9 @@ def evaluate(policy: str, reference: str, e: EvalConfig, out_dir: str | Path, sa
 
         task = get_task(e.task or "word_collector")
     if tokenizer is None:
-        from rayalign.models import PLAIN, load_tokenizer
+        from rayalign.models import load_tokenizer
 
-        tokenizer = load_tokenizer(reference, options or PLAIN)
+        tokenizer = load_tokenizer(reference, options)
     prompts = held_out(e, task, tokenizer, chat_template)
     judge = judge or JudgeConfig()
     sampled = sample_models([(role, model, role_params(e, role, run_seed)) for role, model in

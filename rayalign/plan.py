@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import math
 
+from rayalign.models import PLAIN, LoadOptions
+
 GIB = 2**30
 RUNTIME_BYTES = 3 * GIB  # per training process on the host: CUDA context, torch, transformers, Ray worker
 KNOWN = {  # public architecture configs, for planning without a download
@@ -36,16 +38,16 @@ KNOWN = {  # public architecture configs, for planning without a download
 }
 
 
-def model_config(name: str, options=None):
+def model_config(name: str, options: LoadOptions = PLAIN):
     """An HF config: one of `KNOWN`, or a model rayalign resolves (directory, embedded name, hub id), loaded with
     `options` (`rayalign.models.LoadOptions`)."""
     from transformers import LlamaConfig
 
-    from rayalign.models import PLAIN, load_config
+    from rayalign.models import load_config
 
     if name.lower() in KNOWN:
         return LlamaConfig(**KNOWN[name.lower()])
-    return load_config(name, options or PLAIN)
+    return load_config(name, options)
 
 
 def shard_bytes(config, world: int, lora_r: int = 0, lora_targets=("all-linear",)) -> dict:

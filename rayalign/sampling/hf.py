@@ -25,6 +25,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria
 
 from rayalign.errors import RayAlignError
+from rayalign.models import PLAIN, LoadOptions
 from rayalign.sampling.base import Completion, SamplingParams, check_inputs
 
 
@@ -106,13 +107,12 @@ class HFSampler:
     """A `Sampler` on transformers. `batch_size` rows (prompt copies) go through `generate` at once."""
 
     def __init__(self, model_name: str, device: str = "cpu", dtype: str | torch.dtype = "float32",
-                 batch_size: int = 16, options=None):
-        from rayalign.models import PLAIN, load_causal_lm, load_tokenizer
+                 batch_size: int = 16, options: LoadOptions = PLAIN):
+        from rayalign.models import load_causal_lm, load_tokenizer
 
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise RayAlignError(f"HFSampler: device '{device}' asked for but CUDA is not available; use device='cpu'")
         self.model_name, self.device, self.batch_size = model_name, torch.device(device), batch_size
-        options = options or PLAIN  # `rayalign.models.LoadOptions`: the run's model.* loading keys
         self.tokenizer = load_tokenizer(model_name, options)
         self.model = load_causal_lm(model_name, str(_as_dtype(dtype)).removeprefix("torch."), options)
         self.model.to(self.device).eval()

@@ -37,7 +37,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rayalign.cluster_fit import check_local, live_nodes, sampler_demand, trainer_fits_beside
 from rayalign.errors import ConfigError, RayAlignError
-from rayalign.models import PLAIN
+from rayalign.models import PLAIN, LoadOptions
 from rayalign.ray_setup import init_ray
 from rayalign.sampling.base import Completion, SamplingParams, check_inputs, make_sampler
 
@@ -431,7 +431,8 @@ def engine_options(sampling) -> dict:
     return {**sampling.vllm_options, **({"enable_sleep_mode": True} if sampling.colocate else {})}
 
 
-def pool_from_config(model: str, sampling, placement_groups: list | None = None, options=None) -> SamplerPool:
+def pool_from_config(model: str, sampling, placement_groups: list | None = None,
+                     options: LoadOptions = PLAIN) -> SamplerPool:
     """The pool a `SamplingConfig` describes, serving `model` (synthesis and evaluation both use it) loaded with
     `options` (`rayalign.models.LoadOptions`); in `placement_groups` when it shares them with a colocated trainer."""
     return SamplerPool(engine=sampling.engine, model=model, num_actors=sampling.num_actors,
@@ -465,8 +466,8 @@ class PhasePool:
     it serves (a vLLM engine's start is 30-60 s, a weight load a few), and kept through training where the trainer
     fits beside it (`make_room`). `starts` counts the pools it started (a pipeline's summary reports it)."""
 
-    def __init__(self, sampling, options=None):
-        self.sampling, self.options, self.pool, self.model, self.starts = sampling, options or PLAIN, None, None, 0
+    def __init__(self, sampling, options: LoadOptions = PLAIN):
+        self.sampling, self.options, self.pool, self.model, self.starts = sampling, options, None, None, 0
         self.placement_groups: list | None = None  # a colocated online run's, shared with its trainer
 
     def serving(self, model: str, weights: dict | None = None) -> SamplerPool:
@@ -508,7 +509,7 @@ class PhasePool:
 
 
 @contextlib.contextmanager
-def given_or_own(pools: PhasePool | None, sampling, options=None):
+def given_or_own(pools: PhasePool | None, sampling, options: LoadOptions = PLAIN):
     """`pools` when a pipeline passes its own (left running for its next phase), else a `PhasePool` of this call's
     (loading models with `options`), closed when the call is done."""
     if pools is not None:

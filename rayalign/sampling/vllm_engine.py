@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from rayalign.errors import MissingPackageError, RayAlignError
+from rayalign.models import PLAIN, LoadOptions
 from rayalign.sampling.base import Completion, SamplingParams, check_inputs
 
 _EXTENSION = "rayalign.sampling.vllm_engine.WeightSyncExtension"
@@ -90,7 +91,8 @@ class VLLMSampler:
     """A `Sampler` on ``vllm.LLM``. Extra keyword arguments go to ``vllm.LLM`` unchanged
     (gpu_memory_utilization, tensor_parallel_size, max_model_len, enforce_eager, ...)."""
 
-    def __init__(self, model_name: str, dtype: str = "auto", seed: int = 0, options=None, **llm_kwargs):
+    def __init__(self, model_name: str, dtype: str = "auto", seed: int = 0, options: LoadOptions = PLAIN,
+                 **llm_kwargs):
         _require_vllm_and_cuda()
         import os
 
@@ -98,9 +100,9 @@ class VLLMSampler:
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         from vllm import LLM
 
-        from rayalign.models import PLAIN, load_tokenizer, resolve_model
+        from rayalign.models import load_tokenizer, resolve_model
 
-        options = options or PLAIN  # model.revision and model.trust_remote_code; vLLM picks its own attention kernel
+        # options: model.revision and model.trust_remote_code; vLLM picks its own attention kernel
         self.model_name = model_name
         self.tokenizer = load_tokenizer(model_name, options)
         path = resolve_model(model_name)

@@ -276,8 +276,8 @@ def prepare_reference(cfg, pairs, indices: list[int] | None, pad_id: int, device
     if dist.get_rank() == 0:
         from rayalign.data import fingerprint
 
-        path = ref_lib.cache_path(cache_dir, ref_lib.model_fingerprint(resolve_model(name), cfg.model.revision), fingerprint(pairs),
-                                  *numerics(cfg), indices)
+        model_fp = ref_lib.model_fingerprint(resolve_model(name), cfg.model.revision)
+        path = ref_lib.cache_path(cache_dir, model_fp, fingerprint(pairs), *numerics(cfg), indices)
     path = _broadcast(path)
     if not _broadcast(path.is_file() if dist.get_rank() == 0 else None):
         scored = list(range(len(pairs))) if indices is None else indices
