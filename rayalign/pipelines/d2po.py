@@ -79,12 +79,16 @@ def select_for_gold(gaps: list[float], window: int, relabels: int, strategy: str
     return chosen
 
 
+def preferred(a: float, b: float, min_gap: float = 0.0) -> int | None:
+    """Which of two samples a score or reward prefers: 0 (a), 1 (b), None when they differ by `min_gap` or less."""
+    return None if abs(a - b) <= min_gap else int(b > a)
+
+
 def silver_labels(scores: list[tuple[float, float]], gold: dict[int, int | None],
                   min_gap: float = 0.0) -> list[int | None]:
     """Per pair, which sample is chosen (0 or 1): the gold label where there is one, else the higher score when the
     scores differ by more than `min_gap`; None for no preference (a gold tie, or scores too close to call)."""
-    return [gold[i] if i in gold else (None if abs(a - b) <= min_gap else int(b > a))
-            for i, (a, b) in enumerate(scores)]
+    return [gold[i] if i in gold else preferred(a, b, min_gap) for i, (a, b) in enumerate(scores)]
 
 
 def silver_accuracy(labels: list[int | None], gold: dict[int, int | None],
@@ -93,8 +97,8 @@ def silver_accuracy(labels: list[int | None], gold: dict[int, int | None],
     anyway as a metric and which never labels a pair: accuracy where the gold rewards differ, and the share of silver
     labels on pairs the gold reward ties (they train as a preference it does not have)."""
     silver = [i for i, label in enumerate(labels) if label is not None and i not in gold]
-    decided = [i for i in silver if rewards[i][0] != rewards[i][1]]
-    right = sum(labels[i] == int(rewards[i][1] > rewards[i][0]) for i in decided)
+    decided = [i for i in silver if preferred(*rewards[i]) is not None]
+    right = sum(labels[i] == preferred(*rewards[i]) for i in decided)
     return {"silver/labels": len(silver), "silver/accuracy": right / len(decided) if decided else None,
             "silver/gold_tie_share": (len(silver) - len(decided)) / len(silver) if silver else None}
 
@@ -134,7 +138,7 @@ class GoldLabeller:
         self.used += 1
         if self.kind == "gold":
             values = (self.task.gold_reward(prompt, a), self.task.gold_reward(prompt, b))
-            label = None if values[0] == values[1] else int(values[1] > values[0])
+            label = preferred(*values)
         else:
             values, label = None, self._ask_judge(prompt, a, b)
         entry = {"round": round_index, "pair": pair_index, "labeller": self.kind, "gold": values, "label": label,
@@ -192,7 +196,6 @@ class Round:
 
     def __init__(self, run: Run, state: State):
         from rayalign.cluster_fit import check_together, live_nodes, together_demands
-        from rayalign.data.tokenize import encode_prompt
         from rayalign.ray_setup import init_ray
 
         cfg, d = run.cfg, run.cfg.d2po
@@ -201,8 +204,7 @@ class Round:
         self.cfg, self.run_dir, self.task, self.tokenizer = cfg, run.dir, run.task(d.task), run.tokenizer
         self.storage = cfg.storage()
         self.prompts = self.task.prompts("train", d.rounds * d.prompts_per_round, d.seed)
-        self.prompt_ids = [encode_prompt([{"role": "user", "content": p}], run.tokenizer, cfg.data.chat_template)
-                           for p in self.prompts]
+        self.prompt_ids = self.encode(self.prompts)
         for log in (GOLD_LOG, GOLD_PAIRS):  # a round that did not finish is redone: count none of its entries twice
             truncate_jsonl(run.dir / log, "round", state.rounds_done)
         self.labeller = GoldLabeller(d, self.task, state.gold_used, run.dir / GOLD_LOG)
@@ -227,6 +229,20 @@ class Round:
                                                 route_prefix=f"/{cfg.name}/discriminator", num_cpus=d.disc_cpus,
                                                 port=d.http_port, num_gpus=d.disc_gpus,
                                                 latest=str(run.dir / "discriminator_latest.txt"))
+
+    def encode(self, prompts: list[str]) -> list[list[int]]:
+        from rayalign.data.tokenize import encode_prompt
+
+        return [encode_prompt([{"role": "user", "content": p}], self.tokenizer, self.cfg.data.chat_template)
+                for p in prompts]
+
+    def params(self, r: int):
+        """How round r (0: the warm start) samples: two responses a prompt, seeded by the round."""
+        from rayalign.sampling.base import SamplingParams
+
+        sampling = self.cfg.sampling
+        return SamplingParams(n=2, temperature=sampling.temperature, top_p=sampling.top_p,
+                              max_new_tokens=sampling.max_new_tokens, seed=self.cfg.d2po.seed * 1_000_003 + r)
 
     def _trainer(self, policy: str):
         """The trainer of every round (`rayalign.train.online`), from `policy`, the starting model as reference."""
@@ -260,7 +276,6 @@ def run_round(live: Round, r: int, state: State) -> tuple[State, dict]:
     its checkpoint; `time/train_steps_s` the steps alone, `time/train_reference_s` the reference's pass), the weight
     sync, and the wait for the checkpoint written meanwhile; `time/overhead_s` is the round less its sampling,
     scoring and train steps."""
-    from rayalign.sampling.base import SamplingParams
     from rayalign.tracking import PhaseClock
 
     cfg, d = live.cfg, live.cfg.d2po
@@ -271,9 +286,7 @@ def run_round(live: Round, r: int, state: State) -> tuple[State, dict]:
     clock = PhaseClock()
     span = slice((r - 1) * d.prompts_per_round, r * d.prompts_per_round)
     prompts, prompt_ids = live.prompts[span], live.prompt_ids[span]
-    params = SamplingParams(n=2, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
-                            max_new_tokens=cfg.sampling.max_new_tokens, seed=d.seed * 1_000_003 + r)
-    outputs = live.pools.serving(state.policy).generate(prompt_ids, params)
+    outputs = live.pools.serving(state.policy).generate(prompt_ids, live.params(r))
     clock.lap("sample_s")
     texts = [(row[0].text, row[1].text) for row in outputs]
     rewards = [tuple(live.task.gold_reward(p, t) for t in pair) for p, pair in zip(prompts, texts)]  # a metric only
@@ -336,8 +349,8 @@ def _gold_labels(live: Round, r: int, prompts, texts, scores, metrics: dict) -> 
     rng = random.Random(d.seed * 1_000_003 + r)
     chosen = select_for_gold([abs(a - b) for a, b in scores], d.window, relabels, strategy, live.labeller.left, rng)
     gold = {i: live.labeller.label(r, i, prompts[i], *texts[i]) for i in chosen}
-    agree = [gold[i] == int(scores[i][1] > scores[i][0]) for i in gold if gold[i] is not None
-             and scores[i][0] != scores[i][1]]
+    verdicts = [(gold[i], preferred(*scores[i])) for i in gold]
+    agree = [label == silver for label, silver in verdicts if label is not None and silver is not None]
     metrics.update({"gold/used_round": len(chosen), "silver_gold_agreement": _mean([float(a) for a in agree])})
     return gold
 
@@ -472,21 +485,15 @@ def warm_start(live: Round) -> str | None:
     ties dropped. Its pairs are kept in the run directory, so a run stopped before round 1 ends refits on the same
     ones. Returns the fitted discriminator's checkpoint (round 0's, in place of the untrained one), None when every
     pair was a gold tie."""
-    from rayalign.data.tokenize import encode_prompt
-    from rayalign.sampling.base import SamplingParams
-
     cfg, d = live.cfg, live.cfg.d2po
     if not live.warm_pairs:
         first = d.rounds * d.prompts_per_round
         prompts = live.task.prompts("train", first + d.disc_warm_start, d.seed)[first:]
-        ids = [encode_prompt([{"role": "user", "content": p}], live.tokenizer, cfg.data.chat_template) for p in prompts]
-        params = SamplingParams(n=2, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
-                                max_new_tokens=cfg.sampling.max_new_tokens, seed=d.seed * 1_000_003)  # "round 0"
-        for prompt, row in zip(prompts, live.pools.serving(cfg.model.name).generate(ids, params)):
+        outputs = live.pools.serving(cfg.model.name).generate(live.encode(prompts), live.params(0))
+        for prompt, row in zip(prompts, outputs):
             texts = [c.text for c in row]
-            rewards = [live.task.gold_reward(prompt, t) for t in texts]
-            if rewards[0] != rewards[1]:
-                better = int(rewards[1] > rewards[0])
+            better = preferred(*(live.task.gold_reward(prompt, t) for t in texts))
+            if better is not None:
                 live.warm_pairs.append({"prompt": prompt, "chosen": texts[better], "rejected": texts[1 - better],
                                         "round": 0})
         atomic_write_text(live.run_dir / WARM_PAIRS, "".join(json.dumps(p) + "\n" for p in live.warm_pairs))
