@@ -549,6 +549,9 @@ class EvalConfig:
     served on Ray Serve (`judge.cpus`, `judge.gpus`)."""
     seed: int = 0
     """Seed of the held-out prompts and sampling."""
+    split: Literal["held_out", "validation"] = "held_out"
+    """The task's prompts the evaluation samples: held_out (the test prompts, read once per experiment) or validation
+    (disjoint topics from training and test: what sweeps and tuning choose on)."""
 
 
 @dataclass(config=_STRICT)
@@ -574,6 +577,8 @@ class PromptsConfig:
     its evaluation (served on Ray Serve)."""
     held_out_share: float = 0.25
     """Share of the prompts kept for the evaluation (by a hash of each prompt: never trained on)."""
+    validation_share: float = 0.15
+    """Share of the prompts kept for choices made before the final run (eval.split=validation; never trained on)."""
 
     def __post_init__(self):
         _check_columns(self.columns, ("prompt", "chosen"), "prompts.columns")

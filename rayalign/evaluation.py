@@ -114,7 +114,7 @@ class HeldOut:
 def held_out(e: EvalConfig, task: Task, tokenizer, chat_template: bool = True) -> HeldOut:
     from rayalign.data.tokenize import encode_prompt
 
-    drawn = task.draw("held_out", e.num_prompts, e.seed)
+    drawn = task.draw(e.split, e.num_prompts, e.seed)
     ids = [encode_prompt([{"role": "user", "content": p}], tokenizer, chat_template) for _, p in drawn]
     return HeldOut(task.name, [p for _, p in drawn], ids, [topic for topic, _ in drawn])
 
@@ -192,7 +192,7 @@ def model_stats(rewards: list[list[float]], samples: list[list[dict]], topics: l
 
 def report_settings(e: EvalConfig, sampling: SamplingConfig) -> dict:
     """What a report's figures depend on besides the two models (a report with other settings is stale)."""
-    return {**dataclasses.asdict(e), "task": e.task or "word_collector", "split": "held_out", "engine": sampling.engine}
+    return {**dataclasses.asdict(e), "task": e.task or "word_collector", "engine": sampling.engine}
 
 
 def evaluate(policy: str, reference: str, e: EvalConfig, out_dir: str | Path, sampling: SamplingConfig | None = None,

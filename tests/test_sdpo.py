@@ -12,7 +12,8 @@ from rayalign import cli, config
 from rayalign.data import fingerprint, prepare_data
 from rayalign.errors import ConfigError
 from rayalign.models import PLAIN, cache_root, load_tokenizer
-from rayalign.pipelines.sdpo import chunk_counts, pair_margins, response_logps, run_stages, split_chunks
+from rayalign.pipelines.sdpo import (chunk_counts, pair_margins, response_logps, run_stages, split_chunks,
+                                     stage_steps)
 from rayalign.tracking import read_metrics
 from rayalign.train import reference as ref_lib
 from rayalign.train.driver import run_training
@@ -41,6 +42,16 @@ def test_random_and_by_source_splits():
     assert chunk_counts(10, 3, [0.2, 0.3, 0.5]) == [2, 3, 5] and chunk_counts(7, 2, None) == [3, 4]
     with pytest.raises(ConfigError, match="set sdpo.stages=2"):
         split_chunks(margins, 3, "by_source", sources=sources)
+
+
+def test_stages_share_the_steps_plain_dpo_would_train():
+    """86 pairs, 1.5 epochs of batch 4: plain DPO trains ceil(1.5 * 21) = 32 steps; two chunks of 43 share them
+    16 + 16 (each stage cutting its own batches would train 15 + 15)."""
+    assert stage_steps(32, [43, 43]) == [16, 16]
+    assert stage_steps(32, [20, 66]) == [7, 25]  # 7.44 and 24.56: the larger remainder gets the step
+    assert stage_steps(5, [1, 1, 1]) == [2, 2, 1]
+    assert stage_steps(2, [1, 50, 1]) == [1, 2, 1]  # every stage trains at least once
+    assert sum(stage_steps(32, [17, 25, 44])) == 32
 
 
 def test_difficulty_measures_by_hand():

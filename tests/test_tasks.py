@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
 
 from rayalign.errors import RayAlignError
 from rayalign.tasks import arithmetic, bullets, word_collector
+from rayalign.tasks.base import key_fraction
 from rayalign.tasks.registry import TASKS, get_task, make_task, register_task
 
 MATH_PROMPT = f"{arithmetic.INSTRUCTION}\n(3 + (4 * 2)) - 5"
@@ -95,6 +97,27 @@ def test_no_held_out_topic_appears_in_any_training_prompt(name):
     leaks = [(topic, prompt) for prompt in train for topic in topics if topic in prompt]
     assert not leaks, leaks[:3]
     assert all(topic in prompt for topic, prompt in held_out)  # a prompt is about its topic
+
+
+@pytest.mark.parametrize("name", ["word_collector", "math", "bullets"])
+def test_validation_topics_are_disjoint_from_training_and_held_out(name):
+    """The validation split (what sweeps choose on) shares no topic with training or the test prompts, no
+    validation topic is inside a training prompt, and adding it moved no prompt out of the held-out split."""
+    task = get_task(name)
+    validation = task.draw("validation", 64, seed=0)
+    held_out = task.draw("held_out", 64, seed=0)
+    train = task.draw("train", 400, seed=0)
+    assert not {t for t, _ in validation} & ({t for t, _ in held_out} | {t for t, _ in train})
+    assert not [(t, p) for _, p in train for t, _ in validation if t in p]
+    assert held_out == dataclasses.replace(task, validation_share=0.0).draw("held_out", 64, seed=0)
+
+
+def test_the_validation_band_sits_above_the_held_out_share():
+    fractions = {topic: key_fraction(topic) for topic in word_collector.TOPICS}
+    task = get_task("word_collector")
+    expected = {t: "held_out" if f < 0.25 else "validation" if f < 0.40 else "train" for t, f in fractions.items()}
+    assert {t: task.split_of(t) for t in word_collector.TOPICS} == expected
+    assert 0.05 < sum(v == "validation" for v in expected.values()) / len(expected) < 0.25
 
 
 def test_topic_split_is_by_topic_not_by_wording():

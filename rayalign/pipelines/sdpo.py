@@ -11,8 +11,12 @@ logp(y_w)/|y_w| − logp(y_l)/|y_l| (the implicit reward of a reference-free mod
 call a pair hard only because its chosen response is longer), or `logp_margin`, the paper's
 unnormalised γ = logp(y_w) − logp(y_l). Its sign gives the reward accuracy. `easy_to_hard` sorts
 pairs by the margin, largest first, and cuts T chunks; `by_source` orders the sources by their
-accuracy (one chunk per source, the paper's set-up); `random` is the paper's ablation. Pairs keep their file order inside a chunk, so T = 1 trains
-exactly what plain DPO trains.
+accuracy (one chunk per source, the paper's set-up); `random` is the paper's ablation. Pairs keep their file order
+inside a chunk, so T = 1 trains exactly what plain DPO trains.
+
+Equal steps: the run trains as many optimizer steps as plain DPO on all the pairs would (`train.max_steps`, or
+`train.epochs` of the whole set), shared among the stages in proportion to their chunks, so sDPO at any T is
+compared with DPO at the same number of updates (each stage dropping its own last incomplete batch would not).
 
 Diagnostic (the paper's γ_ref): the mean reference margin logp_ref(y_w) − logp_ref(y_l) on chunk
 t+1 under M_{t-1} and under M_t; sDPO's claim is that it rises. A stopped run resumes in the stage
@@ -74,6 +78,17 @@ def split_chunks(margins: list[float], stages: int, strategy: str, sizes: list[f
             start += count
     chunks = [sorted(chunk) for chunk in chunks]
     return chunks, [_accuracy(margins, chunk) for chunk in chunks]
+
+
+def stage_steps(total: int, counts: list[int]) -> list[int]:
+    """`total` optimizer steps shared among stages in proportion to their pairs (largest remainders; at least one
+    each)."""
+    n = sum(counts)
+    exact = [total * c / n for c in counts]
+    steps = [int(x) for x in exact]
+    for i in sorted(range(len(counts)), key=lambda i: -(exact[i] - steps[i]))[:total - sum(steps)]:
+        steps[i] += 1
+    return [max(1, st) for st in steps]
 
 
 def _accuracy(margins: list[float], indices: list[int]) -> float:
@@ -138,6 +153,7 @@ def run_stages(cfg: config_lib.Config, prepared, tokenizer) -> TrainSummary:
     from rayalign.data import PreparedData
     from rayalign.summary import finished
     from rayalign.train.driver import run_training
+    from rayalign.train.loop import total_steps
 
     pairs, s, pad_id = prepared.pairs, cfg.sdpo, tokenizer.pad_token_id
     # Measured for every split, so a random split's chunks report their accuracy too (the ablation's control).
@@ -146,11 +162,12 @@ def run_stages(cfg: config_lib.Config, prepared, tokenizer) -> TrainSummary:
     chunks, accuracies = split_chunks(margins, s.stages, s.split, s.chunk_sizes, s.seed, sources)
     run_dir = cfg.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "chunks.json").write_text(json.dumps({"chunks": chunks, "accuracy": accuracies}))
+    steps = stage_steps(total_steps(cfg, len(pairs)), [len(chunk) for chunk in chunks])
+    (run_dir / "chunks.json").write_text(json.dumps({"chunks": chunks, "accuracy": accuracies, "steps": steps}))
     previous, stages, root = cfg.model.name, [], cfg.storage().root
     for t, chunk in enumerate(chunks, start=1):
         stage_cfg = dataclasses.replace(
-            cfg, output_dir=root, name=f"stage_{t}",
+            cfg, output_dir=root, name=f"stage_{t}", train=dataclasses.replace(cfg.train, max_steps=steps[t - 1]),
             model=dataclasses.replace(cfg.model, name=previous, reference=previous))
         summary = _stage_done(stage_cfg)
         if summary is None:

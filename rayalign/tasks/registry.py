@@ -1,12 +1,13 @@
 """A registry of tasks: prompts with a programmatic gold reward, so alignment is measurable offline.
 
-A :class:`Task` gives seeded prompts from two disjoint splits (``train`` and ``held_out``), a gold
+A :class:`Task` gives seeded prompts from three disjoint splits (``train``, ``validation``, ``held_out``), a gold
 reward for a (prompt, response) pair, and optionally a *strong* off-policy response: one with a
 high gold reward written in a style the policy would not produce by itself (InCo-DPO needs
 better-but-shifted data to continue from).
 
 Splits are disjoint by construction: a prompt belongs to ``held_out`` when a stable hash of its
-text (SHA-256, not Python's salted ``hash``) falls in the held-out share, so the split of a prompt
+text (SHA-256, not Python's salted ``hash``) falls in the held-out share, to ``validation`` when it
+falls in the band above it, so the split of a prompt
 never depends on the seed, the order of drawing or the process.
 
 Adding a task takes a prompt list and a reward function::

@@ -72,4 +72,5 @@ def user_task(cfg) -> Task:
         return strong[prompt]
 
     return make_task(NAME, list(found), reward, writer if strong else None,
-                     description=f"prompts of {cfg.path}, scored by {cfg.judge}", held_out_share=cfg.held_out_share)
+                     description=f"prompts of {cfg.path}, scored by {cfg.judge}", held_out_share=cfg.held_out_share,
+                     validation_share=cfg.validation_share)
