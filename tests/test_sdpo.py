@@ -12,8 +12,7 @@ from rayalign import cli, config
 from rayalign.data import fingerprint, prepare_data
 from rayalign.errors import ConfigError
 from rayalign.models import PLAIN, cache_root, load_tokenizer
-from rayalign.pipelines.sdpo import (chunk_counts, pair_margins, response_logps, run_stages, split_chunks,
-                                     stage_steps)
+from rayalign.pipelines.sdpo import chunk_counts, pair_margins, response_logps, run_stages, split_chunks, stage_steps
 from rayalign.tracking import read_metrics
 from rayalign.train import reference as ref_lib
 from rayalign.train.driver import run_training
