@@ -368,6 +368,9 @@ class InCoConfig:
     """inco: continue a prefix of y_off; on_policy: sample from scratch; off_policy: y_off vs the worst sample."""
     ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
     """Prefix ratio r in [0, 1]: keep round(r·|y_off|) tokens of the off-policy response."""
+    ratios: Optional[list[Annotated[float, Field(ge=0.0, le=1.0)]]] = None
+    """Several prefix ratios (inco mode): each prompt's sampling.samples candidates are shared evenly among them, so
+    chosen and rejected can continue prefixes of different lengths and differ in off-policy content (null: ratio)."""
     num_prompts: int = 48
     """Training prompts to synthesise pairs for."""
     scorer: str = "gold"

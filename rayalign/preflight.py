@@ -27,6 +27,13 @@ def check_pipeline_lora(cfg: config_lib.Config) -> None:
                           f"{cfg.pipeline} pipeline, whose later phases load full checkpoints; set train.lora_r=0")
 
 
+def check_inco_ratios(cfg: config_lib.Config) -> None:
+    ratios = cfg.inco.ratios
+    if cfg.pipeline == "inco" and ratios and cfg.sampling.samples % len(ratios):
+        raise ConfigError(f"inco.ratios shares each prompt's sampling.samples ({cfg.sampling.samples}) evenly among "
+                          f"its {len(ratios)} ratios; set sampling.samples to a multiple of {len(ratios)}")
+
+
 def check_job(cfg: config_lib.Config) -> None:
     """The loss, the batch arithmetic, LoRA with a pipeline, the task the run samples or is evaluated on, and a
     local data file that is not there."""
@@ -38,6 +45,7 @@ def check_job(cfg: config_lib.Config) -> None:
     get_loss(cfg.loss.name)
     check_batch_arithmetic(cfg)
     check_pipeline_lora(cfg)
+    check_inco_ratios(cfg)
     recipe = get_recipe(cfg.pipeline)
     if cfg.prompts.path:
         from rayalign.scoring.reward_model import check_reward_model

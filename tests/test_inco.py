@@ -106,6 +106,42 @@ def test_training_sees_the_sampled_ids_and_eos_only_where_the_sample_ended(tmp_p
             assert (trained[-1] in eos) == (row[f"{side}_finish"] == "stop")
 
 
+def test_several_ratios_share_a_prompts_samples_and_each_pair_names_its_prefixes(tmp_path, ray_local):
+    """inco.ratios=[0, 0.5] with 4 samples: two continue nothing, two continue half of y_off; each row says which
+    ratio each response came from, and its ids start with exactly that prefix of y_off."""
+    import random
+
+    from rayalign.tasks.registry import get_task
+
+    cfg = config.load(None, ["model.name=tiny-llama", "pipeline=inco", "inco.task=word_collector_body",
+                             "inco.ratios=[0.0, 0.5]", "inco.num_prompts=6", "inco.shard_size=6", "sampling.samples=4",
+                             "sampling.max_new_tokens=4", f"output_dir={tmp_path}", "name=ratios"])
+    with Run(cfg) as run:
+        path = synthesise(run)
+    rows = pq.read_table(path).to_pylist()
+    task, tokenizer = get_task("word_collector_body"), load_tokenizer("tiny-llama")
+    rng = random.Random(0)
+    offs = [tokenizer.encode(task.strong_response(p, rng), add_special_tokens=False)
+            for p in task.prompts("train", 6, 0)]
+    assert rows and {row["ratio"] for row in rows} | {row["rejected_ratio"] for row in rows} <= {0.0, 0.5}
+    assert any(row["ratio"] != row["rejected_ratio"] for row in rows)  # the point: prefixes differ within a pair
+    for row in rows:
+        off = offs[row["prompt_index"]]
+        for side, ratio, prefix in (("chosen", row["ratio"], row["prefix_len"]),
+                                    ("rejected", row["rejected_ratio"], row["rejected_prefix_len"])):
+            assert prefix == prefix_length(len(off), ratio) and row[f"{side}_ids"][:prefix] == off[:prefix]
+    assert json.loads((tmp_path / "ratios" / "data" / "shard_0000.json").read_text())["samples"] == 24
+
+
+def test_ratios_must_share_the_samples_evenly():
+    from rayalign.errors import ConfigError
+    from rayalign.preflight import check_job
+
+    cfg = config.load(None, ["pipeline=inco", "inco.ratios=[0.0, 0.25, 0.5]", "sampling.samples=4"])
+    with pytest.raises(ConfigError, match="multiple of 3"):
+        check_job(cfg)
+
+
 TINY = ["model.name=tiny-llama", "pipeline=inco", "inco.num_prompts=8", "inco.shard_size=4", "inco.ratio=0.5",
         "inco.include_off_policy=true", "sampling.samples=2", "sampling.max_new_tokens=6", "data.max_length=160",
         "train.batch_size=2", "train.micro_batch_size=2", "train.max_steps=2", "train.cpus_per_worker=1",
@@ -122,7 +158,9 @@ def test_pipeline_writes_every_file_and_reruns_without_synthesising_again(tmp_pa
     pairs = pq.read_table(run_dir / "data" / "pairs.parquet").to_pylist()
     synthesis = summary["synthesis"]
     assert synthesis["prompts"] == 8 and synthesis["pairs"] == len(pairs) == 8 - synthesis["ties_skipped"]
-    assert all(p["chosen_score"] > p["rejected_score"] and p["ratio"] == 0.5 for p in pairs)
+    assert all(p["chosen_score"] > p["rejected_score"] for p in pairs)
+    assert all(p["ratio"] == p["rejected_ratio"] == 0.5 or (p["ratio"] == 1.0 and p["rejected_ratio"] == 0.5)
+               for p in pairs)  # a continuation of the half prefix, or y_off itself (ratio 1) chosen over one
     assert all(p["prefix_len"] > 0 for p in pairs)
     assert json.loads((run_dir / "report.json").read_text())["win_rate"]["prompts"] == 4
     assert summary["sampler_pool_starts"] == 1  # the 1-CPU worker fits beside the pool: synthesis's pool evaluates

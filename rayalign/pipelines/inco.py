@@ -10,7 +10,9 @@ the trained policy against the starting model on held-out prompts.
 
 Choices the paper leaves open, and ours: the prefix is a ratio of y_off's tokens (r·|y_off|,
 rounded to the nearest token); the policy's own tokenizer cuts it, so the prefix ends on a token
-boundary; y_off joins the candidates only with `inco.include_off_policy`; the scorer is the
+boundary; with one ratio, chosen and rejected share the prefix and its tokens cancel in DPO, so
+`inco.ratios` shares a prompt's samples among several ratios (chosen and rejected may then differ
+in how much of y_off they carry); y_off joins the candidates only with `inco.include_off_policy`; the scorer is the
 task's gold reward by default (a trained discriminator with `inco.scorer=<dir>`). For ablations,
 `inco.mode=on_policy` samples without a prefix and `inco.mode=off_policy` pairs y_off (chosen)
 against the policy's worst sample, skipping prompts where y_off does not score higher.
@@ -56,7 +58,15 @@ def select_pair(candidates: list[Candidate]) -> tuple[Candidate, Candidate] | No
 def _inco_columns():
     import pyarrow as pa
 
-    return {"mode": pa.string(), "ratio": pa.float64(), "prefix_len": pa.int64(), "prompt_index": pa.int64()}
+    return {"mode": pa.string(), "ratio": pa.float64(), "rejected_ratio": pa.float64(), "prefix_len": pa.int64(),
+            "rejected_prefix_len": pa.int64(), "prompt_index": pa.int64()}
+
+
+def prompt_ratios(inco) -> list[float]:
+    """The prefix ratios each prompt's samples are shared among (on- and off-policy modes sample without a prefix)."""
+    if inco.mode != "inco":
+        return [0.0]
+    return list(inco.ratios or [inco.ratio])
 
 
 def _shard_rows(cfg, prompts, offs, indices, pool, tokenizer, score) -> tuple[list[dict], dict]:
@@ -68,19 +78,23 @@ def _shard_rows(cfg, prompts, offs, indices, pool, tokenizer, score) -> tuple[li
     prompt_ids = [encode_prompt([{"role": "user", "content": prompts[i]}], tokenizer, cfg.data.chat_template)
                   for i in indices]
     off_ids = [tokenizer.encode(offs[i], add_special_tokens=False) for i in indices]
-    ratio = inco.ratio if inco.mode == "inco" else 0.0
-    prefixes = [ids[:prefix_length(len(ids), ratio)] for ids in off_ids]
-    params = SamplingParams(n=s.samples, temperature=s.temperature, top_p=s.top_p,
+    ratios = prompt_ratios(inco)
+    prefixes = [ids[:prefix_length(len(ids), r)] for ids in off_ids for r in ratios]
+    params = SamplingParams(n=s.samples // len(ratios), temperature=s.temperature, top_p=s.top_p,
                             max_new_tokens=s.max_new_tokens, seed=shard_seed(inco.seed, indices[0]))
-    outputs = pool.generate(prompt_ids, params, prefixes)
+    outputs = pool.generate([ids for ids in prompt_ids for _ in ratios], params, prefixes)
     rows, counts = [], {"prompts": len(indices), "ties_skipped": 0, "off_policy_not_better": 0, "samples": 0,
                         "truncated_samples": 0}
-    for i, ids, prefix, completions in zip(indices, prompt_ids, prefixes, outputs):
-        candidates = [Candidate.sampled(c) for c in completions]
+    for k, (i, ids) in enumerate(zip(indices, prompt_ids)):
+        drawn = [(r, c) for r, completions in zip(ratios, outputs[k * len(ratios):(k + 1) * len(ratios)])
+                 for c in completions]
+        candidates = [Candidate.sampled(c) for _, c in drawn]
+        made = {id(cand): (r, c.prefix_len) for cand, (r, c) in zip(candidates, drawn)}  # ratio, prefix of each
         counts["samples"] += len(candidates)
         counts["truncated_samples"] += sum(c.finish == "length" for c in candidates)
         if inco.mode == "off_policy" or (inco.mode == "inco" and inco.include_off_policy):
             candidates.append(Candidate(offs[i], encode_response(offs[i], tokenizer), "stop"))  # y_off is last
+            made[id(candidates[-1])] = (1.0, len(off_ids[k]))
         for candidate, value in zip(candidates, score([prompts[i]] * len(candidates), [c.text for c in candidates])):
             candidate.score = value
         if inco.mode == "off_policy":
@@ -91,8 +105,9 @@ def _shard_rows(cfg, prompts, offs, indices, pool, tokenizer, score) -> tuple[li
             pair = select_pair(candidates)
             counts["ties_skipped"] += pair is None
         if pair is not None:
-            rows.append(pair_row(prompts[i], ids, *pair, mode=inco.mode, ratio=ratio, prefix_len=len(prefix),
-                                 prompt_index=i))
+            (ratio, prefix), (rejected_ratio, rejected_prefix) = made[id(pair[0])], made[id(pair[1])]
+            rows.append(pair_row(prompts[i], ids, *pair, mode=inco.mode, ratio=ratio, rejected_ratio=rejected_ratio,
+                                 prefix_len=prefix, rejected_prefix_len=rejected_prefix, prompt_index=i))
     return rows, counts
 
 

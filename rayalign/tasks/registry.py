@@ -64,7 +64,7 @@ def _register_builtins() -> None:
     """The built-in tasks (pure Python, cheap to import); they import Task from tasks.base."""
     from rayalign.tasks import arithmetic, bullets, word_collector
 
-    for task in (word_collector.TASK, arithmetic.TASK, bullets.TASK):
+    for task in (word_collector.TASK, word_collector.BODY_TASK, arithmetic.TASK, bullets.TASK):
         TASKS.setdefault(task.name, task)
 
 

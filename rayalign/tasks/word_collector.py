@@ -13,6 +13,10 @@ import json
 import random
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rayalign.tasks.base import Task
 
 WORDS = (
     "data", "hope", "information", "provide", "example", "your", "however", "first", "have", "help",
@@ -154,15 +158,30 @@ def strong_response(prompt: str, rng: random.Random) -> str:
     return " ".join([_STRONG[0]] + middle + [_STRONG[-1]]).format(t=topic)
 
 
-def _task():
+_NEUTRAL_OPENING = "Here is what I would say about {t}."  # none of the 30 words
+_BODY = _STRONG[1:-1] + ("Happy to help with your question.",)
+
+
+def body_response(prompt: str, rng: random.Random) -> str:
+    """The strong response with its reward in the body: a neutral opening, then the sentences that carry the words
+    (the usual opening's four among them) in a seeded order, then the usual closing. A short prefix of it holds no
+    target word, and prefixes of different lengths hold different words (InCo-DPO's premise needs both)."""
+    topic = next((t for t in TOPICS if t in prompt), "this")
+    middle = rng.sample(_BODY, k=len(_BODY) - 1)  # drop one, shuffle the rest
+    return " ".join([_NEUTRAL_OPENING] + middle + [_STRONG[-1]]).format(t=topic)
+
+
+def _task(name: str, writer) -> Task:
     from rayalign.tasks.base import templated_task
 
-    return templated_task("word_collector", TOPICS, PROMPTS + MORE_PROMPTS, lambda prompt, response: gold_reward(response),
-                          strong_response, description="D2PO word collector: +1 per target word used (0-30)",
+    return templated_task(name, TOPICS, PROMPTS + MORE_PROMPTS, lambda prompt, response: gold_reward(response),
+                          writer, description="D2PO word collector: +1 per target word used (0-30)",
                           reward_range=(0.0, 30.0), editor=bridge)
 
 
-TASK = _task()
+TASK = _task("word_collector", strong_response)
+BODY_TASK = _task("word_collector_body", body_response)
+"""The word collector whose strong responses carry their reward in the body (`body_response`), for InCo."""
 
 
 if __name__ == "__main__":  # python -m rayalign.tasks.word_collector jobs/data/word_collector_prefs.jsonl
