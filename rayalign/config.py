@@ -184,8 +184,9 @@ class LossConfig:
     """Time-aware MPO: α moves linearly to this value by the end of training; null keeps α fixed."""
     mpo_lambda: float = 1.0
     """MPO weight λ of the preference term."""
-    mpo_length_normalised: bool = False
-    """MPO on the length-normalised probability p = exp(logp/|y|) instead of the sequence probability."""
+    mpo_length_power: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    """MPO's probability p = exp(logp/|y|^power): 0 the sequence probability (DPO's point), 1 the per-token mean
+    (ORPO's); in between, so one search range holds both endpoints."""
 
     def __post_init__(self):
         if self.beta is None:  # resolved here, so config.yaml, wandb and Tune record the β that trains
@@ -468,7 +469,10 @@ class BMCConfig:
     """Task whose editor and gold reward (the no_gain gate) apply; null: inco.task for synthesised pairs, none for
     data.path."""
     on_rejected: Literal["keep", "drop"] = "keep"
-    """An edit that fails a gate: keep the original pair (y_w, y_l), or drop the pair."""
+    """An edit that fails a gate: keep the original pair (y_w, y_l), or drop the pair (train on the bridged subset)."""
+    closeness: Literal["words", "tokens"] = "words"
+    """What the closeness gates measure edit distance in: words (lower-cased, no punctuation) or token ids. A word
+    spliced into y_l can tokenise with its neighbours, so the token distance may not fall where the words did."""
     llm_base_url: Optional[str] = None
     """llm editor endpoint (…/v1); null: RAYALIGN_LLM_BASE_URL, else rayalign's own sampler endpoint, started on the
     cluster for llm_model (engine: sampling.engine). The API key comes from the environment only."""

@@ -17,6 +17,7 @@ rejected) texts; None is an edit that came back malformed):
 from __future__ import annotations
 
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -92,7 +93,12 @@ class LLMEditor:
         return answer, False
 
 
-def indel_distance(a: list[int], b: list[int]) -> int:
+def words(text: str) -> list[str]:
+    """The words of `text`, lower-cased, without punctuation: what the word-level gate compares."""
+    return re.findall(r"\w+", text.lower())
+
+
+def indel_distance(a: list, b: list) -> int:
     """Token edit distance by insertions and deletions: |a| + |b| − 2·LCS(a, b), the distance a diff (and so
     BMC's difflib marks) works with; a substitution counts as a deletion plus an insertion."""
     previous = [0] * (len(b) + 1)
@@ -104,9 +110,10 @@ def indel_distance(a: list[int], b: list[int]) -> int:
     return len(a) + len(b) - 2 * previous[-1]
 
 
-def gate(chosen_ids: list[int], rejected_ids: list[int], edit_ids: list[int] | None,
-         gains: float | None = None) -> str | None:
-    """Why the edit ỹ_w of the pair (y_w, y_l) is rejected, or None when it passes. In order:
+def gate(chosen_ids: list, rejected_ids: list, edit_ids: list | None, gains: float | None = None) -> str | None:
+    """Why the edit ỹ_w of the pair (y_w, y_l) is rejected, or None when it passes. The three are token ids, or
+    their texts' `words` for the word-level gate (`bmc.closeness=words`: a word spliced in can merge with its
+    neighbour's tokens, so a move toward y_w in words can be none in tokens). In order:
 
     - ``malformed``/``empty``: no usable text came back;
     - ``unchanged``: ỹ_w = y_l, no preference left;

@@ -75,6 +75,9 @@ class SweepConfig:
     """CMA-ES candidates per generation; null: CMA-ES's default, 4 + ⌊3 ln(keys)⌋."""
     seed: int = 0
     """Seed of the CMA-ES sampler."""
+    start: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    """cmaes: known points of the search space (e.g. the losses a family contains), each a value for every searched
+    key: all are evaluated first, and the first is CMA-ES's initial mean (its x0)."""
     max_concurrent_trials: int = 1
     """Trials at once: a laptop fits one; a cluster more."""
     output_dir: str = "runs"
@@ -103,12 +106,27 @@ def load_sweep(path: str, overrides: list[str] = ()) -> SweepConfig:
                           or not all(isinstance(v, list) and len(v) == width for v in values)):
             raise ConfigError(f"{path}: search key '{key}' joins {width} keys: give grid or choice a list of "
                               f"{width} values per point, e.g. [[1, a], [2, b]]")
+    _check_start(path, sweep)
     base = config_lib.load(sweep.base, sweep.overrides)  # the base job must be valid before any trial starts
     figures = get_recipe(base.pipeline).figures
     if sweep.metric not in figures:
         raise ConfigError(f"{path}: metric '{sweep.metric}' is not a figure the {base.pipeline} pipeline's trials "
                           f"report: one of {', '.join(figures)}")
     return sweep
+
+
+def _check_start(path: str, sweep: SweepConfig) -> None:
+    if sweep.start and sweep.search_alg != "cmaes":
+        raise ConfigError(f"{path}: start points are CMA-ES's; set search_alg: cmaes or remove start")
+    for i, point in enumerate(sweep.start):
+        if set(point) != set(sweep.search):
+            raise ConfigError(f"{path}: start point {i + 1} gives {sorted(point)}; give a value for each searched key, "
+                              f"{sorted(sweep.search)}")
+        for key, value in point.items():
+            low, high = next(iter(sweep.search[key].values()))
+            if not low <= value <= high:
+                raise ConfigError(f"{path}: start point {i + 1}: {key}={value} is outside its range [{low}, {high}]; "
+                                  "widen the range so the search can reach the point")
 
 
 def search_space(sweep: SweepConfig) -> dict:
@@ -130,8 +148,9 @@ def search_algorithm(sweep: SweepConfig):
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.CmaEsSampler(seed=sweep.seed, popsize=sweep.popsize)
-    return OptunaSearch(sampler=sampler, metric=sweep.metric, mode=sweep.mode)
+    x0 = sweep.start[0] if sweep.start else None
+    sampler = optuna.samplers.CmaEsSampler(x0=x0, seed=sweep.seed, popsize=sweep.popsize)
+    return OptunaSearch(sampler=sampler, metric=sweep.metric, mode=sweep.mode, points_to_evaluate=sweep.start or None)
 
 
 def tune_config(sweep: SweepConfig):

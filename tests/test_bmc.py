@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from rayalign import config
-from rayalign.data import collate_pairs, encode_prompt, encode_response
+from rayalign.data import collate_pairs, encode_prompt, encode_response, prepare_data
 from rayalign.data.tokenize import TokenizedPair
-from rayalign.editing import LLMEditor, TaskEditor, clean_edit, edit_messages, gate, indel_distance
+from rayalign.editing import LLMEditor, TaskEditor, clean_edit, edit_messages, gate, indel_distance, words
 from rayalign.errors import ConfigError, RayAlignError
 from rayalign.losses.bmc import stopword_token_ids, varied_token_marks
 from rayalign.models import load_causal_lm, load_tokenizer
@@ -53,6 +53,36 @@ def test_indel_distance_by_hand(a, b, distance):
 def test_gate_rejects_each_kind_of_bad_edit(edit, gains, reason):
     chosen, rejected = ids("try this one"), ids("try it")
     assert gate(chosen, rejected, None if edit is None else ids(edit), gains) == reason
+
+
+def test_the_word_gate_compares_words_not_spelling():
+    """By words, "DATA!!! try it." is "data try it": 1 from "data try it now" where "try it" is 2, and 1 from
+    "try it" where the winner is 2. By characters it is 16 from the winner where "try it" is 9 (the capitals and
+    punctuation), so a gate on those units calls it not closer."""
+    chosen, rejected, edit = "data try it now", "try it", "DATA!!! try it."
+    assert words(edit) == ["data", "try", "it"]
+    assert gate(words(chosen), words(rejected), words(edit)) is None
+    assert indel_distance(ids(edit), ids(chosen)) == 16 and indel_distance(ids(rejected), ids(chosen)) == 9
+    assert gate(ids(chosen), ids(rejected), ids(edit)) == "not_closer"
+
+
+def test_most_of_the_main_jobs_pairs_are_bridged_at_word_level():
+    """The issue's gate: on the main job's 86 pairs the token gate passed 39 edits (46 not_closer: spliced words
+    tokenise apart); the word gate must bridge most of them, and every edit it passes raises the gold reward."""
+    from rayalign.pipelines.bmc import bridge
+
+    task, passed = word_collector.TASK, {}
+    for unit in ("tokens", "words"):
+        cfg = config.load("jobs/bmc.yaml", ["data.path=jobs/data/word_collector_pairs.jsonl",
+                                            f"bmc.closeness={unit}"])
+        tokenizer = load_tokenizer(cfg.model.name)
+        prepared = prepare_data(cfg.data, tokenizer, keep_text=True)
+        rows, counts = bridge(cfg, prepared, tokenizer, TaskEditor(task), task)
+        passed[unit] = [row for row in rows if row["edit_status"] == "accepted"]
+        assert counts["pairs_in"] == 86
+    assert len(passed["words"]) > 86 / 2 > len(passed["tokens"])
+    assert all(task.gold_reward(r["prompt"], r["chosen"]) > task.gold_reward(r["prompt"], r["rejected"])
+               for r in passed["words"])
 
 
 def test_clean_edit_refuses_an_answer_that_echoes_the_request():

@@ -134,12 +134,20 @@ def test_mpo_by_hand_general_point():
         return m - 0.5 * math.log(1 - math.exp(m))
 
     cfg = LossConfig(name="mpo", beta=0.5, mpo_a=0.5, mpo_kappa=0.5, mpo_lambda=2.0, mpo_alpha=0.3,
-                     mpo_length_normalised=True)
+                     mpo_length_power=1.0)
     expected = []
     for pc, pr, rc, rr, lc, lr in zip(PC, PR, RC, RR, LC, LR):
         phi_w = psi(pc / lc) - 0.5 * psi(rc / lc)
         phi_l = psi(pr / lr) - 0.5 * psi(rr / lr)
         expected.append(2.0 * neg_log_sigmoid(0.5 * (phi_w - phi_l)) + 0.3 * (-pc / lc))
+    assert compute_loss(inputs(), cfg).losses.tolist() == pytest.approx(expected, abs=1e-12)
+
+
+def test_mpo_length_power_between_the_endpoints_by_hand():
+    # s = 0.5, a = 0, κ = 1: φ(y) = (logp_θ(y) − logp_ref(y)) / √|y|, so β scales each side by its own length
+    cfg = LossConfig(name="mpo", beta=0.2, mpo_length_power=0.5)
+    expected = [neg_log_sigmoid(0.2 * ((pc - rc) / math.sqrt(lc) - (pr - rr) / math.sqrt(lr)))
+                for pc, pr, rc, rr, lc, lr in zip(PC, PR, RC, RR, LC, LR)]
     assert compute_loss(inputs(), cfg).losses.tolist() == pytest.approx(expected, abs=1e-12)
 
 
@@ -174,7 +182,7 @@ def test_mpo_with_a_zero_never_evaluates_log1mexp(monkeypatch):
 
     monkeypatch.setattr(mpo_mod, "log1mexp", boom)
     compute_loss(inputs(), LossConfig(name="mpo", mpo_a=0.0))
-    compute_loss(inputs(), LossConfig(name="mpo", mpo_a=0.0, mpo_length_normalised=True))
+    compute_loss(inputs(), LossConfig(name="mpo", mpo_a=0.0, mpo_length_power=1.0))
 
 
 # ---------------------------------------------------------------- MPO endpoints
@@ -196,7 +204,7 @@ def random_inputs(seed: int, with_reference: bool = True) -> LossInputs:
 def test_mpo_dpo_endpoint(seed, beta):
     x = random_inputs(seed)
     mpo = compute_loss(x, LossConfig(name="mpo", beta=beta, mpo_a=0.0, mpo_kappa=1.0, mpo_lambda=1.0,
-                                     mpo_alpha=0.0, mpo_length_normalised=False))
+                                     mpo_alpha=0.0, mpo_length_power=0.0))
     dpo = compute_loss(x, LossConfig(name="dpo", beta=beta))
     assert torch.allclose(mpo.losses, dpo.losses, rtol=0, atol=1e-6)
     assert torch.allclose(mpo.chosen_rewards, dpo.chosen_rewards, rtol=0, atol=1e-6)
@@ -207,7 +215,7 @@ def test_mpo_dpo_endpoint(seed, beta):
 def test_mpo_orpo_endpoint(seed, lam):
     x = random_inputs(seed, with_reference=False)  # κ = 0: no reference needed
     mpo = compute_loss(x, LossConfig(name="mpo", beta=1.0, mpo_a=1.0, mpo_kappa=0.0, mpo_lambda=lam,
-                                     mpo_alpha=1.0, mpo_length_normalised=True))
+                                     mpo_alpha=1.0, mpo_length_power=1.0))
     orpo = compute_loss(x, LossConfig(name="orpo", orpo_lambda=lam))
     assert torch.allclose(mpo.losses, orpo.losses, rtol=0, atol=1e-6)
 
@@ -217,7 +225,7 @@ def test_mpo_orpo_endpoint_float32():
     x = LossInputs(*(v.float() for v in (x64.policy_chosen_logps, x64.policy_rejected_logps,
                                           x64.chosen_lengths, x64.rejected_lengths)))
     mpo = compute_loss(x, LossConfig(name="mpo", beta=1.0, mpo_a=1.0, mpo_kappa=0.0, mpo_lambda=0.3,
-                                     mpo_alpha=1.0, mpo_length_normalised=True))
+                                     mpo_alpha=1.0, mpo_length_power=1.0))
     orpo = compute_loss(x, LossConfig(name="orpo", orpo_lambda=0.3))
     assert torch.allclose(mpo.losses, orpo.losses, rtol=0, atol=1e-6)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,38 @@ def test_cmaes_through_ray_tune_moves_toward_a_known_optimum(tmp_path, ray_local
     first, last = sum(distance[:6]) / 6, sum(distance[-6:]) / 6
     assert last < first / 2, (first, last)
     assert min(distance) < 0.15
+
+
+def test_start_points_must_name_every_key_inside_its_range(tmp_path):
+    sweep_file = tmp_path / "sweep.yaml"
+    search = {"loss.beta": {"loguniform": [0.01, 1.0]}, "loss.mpo_a": {"uniform": [0.0, 1.0]}}
+    for start, message in (([{"loss.beta": 2.0, "loss.mpo_a": 0.0}], r"loss.beta=2.0 is outside its range"),
+                           ([{"loss.beta": 0.1}], "give a value for each searched key")):
+        sweep_file.write_text(yaml.safe_dump({"base": "jobs/mujoco_po.yaml", "search_alg": "cmaes",
+                                              "search": search, "start": start}))
+        with pytest.raises(ConfigError, match=message):
+            load_sweep(str(sweep_file))
+
+
+def test_cmaes_evaluates_the_start_points_first_then_searches_around_the_first(tmp_path, ray_local):
+    """Start points (0.1, 0.9) and (0.8, 0.2): the first two trials are exactly them; CMA-ES's own candidates are
+    then drawn around x0 = (0.1, 0.9), not around the middle of the box where it starts by default."""
+    from ray import tune
+
+    from rayalign.tune import SweepConfig, search_space, tune_config
+
+    start = [{"loss.mpo_a": 0.1, "loss.mpo_kappa": 0.9}, {"loss.mpo_a": 0.8, "loss.mpo_kappa": 0.2}]
+    sweep = SweepConfig(search_alg="cmaes", popsize=6, num_samples=8, seed=0, metric="mean_return", mode="max",
+                        start=start, search={"loss.mpo_a": {"uniform": [0.0, 1.0]},
+                                             "loss.mpo_kappa": {"uniform": [0.0, 1.0]}})
+
+    def toy(params):
+        tune.report({"mean_return": -params["loss.mpo_a"]})
+
+    results = tune.Tuner(toy, param_space=search_space(sweep), tune_config=tune_config(sweep),
+                         run_config=tune.RunConfig(name="start", storage_path=str(tmp_path))).fit()
+    points = [(r.config["loss.mpo_a"], r.config["loss.mpo_kappa"]) for r in results]
+    assert points[:2] == [(0.1, 0.9), (0.8, 0.2)]
+    searched = points[2:]
+    mean = (sum(a for a, _ in searched) / len(searched), sum(k for _, k in searched) / len(searched))
+    assert math.dist(mean, (0.1, 0.9)) < math.dist(mean, (0.5, 0.5)), searched

@@ -120,7 +120,7 @@ def _mpo(x: LossInputs, cfg: LossConfig) -> LossOutput:
     triple = mpo.mpo_loss(x.policy_chosen_logps, x.policy_rejected_logps, x.chosen_lengths, x.rejected_lengths,
                           x.reference_chosen_logps, x.reference_rejected_logps, beta=cfg.beta, a=cfg.mpo_a,
                           kappa=cfg.mpo_kappa, lam=cfg.mpo_lambda, alpha=alpha,
-                          length_normalised=cfg.mpo_length_normalised)
+                          length_power=cfg.mpo_length_power)
     return _output(triple, nll_loss=_chosen_nll(x), alpha=torch.tensor(alpha))
 
 

@@ -13,8 +13,9 @@ imitation term scheduled over training:
     L = −λ·log σ(β[φ(y_w) − φ(y_l)]) + α·NLL(y_w)/|y_w|
     φ(y) = ψ'_a(p_θ(y)) − κ·ψ'_a(p_ref(y)),   ψ'_a(p) = log p − a·log(1 − p)
 
-with p the sequence probability exp(logp(y)) or, with ``length_normalised``, the per-token mean
-probability exp(logp(y)/|y|), and NLL(y_w) = −logp_θ(y_w).
+with p = exp(logp(y)/|y|^s), s the ``length_power``: s = 0 the sequence probability exp(logp(y)), s = 1 the
+per-token mean probability exp(logp(y)/|y|) (a continuous knob, so a search range can hold both endpoints), and
+NLL(y_w) = −logp_θ(y_w).
 
 Why this family: ψ'_a is the derivative of the mirror map ψ_a(p) = p log p + a·(1−p) log(1−p)
 (up to a constant that cancels in φ(y_w) − φ(y_l)), which is strictly convex on (0, 1) for every
@@ -23,8 +24,8 @@ and a = 1 the Fermi–Dirac entropy. The family is smooth in a handful of interp
 (a, κ, λ, α, β, and an α schedule), which is what an evolution-strategies search needs, and it
 contains both endpoints exactly:
 
-- DPO:  a = 0, κ = 1, λ = 1, α = 0, unnormalised p → −log σ(β[Δ(y_w) − Δ(y_l)]).
-- ORPO: a = 1, length-normalised p, κ = 0, β = 1, α = 1, λ = the ORPO weight →
+- DPO:  a = 0, κ = 1, λ = 1, α = 0, s = 0 → −log σ(β[Δ(y_w) − Δ(y_l)]).
+- ORPO: a = 1, s = 1, κ = 0, β = 1, α = 1, λ = the ORPO weight →
   −logp_θ(y_w)/|y_w| − λ·log σ(log odds(y_w) − log odds(y_l)).
 
 TA-MPO (our schedule): α moves linearly from ``alpha`` to ``alpha_end`` as training progress goes 0 → 1
@@ -57,9 +58,9 @@ def scheduled_alpha(alpha: float, alpha_end: float | None, progress: float) -> f
 
 
 def _phi(logps: Tensor, ref_logps: Tensor | None, lengths: Tensor,
-         a: float, kappa: float, length_normalised: bool) -> Tensor:
+         a: float, kappa: float, length_power: float) -> Tensor:
     """φ(y) = ψ'_a(p_θ(y)) − κ·ψ'_a(p_ref(y)); the reference is not touched when κ = 0."""
-    scale = lengths if length_normalised else 1.0
+    scale = lengths ** length_power if length_power else 1.0
     phi = mirror_derivative(logps / scale, a)
     if kappa != 0:
         if ref_logps is None:
@@ -73,7 +74,7 @@ def mpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
              reference_chosen_logps: Tensor | None = None,
              reference_rejected_logps: Tensor | None = None, *,
              beta: float = 0.1, a: float = 0.0, kappa: float = 1.0, lam: float = 1.0,
-             alpha: float = 0.0, length_normalised: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+             alpha: float = 0.0, length_power: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     """Mirror-descent preference loss (our family after arXiv 2411.06568; see the module docstring).
 
     L = −λ·log σ(β[φ(y_w) − φ(y_l)]) + α·(−logp_θ(y_w))/|y_w|, per pair [B]; the caller takes
@@ -82,9 +83,9 @@ def mpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     β·Δ(y) at the DPO endpoint).
     """
     phi_chosen = _phi(policy_chosen_logps, reference_chosen_logps, chosen_lengths,
-                      a, kappa, length_normalised)
+                      a, kappa, length_power)
     phi_rejected = _phi(policy_rejected_logps, reference_rejected_logps, rejected_lengths,
-                        a, kappa, length_normalised)
+                        a, kappa, length_power)
     losses = -lam * F.logsigmoid(beta * (phi_chosen - phi_rejected))
     if alpha != 0:
         losses = losses + alpha * (-policy_chosen_logps / chosen_lengths)

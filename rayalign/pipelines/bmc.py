@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rayalign import config as config_lib
-from rayalign.editing import gate
+from rayalign.editing import gate, words
 
 if TYPE_CHECKING:
     from rayalign.pipelines.run import Run
@@ -117,7 +117,11 @@ def bridge(cfg: config_lib.Config, prepared, tokenizer, editor, task) -> tuple[l
             gains = None
             if task is not None and edit is not None:
                 gains = task.gold_reward(prompt, edit) - task.gold_reward(prompt, rejected)
-            outcome = gate(pair.chosen_ids, pair.rejected_ids, ids, gains) or "accepted"
+            if cfg.bmc.closeness == "words":
+                outcome = gate(words(chosen), words(rejected), None if ids is None else words(edit), gains)
+            else:
+                outcome = gate(pair.chosen_ids, pair.rejected_ids, ids, gains)
+            outcome = outcome or "accepted"
             if outcome == "accepted":
                 new_chosen, new_ids = edit, ids
             elif cfg.bmc.on_rejected == "drop":
