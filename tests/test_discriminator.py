@@ -419,6 +419,7 @@ def test_a_killed_replica_costs_requests_time_not_answers(trained, ray_local, tm
         serve.shutdown()
 
 
+@pytest.mark.slow  # 29 s: keeps the default suite under 15 min on a fresh clone (make test-slow runs it)
 def test_the_replica_trains_itself_and_a_restarted_replica_serves_the_trained_model(trained, ray_local, tmp_path):
     """`update` trains in the model's replica (accuracies measured before training), which then serves the new
     weights from the same process; its checkpoint is the `latest` file's, which a replica SIGKILLed afterwards
