@@ -185,7 +185,8 @@ def cmd_eval(args) -> int:
     from rayalign.evaluation import evaluate
 
     e = EvalConfig(task=args.task, num_prompts=args.num_prompts, samples=args.samples, temperature=args.temperature,
-                   top_p=args.top_p, max_new_tokens=args.max_new_tokens, scorer=args.scorer, seed=args.seed)
+                   top_p=args.top_p, max_new_tokens=args.max_new_tokens, scorer=args.scorer, seed=args.seed,
+                   split=args.split)
     stray = [o for o in args.overrides if not o.startswith(("judge.", "prompts.", "model."))]
     if stray:
         raise RayAlignError(f"eval takes judge.*, prompts.* and model.* settings after its options; '{stray[0]}' is "
@@ -338,6 +339,9 @@ def build_parser(keys_of: str | None = None) -> argparse.ArgumentParser:
     evaluate.add_argument("--top-p", type=float, default=1.0)
     evaluate.add_argument("--max-new-tokens", type=int, default=48)
     evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--split", default="held_out", choices=["held_out", "validation"],
+                          help="the task's test prompts (held_out) or its validation prompts, for choices made before "
+                          "a final run (topics disjoint from both training and test)")
     evaluate.add_argument("--scorer", default="gold", help="'gold' (the task's reward), 'llm' (an LLM judge, "
                           "pairwise: judge.* settings), module:attribute (your scoring function) or a reward model "
                           "directory (a discriminator checkpoint or an HF sequence classifier, served on Ray Serve)")

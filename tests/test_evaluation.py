@@ -41,6 +41,17 @@ def test_eval_cli_end_to_end_with_tiny_llama(tmp_path, capsys, ray_local):
     assert "win rate" in capsys.readouterr().out
 
 
+def test_eval_on_the_validation_split_samples_its_prompts(tmp_path, ray_local):
+    out = tmp_path / "validation"
+    assert cli.main(["eval", "--policy", "tiny-llama", "--reference", "tiny-llama", "--split", "validation",
+                     "--num-prompts", "3", "--samples", "1", "--max-new-tokens", "2", "--out", str(out)]) == 0
+    task = get_task("word_collector")
+    asked = list(dict.fromkeys(row["prompt"] for row in _rows(out)))
+    assert asked == [prompt for _, prompt in task.draw("validation", 3, 0)]
+    assert {task.split_of(topic) for topic, _ in task.draw("validation", 3, 0)} == {"validation"}
+    assert json.loads((out / "report.json").read_text())["settings"]["split"] == "validation"
+
+
 def test_eval_cli_unknown_task_is_one_line(tmp_path, capsys):
     code = cli.main(["eval", "--policy", "tiny-llama", "--reference", "tiny-llama", "--task", "nope",
                      "--out", str(tmp_path)])
