@@ -29,7 +29,7 @@ def check_pipeline_lora(cfg: config_lib.Config) -> None:
 
 def check_inco_ratios(cfg: config_lib.Config) -> None:
     ratios = cfg.inco.ratios
-    if cfg.pipeline == "inco" and ratios and cfg.sampling.samples % len(ratios):
+    if cfg.inco.mode == "inco" and ratios and cfg.sampling.samples % len(ratios):
         raise ConfigError(f"inco.ratios shares each prompt's sampling.samples ({cfg.sampling.samples}) evenly among "
                           f"its {len(ratios)} ratios; set sampling.samples to a multiple of {len(ratios)}")
 
