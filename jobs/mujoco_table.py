@@ -2,7 +2,8 @@
 
 Per setting: each loss's mean return over its seeds with a 95% t interval, and the discovered loss minus DPO
 and minus ORPO paired by seed (a seed is the same dataset, initialisation and evaluation episodes for every
-loss), with the seeds a 95% interval would need to exclude 0 at the observed effect.
+loss): "better" or "worse" where the interval excludes 0, else "cannot tell at N seeds" with the seeds a 95%
+interval would need to exclude 0 at the observed effect.
     python jobs/mujoco_table.py runs/mujoco_losses
 """
 
@@ -37,7 +38,10 @@ def difference(ours: dict, theirs: dict) -> str:
     diffs = [ours[seed] - theirs[seed] for seed in sorted(ours)]
     needed = prompts_needed(diffs, 0.0)
     low, high = t_interval(diffs)
-    verdict = "resolved" if low > 0 or high < 0 else f"needs ~{needed} seeds" if needed else "no difference"
+    if low > 0 or high < 0:
+        verdict = "better" if low > 0 else "worse"
+    else:
+        verdict = f"cannot tell at {len(diffs)} seeds" + (f" (needs ~{needed})" if needed else ": no difference")
     return f"{sum(diffs) / len(diffs):+.0f} [{low:.0f}, {high:.0f}], {verdict}"
 
 
@@ -47,6 +51,8 @@ def main(sweep_dir: str) -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     for (noise, mixed), losses in sorted(table.items()):
         name = "clean" if noise == mixed == 0 else f"noisy ({noise:.0%} flipped)" if noise else f"mixed ({mixed:.0%})"
+        if noise and mixed:
+            name = f"noisy ({noise:.0%} flipped) and mixed ({mixed:.0%})"
         print(f"| {name} | " + " | ".join(cell(list(losses[loss].values())) for loss in NAMES)
               + f" | {difference(losses['mpo'], losses['dpo'])} | {difference(losses['mpo'], losses['orpo'])} |")
 
