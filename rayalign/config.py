@@ -770,10 +770,23 @@ def _describe(error: ValidationError) -> str:
     return f"config key '{key}': {first['msg']} (got {first.get('input')!r})"
 
 
+def _upgrade(tree: dict) -> dict:
+    """Keys of earlier versions in the current schema's terms, so older runs' config.yaml stay readable (resume,
+    compare): loss.mpo_length_normalised (a switch) became loss.mpo_length_power (0 or 1 at its ends)."""
+    loss = tree.get("loss")
+    if isinstance(loss, dict) and "mpo_length_normalised" in loss:
+        loss = dict(loss)
+        loss.setdefault("mpo_length_power", 1.0 if loss.pop("mpo_length_normalised") else 0.0)
+        tree = {**tree, "loss": loss}
+    return tree
+
+
 def build(tree: dict, cls: type = Config) -> Any:
     """Validate a nested dict into a typed config, with one-line errors."""
     if not isinstance(tree, dict):
         raise ConfigError(f"a config must be a mapping of keys, got {type(tree).__name__}")
+    if cls is Config:
+        tree = _upgrade(tree)
     try:
         built = TypeAdapter(cls).validate_python(tree)
     except ValidationError as error:

@@ -433,3 +433,14 @@ def test_compute_loss_reports_missing_inputs():
         compute_loss(inputs(), LossConfig(name="bmc"))
     with pytest.raises(ValueError):
         compute_loss(inputs(reference_chosen_logps=None), LossConfig(name="mpo", mpo_kappa=1.0))
+
+
+def test_a_config_written_before_the_length_power_still_loads(tmp_path):
+    """Runs written with loss.mpo_length_normalised (a switch) are read as the power at its ends, so compare and
+    resume still read their config.yaml."""
+    from rayalign import config
+
+    old = tmp_path / "config.yaml"
+    old.write_text("loss:\n  name: mpo\n  mpo_length_normalised: true\n")
+    assert config.load(old).loss.mpo_length_power == 1.0
+    assert config.load(None, ["loss.mpo_length_normalised=false"]).loss.mpo_length_power == 0.0
