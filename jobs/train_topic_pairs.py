@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from rayalign.tasks.registry import get_task
-from rayalign.tasks.word_collector import TOPICS
+from rayalign.tasks.word_collector import topic_of
 
 HERE = Path(__file__).resolve().parent
 SOURCE, TARGET = HERE / "data" / "word_collector_pairs.jsonl", HERE / "data" / "word_collector_pairs_train.jsonl"
@@ -21,7 +21,7 @@ SOURCE, TARGET = HERE / "data" / "word_collector_pairs.jsonl", HERE / "data" / "
 def main() -> None:
     task = get_task("word_collector")
     rows = [json.loads(line) for line in SOURCE.read_text().splitlines()]
-    kept = [row for row in rows if task.split_of(next(t for t in TOPICS if t in row["prompt"])) == "train"]
+    kept = [row for row in rows if task.split_of(topic_of(row["prompt"])) == "train"]
     TARGET.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept))
     print(f"{TARGET}: {len(kept)} of {len(rows)} pairs (the rest are on validation topics)")
 

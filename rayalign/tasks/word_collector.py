@@ -150,12 +150,21 @@ _STRONG = (
 )
 
 
+def topic_of(prompt: str) -> str | None:
+    """The topic a prompt of this task is about (None for a prompt about none of them)."""
+    return next((t for t in TOPICS if t in prompt), None)
+
+
+def _written(prompt: str, rng: random.Random, opening: str, body: tuple[str, ...]) -> str:
+    """`opening`, all but one of `body`'s sentences in a seeded order, then the closing, about the prompt's topic."""
+    middle = rng.sample(body, k=len(body) - 1)  # drop one, shuffle the rest
+    return " ".join([opening, *middle, _STRONG[-1]]).format(t=topic_of(prompt) or "this")
+
+
 def strong_response(prompt: str, rng: random.Random) -> str:
     """A dense, list-like answer packed with target words (≈ 25 of 30): a style a chat model
     would not write by itself, which is what InCo-DPO's off-policy responses are."""
-    topic = next((t for t in TOPICS if t in prompt), "this")
-    middle = rng.sample(_STRONG[1:-1], k=len(_STRONG) - 3)  # drop one, shuffle the rest
-    return " ".join([_STRONG[0]] + middle + [_STRONG[-1]]).format(t=topic)
+    return _written(prompt, rng, _STRONG[0], _STRONG[1:-1])
 
 
 _NEUTRAL_OPENING = "Here is what I would say about {t}."  # none of the 30 words
@@ -166,9 +175,7 @@ def body_response(prompt: str, rng: random.Random) -> str:
     """The strong response with its reward in the body: a neutral opening, then the sentences that carry the words
     (the usual opening's four among them) in a seeded order, then the usual closing. A short prefix of it holds no
     target word, and prefixes of different lengths hold different words (InCo-DPO's premise needs both)."""
-    topic = next((t for t in TOPICS if t in prompt), "this")
-    middle = rng.sample(_BODY, k=len(_BODY) - 1)  # drop one, shuffle the rest
-    return " ".join([_NEUTRAL_OPENING] + middle + [_STRONG[-1]]).format(t=topic)
+    return _written(prompt, rng, _NEUTRAL_OPENING, _BODY)
 
 
 def _task(name: str, writer) -> Task:
