@@ -297,3 +297,19 @@ def test_a_warm_started_head_is_refitted_on_every_gold_pair_so_far(tmp_path, ray
     refit.fit_head(warm + gold)
     served = Discriminator.load(served)
     torch.testing.assert_close(served.head.weight, refit.head.weight, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow  # one D2PO run on Ray with its evaluation: about a minute
+def test_a_last_round_with_less_than_a_batch_still_ends_with_a_model_the_evaluation_reads(tmp_path, ray_local,
+                                                                                         longest_task):
+    """Gold-only spends the whole budget in round 1 (8 pairs: 2 steps), so round 2 has no pair to train on; the
+    policy round 1 trained must still come out as a model directory (found when a gold-only run on the word
+    collector, its last rounds all gold ties, could not be evaluated)."""
+    from ray import serve
+
+    result = _run(tmp_path, "short_end", "d2po.mode=gold_only", "d2po.relabels=4", "d2po.gold_budget=8",
+                  "eval.enabled=true", "eval.num_prompts=4", "eval.max_new_tokens=4")
+    serve.shutdown()
+    assert [r.get("train/steps") for r in result["rounds"]] == [2, None]
+    assert (tmp_path / "short_end" / "checkpoints" / "round_002" / "config.json").is_file()
+    assert result["eval"]["win_rate"]["prompts"] == 4

@@ -309,6 +309,11 @@ def run_round(live: Round, r: int, state: State) -> tuple[State, dict]:
         live.pools.pool.sleep()  # the engines free the GPUs they share with the trainer
     steps, used, owed = plan_round(cfg, len(rows), state.owed_steps)
     policy, carry = _train(live, r, rows, steps, used, state.policy, round_dir, metrics)
+    if r == cfg.d2po.rounds and policy == state.policy != cfg.model.name:
+        # The last round had less than a batch to train on: the evaluation still needs the policy as a model
+        # directory (an earlier round's checkpoint holds training shards only, and is deleted once this one is saved).
+        live.trainer.call("save", str(live.run_dir / _checkpoint(r)), True)
+        policy = f"{live.storage.root}/{_checkpoint(r)}"
     if live.colocated:
         live.pools.pool.wake_up()
     clock.lap("train_s")
