@@ -183,6 +183,7 @@ def test_a_users_task_module_named_on_the_command_line_is_used_by_eval(tmp_path,
                      "--max-new-tokens", "5", "--out", str(judged)])
     assert code == 0, capsys.readouterr().err
     assert all(row["reward"] == len(row["response"]) + 0.5 for row in _rows(judged))  # your judge scored them
+    capsys.readouterr()  # the earlier calls' progress bars: the bad task's stderr is its one line alone
     code = cli.main(["eval", "--policy", "tiny-llama", "--reference", "tiny-llama", "--task", "my_polite_tasks:rude",
                      "--out", str(out)])
     assert code == 2 and capsys.readouterr().err.strip() == (
