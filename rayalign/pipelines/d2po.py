@@ -309,11 +309,6 @@ def run_round(live: Round, r: int, state: State) -> tuple[State, dict]:
         live.pools.pool.sleep()  # the engines free the GPUs they share with the trainer
     steps, used, owed = plan_round(cfg, len(rows), state.owed_steps)
     policy, carry = _train(live, r, rows, steps, used, state.policy, round_dir, metrics)
-    if r == cfg.d2po.rounds and policy == state.policy != cfg.model.name:
-        # The last round had less than a batch to train on: the evaluation still needs the policy as a model
-        # directory (an earlier round's checkpoint holds training shards only, and is deleted once this one is saved).
-        live.trainer.call("save", str(live.run_dir / _checkpoint(r)), True)
-        policy = f"{live.storage.root}/{_checkpoint(r)}"
     if live.colocated:
         live.pools.pool.wake_up()
     clock.lap("train_s")
@@ -412,7 +407,11 @@ def _train(live: Round, r: int, rows: list[dict], steps: int, used: list[int], p
 
     cfg = live.cfg
     if not steps:
-        return policy, rows
+        if r < cfg.d2po.rounds or policy == cfg.model.name:
+            return policy, rows
+        # The last round, with less than a batch: the evaluation still reads the policy as a model directory (an
+        # earlier round's checkpoint holds training shards only, and is deleted once this one is saved).
+        return _save(live, r), rows
     path = write_pairs(rows, round_dir / "pairs.parquet", _pair_columns())
     round_data = dataclasses.replace(cfg.data, path=str(path), format="token_ids")
     pairs = prepare_pairs(dataclasses.replace(cfg, data=round_data), tokenizer=live.tokenizer).pairs
@@ -434,12 +433,19 @@ def _train(live: Round, r: int, rows: list[dict], steps: int, used: list[int], p
                             f"({path})")
     done = result["rows"]  # a metrics row per step taken
     atomic_write_text(round_dir / "train_metrics.jsonl", "".join(json.dumps(row) + "\n" for row in done))
-    live.trainer.call("save", str(live.run_dir / _checkpoint(r)), r == cfg.d2po.rounds)  # finished after the sync
+    checkpoint = _save(live, r)
     metrics.update({"train/loss": done[-1]["loss"], "train/steps": len(done),
                     "train/tokens_per_s": statistics.median(row["tokens_per_s"] for row in done),
                     "time/train_steps_s": result["steps_s"], "time/train_reference_s": result["reference_s"]})
     unused = set(range(len(rows))) - set(used)
-    return f"{live.storage.root}/{_checkpoint(r)}", [rows[i] for i in sorted(unused)]
+    return checkpoint, [rows[i] for i in sorted(unused)]
+
+
+def _save(live: Round, r: int) -> str:
+    """Start round r's policy checkpoint (finished after the sync; the last round's as the model directory the
+    evaluation reads) and return where it will be."""
+    live.trainer.call("save", str(live.run_dir / _checkpoint(r)), r == live.cfg.d2po.rounds)
+    return f"{live.storage.root}/{_checkpoint(r)}"
 
 
 def _checkpoint(r: int) -> str:
