@@ -345,13 +345,13 @@ def _save_and_report(metrics, model, lm, tokenizer, optimizer, scheduler, step: 
         tmp = tempfile.mkdtemp(prefix="rayalign-checkpoint-")  # Ray Train deletes it once uploaded
         try:
             write_checkpoint(Path(tmp), model, lm, tokenizer, optimizer, scheduler, step, cfg, export)
-        except BaseException:  # a checkpoint's worth of disk, never uploaded: not left behind
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=f"step_{step:06d}", delete_local_checkpoint_after_upload=True,
+                             checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC if background
+                             else ray.train.CheckpointUploadMode.SYNC)
+        except BaseException:  # a checkpoint's worth of disk that was never uploaded (a full disk): not left behind
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                         checkpoint_dir_name=f"step_{step:06d}", delete_local_checkpoint_after_upload=True,
-                         checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC if background
-                         else ray.train.CheckpointUploadMode.SYNC)
 
 
 def _resume_directory(local_run_dir: Path | None):
