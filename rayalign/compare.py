@@ -116,7 +116,8 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path, labels: list[str] |
                             **model_stats(rewards[name], samples[name], prompts.topics)})
     groups = _group_runs(entries)
     single = {name: [runs] for name, runs in rewards.items()}
-    arms = {label: [rewards[name] for name in names] for label, names in groups.items()} if groups else single
+    by_label = groups or {e["label"]: [e["name"]] for e in entries}  # without groups each label is one run
+    arms = {label: [rewards[name] for name in names] for label, names in by_label.items()}
     result = {"task": e.task, "settings": {**dataclasses.asdict(e), "engine": cfg.sampling.engine},
               "topics": len(set(prompts.topics)), "entries": entries,
               "groups": {label: {"runs": names, **_arm_stats(arms[label], prompts.topics)}

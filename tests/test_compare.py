@@ -7,6 +7,7 @@ import json
 import pytest
 
 from rayalign import cli, config
+from rayalign.compare import reported_pairs
 from rayalign.stats import compare_runs
 from rayalign.tasks.registry import get_task
 from rayalign.train.driver import run_training
@@ -57,10 +58,14 @@ def test_compare_pools_the_runs_of_a_label_and_compares_every_pair(two_runs, cap
     row = f"| dpo | start | 2 vs 1 | {pair['win_rate']:.3f} [{pair['ci_low']:.3f}, {pair['ci_high']:.3f}] |"
     table = (out / "compare.md").read_text()
     assert row in table and "| start | dpo |" not in table  # each pair once, against the start model first
-    # a second compare samples nothing: every model's samples come from the cache
-    again = cli.main(["compare", str(two_runs / "seed0"), str(two_runs / "seed1"), "--out", str(two_runs / "cmp2")])
+    # a second compare samples nothing: every model's samples come from the cache; one label per run names its rows
+    again = cli.main(["compare", str(two_runs / "seed0"), str(two_runs / "seed1"), "--label", "lr=a", "--label",
+                      "lr=b", "--out", str(two_runs / "cmp2")])
     assert again == 0
-    assert all(e["from_cache"] for e in json.loads((two_runs / "cmp2" / "compare.json").read_text())["entries"])
+    result = json.loads((two_runs / "cmp2" / "compare.json").read_text())
+    assert all(e["from_cache"] for e in result["entries"])
+    assert {(p["row"], p["column"]) for p in reported_pairs(result)} == {("lr=a", "start"), ("lr=b", "start"),
+                                                                       ("lr=a", "lr=b")}
 
 
 def test_compare_refuses_runs_evaluated_differently_and_unfinished_ones(two_runs, tmp_path, capsys):
