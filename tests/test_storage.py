@@ -54,7 +54,7 @@ def test_a_run_on_s3_finishes_resumes_and_writes_everything_there(s3, ray_local,
     from rayalign.models import resolve_model
 
     name = f"s3run{workers}"
-    # A run before the suite may have left its own here (CI met one, from a sweep trial an hour before): only ours count.
+    # A run before the suite may have left one (CI met one, from a sweep trial an hour before): only ours count.
     staged_before = set(Path(tempfile.gettempdir()).glob("rayalign-checkpoint-*"))
     overrides = [*BASE, f"output_dir=s3://{BUCKET}/runs", f"name={name}", f"train.num_workers={workers}"]
     cfg = config.load(None, overrides + ["train.stop_at_step=2"])
