@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
+
 from rayalign import cli
 from rayalign.config import EvalConfig
 from rayalign.evaluation import evaluate
@@ -114,6 +116,7 @@ def test_a_pipeline_pool_stays_through_training_only_where_the_trainer_fits_besi
     assert not trainer_fits_beside(TrainConfig(num_workers=0, use_gpu=True), pool_gpus=1.0)  # one GPU, two users
 
 
+@pytest.mark.slow  # 29 s: keeps the default suite under 15 min on 2 cores
 def test_one_pool_samples_a_second_model_exactly_as_its_own_pool_would(tmp_path, monkeypatch, ray_local):
     """sample_models loads the second model's weights into the running pool; what it samples equals a pool
     started on that model. A model of another shape gets its own pool."""

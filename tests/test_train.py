@@ -163,6 +163,7 @@ def test_eval_metrics_at_the_configured_steps_equal_a_hand_computation(runs):
     assert summary["final_metrics"]["eval_loss"] == last["eval_loss"] and summary["data"]["eval_pairs"] == 3
 
 
+@pytest.mark.slow  # 52 s (two Ray Train worker groups): keeps the default suite under 15 min on 2 cores
 def test_dcp_checkpoint_saved_at_two_workers_resumes_at_one_and_at_two(runs):
     """Each of two workers writes its own shards (DCP) at step 3; the run resumes from them at two workers (Ray
     Train's checkpoint) and, copied, at one (local mode): both end on the uninterrupted run's losses."""
@@ -254,6 +255,7 @@ def test_compiled_layers_give_the_same_loss_curve(runs):
     _assert_same_curve_as_base(runs, "compiled", "train.compile=true")
 
 
+@pytest.mark.slow  # 30 s: keeps the default suite under 15 min on 2 cores
 def test_lora_trains_every_adapter_and_nothing_else_and_its_checkpoint_loads(runs):
     from peft import PeftModel
 

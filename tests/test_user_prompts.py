@@ -48,6 +48,7 @@ def judge_dir(tmp_path_factory):
     return str(model.save(tmp_path_factory.mktemp("judge") / "discriminator"))
 
 
+@pytest.mark.slow  # 22 s (a whole pipeline): keeps the default suite under 15 min on 2 cores
 def test_a_pipeline_on_your_prompts_trains_on_their_train_split_and_is_judged_by_your_model(tmp_path, judge_dir,
                                                                                             ray_local):
     """InCo on a prompts file: its synthesis labels with the reward model, its report is the reward model's (on
