@@ -56,7 +56,9 @@ def test_two_trial_sweep_completes_logs_to_wandb_and_names_the_best(tmp_path, ra
     compared = json.loads((sweep_dir / "compare.json").read_text())
     assert all(entry["from_cache"] for entry in compared["entries"])
     for trial in trials:
-        [pair] = [p for p in compared["pairs"] if p["row"] == trial.name and p["column"] == "start"]
+        config = yaml.safe_load((trial / "config.yaml").read_text())
+        label = f"inco.ratio={config['inco']['ratio']}, sdpo.stages={config['sdpo']['stages']}"  # the swept setting
+        [pair] = [p for p in compared["pairs"] if p["row"] == label and p["column"] == "start"]
         report = json.loads((trial / "report.json").read_text())
         assert pair["win_rate"] == report["win_rate"]["win_rate"] and pair["ci_low"] == report["win_rate"]["ci_low"]
     assert (sweep_dir / "compare.png").is_file()
