@@ -114,9 +114,9 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path, labels: list[str] |
             rewards[name] = score_samples(score, prompts.prompts, samples[name])
             entries.append({"name": name, "label": label, "model": model, "from_cache": cached,
                             **model_stats(rewards[name], samples[name], prompts.topics)})
-    groups = _group_runs(entries)
+    by_label = _runs_by_label(entries)
+    groups = by_label if any(len(names) > 1 for names in by_label.values()) else {}  # some label has seeds
     single = {name: [runs] for name, runs in rewards.items()}
-    by_label = groups or {e["label"]: [e["name"]] for e in entries}  # without groups each label is one run
     arms = {label: [rewards[name] for name in names] for label, names in by_label.items()}
     result = {"task": e.task, "settings": {**dataclasses.asdict(e), "engine": cfg.sampling.engine},
               "topics": len(set(prompts.topics)), "entries": entries,
@@ -159,12 +159,12 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _group_runs(entries: list[dict]) -> dict[str, list[str]]:
-    """label -> its runs' names, when some label has several runs (seeds); else {} (no groups)."""
+def _runs_by_label(entries: list[dict]) -> dict[str, list[str]]:
+    """label -> its runs' names, in the order given."""
     by_label: dict[str, list[str]] = {}
     for entry in entries:
         by_label.setdefault(entry["label"], []).append(entry["name"])
-    return by_label if any(len(names) > 1 for names in by_label.values()) else {}
+    return by_label
 
 
 def _pool(runs: list[list[list[float]]]) -> list[list[float]]:
